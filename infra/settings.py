@@ -1,0 +1,188 @@
+"""One frozen settings object, built from ``BLOBLEDGER_*`` variables (and an optional file).
+
+Every endpoint that is left unset falls back to the embedded stack, so the same code
+runs on the laptop stack and on Apache Kafka / managed Postgres / AWS S3 by setting
+variables alone. Tests build settings from a plain dict instead of the process env.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from infra.errors import ConfigurationError
+
+PREFIX = "BLOBLEDGER_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- where the embedded stack keeps its state -------------------------------------
+    data_dir: Path = Path(".blobledger")
+
+    # --- external endpoints (None = use the embedded stack) ---------------------------
+    kafka_bootstrap: str | None = None
+    #: extra librdkafka config merged into every client (security.protocol, sasl.* ...)
+    kafka_config: Mapping[str, str] = field(default_factory=dict)
+    postgres_dsn: str | None = None
+    s3_endpoint: str | None = None
+    s3_access_key: str = "blobledger"
+    s3_secret_key: str = "blobledger-secret"
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "blobledger-blobs"
+
+    # --- topics ------------------------------------------------------------------------
+    topic_prefix: str = "blobledger"
+    partitions: int = 6
+    replication_factor: int = 1
+    tenant: str = "default"
+
+    # --- embedded stack ports and broker storage ---------------------------------------
+    pg_port: int = 55432
+    s3_port: int = 58333
+    kafka_port: int = 59092
+    weed_master_port: int = 59333
+    weed_volume_port: int = 58080
+    weed_filer_port: int = 58888
+    #: "s3" keeps the broker's log in SeaweedFS (durable); "memory" is fast but volatile
+    broker_storage: str = "s3"
+    broker_bucket: str = "blobledger-log"
+
+    # --- write-side limits ---------------------------------------------------------------
+    max_metadata_bytes: int = 64 * 1024
+    max_metadata_depth: int = 8
+    max_key_length: int = 1024
+    wait_timeout_seconds: float = 30.0
+
+    # --- blob path -------------------------------------------------------------------------
+    max_blob_size: int = 5 * 1024**4  # S3's own object limit, 5 TiB
+    min_part_size: int = 16 * 1024 * 1024
+    max_in_flight_parts: int = 8
+    upload_deadline_seconds: int = 3600
+    s3_retry_attempts: int = 6
+    http_timeout_seconds: float = 30.0
+
+    # --- projector -------------------------------------------------------------------------
+    projector_batch_size: int = 5000
+    projector_group: str = "blobledger-projector"
+    worker_group: str = "blobledger-blob-worker"
+    consumer_session_timeout_ms: int = 6000
+
+    # --- test fixtures -------------------------------------------------------------------
+    #: auto | docker | embedded | external  (auto: docker when an engine answers)
+    test_stack: str = "auto"
+
+    # ------------------------------------------------------------------------------------
+    @property
+    def events_topic(self) -> str:
+        return f"{self.topic_prefix}.events"
+
+    @property
+    def commands_topic(self) -> str:
+        return f"{self.topic_prefix}.blob-commands"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic_prefix}.dlq"
+
+    @property
+    def topics(self) -> tuple[str, str, str]:
+        return (self.events_topic, self.commands_topic, self.dlq_topic)
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    @property
+    def embedded_postgres(self) -> bool:
+        return self.postgres_dsn is None
+
+    @property
+    def embedded_s3(self) -> bool:
+        return self.s3_endpoint is None
+
+    @property
+    def uses_embedded_stack(self) -> bool:
+        return self.embedded_kafka or self.embedded_postgres or self.embedded_s3
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def dsn(self) -> str:
+        return self.postgres_dsn or f"postgresql://postgres@127.0.0.1:{self.pg_port}/blobledger"
+
+    @property
+    def s3_url(self) -> str:
+        return self.s3_endpoint or f"http://127.0.0.1:{self.s3_port}"
+
+    def with_(self, **changes: Any) -> "Settings":
+        """A copy with some fields replaced (used by fixtures that start their own services)."""
+        return replace(self, **changes)
+
+    # ------------------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Build settings from ``BLOBLEDGER_*`` keys; ``BLOBLEDGER_CONFIG`` names a TOML file
+        whose keys (same names, lower case, no prefix) are read first and overridden by env."""
+        env = os.environ if env is None else env
+        raw: dict[str, Any] = {}
+        config_file = env.get(PREFIX + "CONFIG")
+        if config_file:
+            try:
+                raw.update(tomllib.loads(Path(config_file).read_text()))
+            except (OSError, tomllib.TOMLDecodeError) as e:
+                raise ConfigurationError(
+                    f"cannot read settings file {config_file}: {e}; fix or unset BLOBLEDGER_CONFIG"
+                ) from e
+        known = {f.name: f for f in fields(cls)}
+        for key, value in env.items():
+            if key.startswith(PREFIX) and key != PREFIX + "CONFIG":
+                name = key[len(PREFIX):].lower()
+                if name in known:
+                    raw[name] = value
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ConfigurationError(f"unknown settings {unknown}; known: {sorted(known)}")
+        return cls(**{name: _coerce(name, known[name].type, value) for name, value in raw.items()})
+
+    def describe(self) -> dict[str, Any]:
+        """Settings as plain JSON-able values, with the secret masked."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = str(v) if isinstance(v, Path) else dict(v) if isinstance(v, Mapping) else v
+        out["s3_secret_key"] = "***"
+        return out
+
+
+def _coerce(name: str, type_name: Any, value: Any) -> Any:
+    """Turn a string (env) or TOML value into the field's type, with a clear error."""
+    t = str(type_name)
+    try:
+        if "Mapping" in t:
+            if isinstance(value, Mapping):
+                return {str(k): str(v) for k, v in value.items()}
+            value = str(value).strip()
+            if value.startswith("{"):
+                return {str(k): str(v) for k, v in json.loads(value).items()}
+            pairs = [p for p in value.split(",") if p.strip()]
+            return dict(p.split("=", 1) for p in pairs)
+        if t == "Path":
+            return Path(str(value))
+        if t == "int":
+            return int(value)
+        if t == "float":
+            return float(value)
+        if "None" in t and (value == "" or value is None):
+            return None
+        return str(value)
+    except (ValueError, TypeError, json.JSONDecodeError) as e:
+        raise ConfigurationError(
+            f"setting {PREFIX}{name.upper()}={value!r} is not a valid {t}"
+        ) from e
