@@ -1,0 +1,9 @@
+"""The embedded stack (PostgreSQL, SeaweedFS S3, Tansu) that runs with pip installs only.
+
+``Stack(settings).up()`` is the Python entry point; ``blobledger stack up|down|status`` the CLI.
+"""
+
+from infra.stack.base import ServiceStatus
+from infra.stack.launcher import Stack
+
+__all__ = ["Stack", "ServiceStatus"]

@@ -1,0 +1,92 @@
+"""The supervisor: brings the embedded services up in dependency order and down in reverse.
+
+Only services whose endpoint is not external are managed. ``up`` is idempotent: a healthy
+service is left alone, so running it twice (or from the demo and the CLI) is safe.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+import structlog
+
+from infra.errors import StackError
+from infra.settings import Settings
+from infra.stack.base import Service, ServiceStatus
+from infra.stack.postgres import EmbeddedPostgres
+from infra.stack.seaweed import SeaweedS3
+from infra.stack.tansu import TansuKafka
+
+log = structlog.get_logger(__name__)
+
+#: start order: the broker keeps its log in S3, so S3 comes before Kafka
+ORDER = ("postgres", "s3", "kafka")
+ALIASES = {"seaweed": "s3", "seaweedfs": "s3", "tansu": "kafka", "pg": "postgres"}
+
+
+class Stack:
+    """``Stack(settings).up()`` / ``.down()`` / ``.status()`` for the embedded services."""
+
+    def __init__(self, settings: Settings, *, timeout: float | None = None):
+        self.settings = settings
+        self.timeout = timeout
+        self._services: dict[str, Service] = {
+            "postgres": EmbeddedPostgres(settings),
+            "s3": SeaweedS3(settings),
+            "kafka": TansuKafka(settings),
+        }
+
+    def service(self, name: str) -> Service:
+        key = ALIASES.get(name, name)
+        if key not in self._services:
+            raise StackError(f"unknown service {name!r}; known: {', '.join(ORDER)}")
+        return self._services[key]
+
+    @property
+    def embedded(self) -> list[Service]:
+        """The services this stack runs, in start order."""
+        return [self._services[n] for n in ORDER if self._services[n].embedded]
+
+    def up(self, services: Iterable[str] | None = None) -> list[ServiceStatus]:
+        """Start what is not healthy yet and wait until each really answers."""
+        wanted = {ALIASES.get(n, n) for n in services} if services else None
+        for svc in self.embedded:
+            if wanted is None or svc.name in wanted:
+                t0 = time.monotonic()
+                started = svc.start(self.timeout)
+                log.info("stack.service_up", service=svc.name, started=started,
+                         seconds=round(time.monotonic() - t0, 2))
+        return self.status()
+
+    def down(self, services: Iterable[str] | None = None) -> None:
+        """Stop our services in reverse order (the broker before its S3 goes away)."""
+        wanted = {ALIASES.get(n, n) for n in services} if services else None
+        errors: list[str] = []
+        for svc in reversed(self.embedded):
+            if wanted is None or svc.name in wanted:
+                try:
+                    svc.stop()
+                except Exception as e:  # keep stopping the others
+                    errors.append(f"{svc.name}: {e}")
+        if errors:
+            raise StackError("could not stop cleanly: " + "; ".join(errors))
+
+    def status(self) -> list[ServiceStatus]:
+        return [self._services[n].status() for n in ORDER]
+
+    def healthy(self) -> bool:
+        return all(s.healthy for s in self.status())
+
+    def stop_service(self, name: str) -> None:
+        """Stop one embedded service (outage tests); the others keep running."""
+        svc = self.service(name)
+        if not svc.embedded:
+            raise StackError("is external; this stack does not run it", service=svc.name)
+        svc.stop()
+
+    def start_service(self, name: str) -> None:
+        svc = self.service(name)
+        if not svc.embedded:
+            raise StackError("is external; this stack does not run it", service=svc.name)
+        svc.start(self.timeout)
