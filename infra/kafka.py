@@ -61,6 +61,9 @@ def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consum
         # never see records of aborted transactions (Tansu 0.6 ignores this; the fold
         # is idempotent so correctness does not depend on it)
         "isolation.level": "read_committed",
+        # Tansu holds a fetch for the whole wait even when records arrive; a short wait
+        # keeps produce-to-fold latency near the broker's own (~20 ms instead of ~250 ms)
+        "fetch.wait.max.ms": 20,
         # bigger fetches amortise per-request cost during replays
         "fetch.max.bytes": 52428800,
         "max.partition.fetch.bytes": 10485760,

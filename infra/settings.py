@@ -67,6 +67,8 @@ class Settings:
     http_timeout_seconds: float = 30.0
 
     # --- projector -------------------------------------------------------------------------
+    #: Postgres schema holding the read model (a replay builds a sibling and swaps names)
+    read_model_schema: str = "blobledger"
     projector_batch_size: int = 5000
     projector_group: str = "blobledger-projector"
     worker_group: str = "blobledger-blob-worker"

@@ -17,6 +17,17 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+#: namespace of object ids derived from (tenant, key)
+OBJECT_NAMESPACE = uuid.UUID("6f1d3c0e-8a0b-5b7e-9c39-2f4b1b8e5d10")
+
+
+def object_id_for(tenant: str, key: str) -> str:
+    """Object ids are derived from the tenant and key, so a key names one object, two
+    creates of the same key land on the same partition, and the fold rejects the second
+    (``exists``) deterministically."""
+    return str(uuid.uuid5(OBJECT_NAMESPACE, f"{tenant}\x00{key}"))
+
+
 def now_us() -> int:
     """Now, in microseconds since the epoch (UTC): the unit of every timestamp field."""
     return time.time_ns() // 1000

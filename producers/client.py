@@ -1,0 +1,279 @@
+"""The client API: validate, authorize, publish, and (optionally) wait for the outcome.
+
+Writes never touch Postgres directly; they become events on the log, and the fold
+decides. ``wait=True`` blocks until the projection has passed the published offset and
+returns the outcome (raising :class:`ConflictError` and friends for rejections), which
+gives callers read-your-writes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable, Mapping
+
+from infra.errors import (
+    AuthorizationError,
+    ConflictError,
+    NotFoundError,
+    RejectedError,
+    ValidationError,
+)
+from infra.postgres import connect
+from infra.settings import Settings
+from producers import validation as v
+from producers.publisher import Publisher, Receipt
+from projectors.fold import may
+from projectors.queries import AuditEntry, HistoryEntry, ObjectView, Page, Queries, UploadView
+from projectors.waiter import EventOutcome, OutcomeWaiter
+from schemas.events import (
+    AclChanged,
+    BlobAttached,
+    Envelope,
+    Event,
+    MetadataUpdated,
+    ObjectCreated,
+    ObjectDeleted,
+    TagsChanged,
+    UploadRequested,
+    new_id,
+    now_us,
+    object_id_for,
+)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a write returns: where it landed and, when waited for, the outcome."""
+
+    receipt: Receipt
+    outcome: EventOutcome | None = None
+    upload_id: str | None = None
+
+    @property
+    def event_id(self) -> str:
+        return self.receipt.event_id
+
+    @property
+    def object_id(self) -> str:
+        return self.receipt.object_id
+
+    @property
+    def version(self) -> int | None:
+        return self.outcome.version if self.outcome else None
+
+
+def _raise_for(outcome: EventOutcome) -> None:
+    if outcome.accepted:
+        return
+    reason = outcome.reason or "rejected"
+    if reason == "conflict":
+        raise ConflictError(
+            f"object {outcome.object_id} is at version {outcome.version}; re-read it and retry "
+            "with that expected_version", current_version=outcome.version)
+    if reason == "forbidden":
+        raise AuthorizationError(f"not permitted on object {outcome.object_id}")
+    if reason in ("not_found", "deleted"):
+        raise NotFoundError(f"object {outcome.object_id} {reason.replace('_', ' ')}")
+    raise RejectedError(f"rejected: {reason}", reason=reason)
+
+
+class Client:
+    """One actor's handle on blobledger. Thread-safe for publishing and waiting."""
+
+    def __init__(self, settings: Settings | None = None, *, actor: str,
+                 tenant: str | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.actor = v.validate_actor(actor)
+        self.tenant = tenant or self.settings.tenant
+        self._publisher: Publisher | None = None
+        self._waiter: OutcomeWaiter | None = None
+        self._conn = None
+
+    # --- lazily created adapters ------------------------------------------------------------
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            self._publisher = Publisher(self.settings)
+        return self._publisher
+
+    @property
+    def waiter(self) -> OutcomeWaiter:
+        if self._waiter is None:
+            self._waiter = OutcomeWaiter(self.settings)
+        return self._waiter
+
+    @property
+    def queries(self) -> Queries:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.settings, autocommit=True)
+        return Queries(self._conn, self.settings.read_model_schema, self.tenant)
+
+    def close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.close()
+        if self._waiter is not None:
+            self._waiter.close()
+        if self._conn is not None:
+            self._conn.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- helpers ----------------------------------------------------------------------------------
+    def object_id(self, ref: str) -> str:
+        """Accept an object id or a key (ids are derived from tenant + key)."""
+        try:
+            import uuid
+            return str(uuid.UUID(ref))
+        except ValueError:
+            return object_id_for(self.tenant, v.validate_key(ref, max_length=self.settings.max_key_length))
+
+    def _envelope(self, object_id: str, expected_version: int | None,
+                  correlation_id: str | None = None) -> Envelope:
+        return Envelope(
+            object_id=object_id, actor=self.actor, tenant=self.tenant,
+            expected_version=v.validate_expected_version(expected_version),
+            correlation_id=correlation_id or new_id(),
+        )
+
+    def _authorize(self, object_id: str, permission: str) -> None:
+        """Refuse early when the projection already shows the actor lacks permission. The
+        fold enforces the same rule (:func:`projectors.fold.may`) on the log."""
+        found = self.queries.acl_of(object_id)
+        if found is None:
+            return  # not projected yet: let the fold decide
+        acl, _version, deleted = found
+        if deleted:
+            raise NotFoundError(f"object {object_id} is deleted")
+        if not may(acl, self.actor, permission):
+            raise AuthorizationError(
+                f"{self.actor} lacks {permission!r} on object {object_id}; ask an admin of the "
+                "object to grant it (`blobledger object acl`)")
+
+    def _send(self, event: Event, wait: bool) -> Result:
+        receipt = self.publisher.publish(self.settings.events_topic, event)
+        if not wait:
+            return Result(receipt)
+        outcome = self.wait(receipt)
+        return Result(receipt, outcome)
+
+    def wait(self, receipt: Receipt, timeout: float | None = None) -> EventOutcome:
+        """Block until the projection has folded ``receipt`` and return its outcome,
+        raising the matching error when it was rejected."""
+        outcome = self.waiter.wait(receipt, timeout)
+        _raise_for(outcome)
+        return outcome
+
+    # --- writes ---------------------------------------------------------------------------------
+    def create(self, key: str, metadata: Mapping[str, Any] | None = None, *,
+               tags: Iterable[str] = (), content_type: str | None = None,
+               wait: bool = True) -> Result:
+        s = self.settings
+        key = v.validate_key(key, max_length=s.max_key_length)
+        event = ObjectCreated(
+            self._envelope(object_id_for(self.tenant, key), 0),
+            key=key,
+            metadata_json=v.metadata_json(metadata, max_bytes=s.max_metadata_bytes, max_depth=s.max_metadata_depth),
+            tags=v.validate_tags(tags),
+            content_type=content_type,
+        )
+        return self._send(event, wait)
+
+    def update(self, ref: str, patch: Mapping[str, Any], *, expected_version: int | None = None,
+               wait: bool = True) -> Result:
+        """Merge ``patch`` into the metadata (RFC 7396: a None value removes the key)."""
+        s = self.settings
+        oid = self.object_id(ref)
+        text = v.metadata_json(patch, max_bytes=s.max_metadata_bytes, max_depth=s.max_metadata_depth)
+        self._authorize(oid, "write")
+        return self._send(MetadataUpdated(self._envelope(oid, expected_version), patch_json=text), wait)
+
+    def tag(self, ref: str, *, add: Iterable[str] = (), remove: Iterable[str] = (),
+            expected_version: int | None = None, wait: bool = True) -> Result:
+        oid = self.object_id(ref)
+        added, removed = v.validate_tags(add), v.validate_tags(remove)
+        if not added and not removed:
+            raise ValidationError("tag needs at least one tag to add or remove")
+        self._authorize(oid, "write")
+        return self._send(TagsChanged(self._envelope(oid, expected_version), added=added, removed=removed), wait)
+
+    def set_acl(self, ref: str, principal: str, permissions: Iterable[str], *,
+                expected_version: int | None = None, wait: bool = True) -> Result:
+        """Replace what ``principal`` may do on the object (an empty list revokes)."""
+        oid = self.object_id(ref)
+        event = AclChanged(self._envelope(oid, expected_version),
+                           principal=v.validate_principal(principal),
+                           permissions=v.validate_permissions(permissions))
+        self._authorize(oid, "admin")
+        return self._send(event, wait)
+
+    def delete(self, ref: str, *, expected_version: int | None = None, reason: str | None = None,
+               wait: bool = True) -> Result:
+        oid = self.object_id(ref)
+        self._authorize(oid, "write")
+        return self._send(ObjectDeleted(self._envelope(oid, expected_version), reason=reason), wait)
+
+    def attach_blob(self, ref: str, source: str, *, expected_version: int | None = None,
+                    declared_sha256: str | None = None, declared_size: int | None = None,
+                    content_type: str | None = None, wait: bool = True) -> Result:
+        """Publish the provisional ``BlobAttached`` event, then the upload command.
+
+        The command goes out only after the event is acknowledged, so a worker's
+        completion always lands behind the attach in the object's partition. With
+        ``wait`` the call returns once the attach is folded (the upload is pending), not
+        when the bytes are stored: blob traffic never holds up the metadata path."""
+        s = self.settings
+        oid = self.object_id(ref)
+        source = _normalize_source(source)
+        declared_sha256 = v.validate_sha256(declared_sha256)
+        declared_size = v.validate_size(declared_size, max_size=s.max_blob_size)
+        self._authorize(oid, "write")
+        env = self._envelope(oid, expected_version)
+        upload_id = new_id()
+        deadline = now_us() + s.upload_deadline_seconds * 1_000_000
+        attached = BlobAttached(env, upload_id=upload_id, source=source,
+                                declared_sha256=declared_sha256, declared_size=declared_size,
+                                content_type=content_type, deadline=deadline)
+        receipt = self.publisher.publish(s.events_topic, attached)
+        command = UploadRequested(env.caused(actor=self.actor), upload_id=upload_id, source=source,
+                                  declared_sha256=declared_sha256, declared_size=declared_size,
+                                  content_type=content_type, deadline=deadline)
+        self.publisher.publish(s.commands_topic, command)
+        outcome = self.wait(receipt) if wait else None
+        return Result(receipt, outcome, upload_id)
+
+    # --- reads ------------------------------------------------------------------------------------
+    def get(self, ref: str) -> ObjectView:
+        return self.queries.get(self.object_id(ref), actor=self.actor)
+
+    def list(self, *, prefix: str = "", tag: str | None = None, cursor: str | None = None,
+             limit: int = 100) -> Page:
+        return self.queries.list(actor=self.actor, prefix=prefix, tag=tag, cursor=cursor, limit=limit)
+
+    def history(self, ref: str) -> list[HistoryEntry]:
+        return self.queries.history(self.object_id(ref), actor=self.actor)
+
+    def as_of(self, ref: str, *, version: int | None = None, at: datetime | None = None) -> HistoryEntry:
+        return self.queries.as_of(self.object_id(ref), actor=self.actor, version=version, at=at)
+
+    def audit(self, actor: str | None = None, *, since: datetime | None = None,
+              limit: int = 1000) -> list[AuditEntry]:
+        return self.queries.audit(actor or self.actor, since=since, limit=limit)
+
+    def upload(self, upload_id: str) -> UploadView:
+        return self.queries.upload(upload_id)
+
+
+def _normalize_source(source: str) -> str:
+    """Local paths become absolute ``file://`` URIs (the worker may run elsewhere in the
+    tree); http(s) URLs pass through; anything else is refused."""
+    if source.startswith(("http://", "https://", "file://")):
+        return source
+    if "://" in source:
+        raise ValidationError(f"unsupported source {source!r}: use a local path, file://, http:// or https://")
+    return "file://" + os.path.abspath(source)

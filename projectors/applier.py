@@ -1,0 +1,128 @@
+"""Fold a batch of decoded log records into one read-model transaction.
+
+Shared by the live projector and replay, so both produce identical tables. The batch is
+folded in memory against the states it touches (loaded in two queries), then written
+with COPY together with the new checkpoints; see :mod:`projectors.readmodel`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from projectors.fold import ObjectState, Upload, apply
+from projectors.readmodel import BatchWrite, ReadModel
+from schemas.events import BlobAttached, BlobStored, BlobUploadFailed, Event, us_to_datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One decoded message and its position in the log."""
+
+    topic: str
+    partition: int
+    offset: int
+    #: None for a dead-lettered message: it only moves the checkpoint
+    event: Event | None
+
+
+@dataclass
+class BatchStats:
+    applied: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    stale: int = 0  # below the checkpoint: folded by someone else already
+    #: partitions whose checkpoint is behind what we were handed (the caller must seek)
+    rewind: dict[int, int] = field(default_factory=dict)
+
+
+def _upload_id(event: Event) -> str | None:
+    if isinstance(event, (BlobAttached, BlobStored, BlobUploadFailed)):
+        return event.upload_id
+    return None
+
+
+def apply_batch(
+    model: ReadModel,
+    topic: str,
+    records: Sequence[Record],
+    positions: dict[int, int] | None = None,
+) -> BatchStats:
+    """Fold ``records`` (in log order per partition) and write the result, in the
+    caller's transaction. ``positions`` maps partition -> the offset the caller's
+    consumer started from; when the stored checkpoint disagrees (another projector
+    moved ahead, or a swap/recovery moved it back), records are skipped or a rewind is
+    requested instead of folding anything twice or leaving a gap."""
+    stats = BatchStats()
+    model.lock_for_batch()
+    stored = model.checkpoints(topic, lock=True)
+    write = BatchWrite()
+    fresh: list[Record] = []
+    for rec in records:
+        next_offset = stored.get(rec.partition, 0)
+        if positions is not None and positions.get(rec.partition, 0) > next_offset:
+            # the checkpoint is behind where our consumer stands (a replay swapped the
+            # schema in, or the read model was recovered): folding on would leave a gap
+            stats.rewind[rec.partition] = next_offset
+            continue
+        if rec.offset < next_offset:
+            stats.stale += 1
+            continue
+        fresh.append(rec)
+    if not fresh:
+        return stats
+
+    events = [r for r in fresh if r.event is not None]
+    objects = model.load_objects({r.event.object_id for r in events})  # type: ignore[union-attr]
+    uploads = model.load_uploads({u for r in events if (u := _upload_id(r.event))})  # type: ignore[arg-type]
+    seen = model.applied({r.event.event_id for r in events})  # type: ignore[union-attr]
+    fold_records(events, objects, uploads, seen, write, stats)
+    for rec in fresh:
+        write.checkpoints[(rec.topic, rec.partition)] = rec.offset + 1
+    model.write(write)
+    return stats
+
+
+def fold_records(
+    records: Iterable[Record],
+    objects: dict[str, ObjectState],
+    uploads: dict[str, Upload],
+    seen: set[str],
+    write: BatchWrite,
+    stats: BatchStats,
+) -> None:
+    """The in-memory part: fold each record, collecting rows into ``write``."""
+    for rec in records:
+        event = rec.event
+        if event is None:
+            continue
+        env = event.envelope
+        if env.event_id in seen:
+            stats.duplicates += 1
+            continue
+        seen.add(env.event_id)
+        state = objects.get(env.object_id)
+        result = apply(state, event, uploads)
+        out = result.outcome
+        write.outcomes.append((
+            env.event_id, env.object_id, event.event_type, env.tenant, env.actor, out.status,
+            out.reason, out.version, env.correlation_id, us_to_datetime(env.occurred_at),
+            rec.partition, rec.offset,
+        ))
+        if not out.accepted:
+            stats.rejected += 1
+        else:
+            stats.applied += 1
+        if result.state is not None and result.state is not state:
+            objects[env.object_id] = result.state
+            write.objects[env.object_id] = result.state
+            if state is None or result.state.acl != state.acl:
+                write.acl_changed.add(env.object_id)
+        if result.new_version and result.state is not None:
+            write.version_row(result.state, env.event_id, event.event_type, env.actor,
+                              env.occurred_at, env.correlation_id)
+        if result.upload is not None:
+            uploads[result.upload.upload_id] = result.upload
+            write.uploads[result.upload.upload_id] = result.upload
+        for sha, delta in result.ref_deltas.items():
+            write.ref_deltas[sha] = write.ref_deltas.get(sha, 0) + delta

@@ -1,0 +1,357 @@
+"""The fold: a pure, deterministic function from (state, event) to (new state, outcome).
+
+The read model is this function applied to the log in per-partition order, so the live
+projector and a replay produce the same tables. No I/O here: the runner loads the states
+a batch touches, folds in memory, and writes the results in one transaction.
+
+Rules (DESIGN.md, "The fold"):
+1. an already-applied event id is a no-op (the runner filters those before folding);
+2. ``expected_version`` different from the current version -> rejected ``conflict``;
+   an actor without the needed permission -> rejected ``forbidden``;
+3. attaching a blob creates a pending upload; readers keep the committed blob until a
+   completion finalizes it; a compensation rolls the pending reference back;
+4. a completion for an upload that is no longer pending finalizes nothing and marks the
+   stored bytes ``orphaned`` (a garbage-collection candidate).
+
+Versions count user commands (create, update, tag, acl, delete, attach). Completion and
+compensation change which blob is committed without bumping the version, so a caller
+holding the version returned by ``attach`` is not made to conflict by background work.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from blob_worker.lifecycle import UploadState, on_completion, on_compensation
+from schemas.events import (
+    AclChanged,
+    BlobAttached,
+    BlobStored,
+    BlobUploadFailed,
+    Event,
+    MetadataUpdated,
+    ObjectCreated,
+    ObjectDeleted,
+    TagsChanged,
+)
+
+PERMISSIONS = frozenset({"read", "write", "admin"})
+OWNER_PERMISSIONS = frozenset(PERMISSIONS)
+EVERYONE = "*"
+#: actors allowed to finalize or roll back uploads (workers and the reaper)
+SYSTEM_PREFIX = "system:"
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    sha256: str
+    size: int
+    key: str
+    upload_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectState:
+    object_id: str
+    tenant: str
+    key: str
+    version: int
+    created_at: int
+    updated_at: int
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    content_type: str | None = None
+    deleted: bool = False
+    acl: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    blob: BlobRef | None = None
+    pending_upload_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    upload_id: str
+    object_id: str
+    state: UploadState
+    source: str
+    requested_version: int
+    deadline: int
+    requested_at: int
+    declared_sha256: str | None = None
+    declared_size: int | None = None
+    sha256: str | None = None
+    size: int | None = None
+    key: str | None = None
+    dedup: bool = False
+    reason: str | None = None
+    finished_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: str  # "accepted" | "rejected"
+    reason: str | None
+    version: int  # the object's version after the event (0 when there is no object)
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == "accepted"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    state: ObjectState | None
+    outcome: Outcome
+    #: the upload the event created or changed, if any
+    upload: Upload | None = None
+    #: True when the event produced a new version (a history snapshot is written)
+    new_version: bool = False
+    #: blob reference-count changes: sha256 -> delta
+    ref_deltas: Mapping[str, int] = field(default_factory=dict)
+
+
+def _version(state: ObjectState | None) -> int:
+    return state.version if state else 0
+
+
+def _reject(state: ObjectState | None, reason: str) -> Result:
+    return Result(state, Outcome("rejected", reason, _version(state)))
+
+
+#: each permission implies the ones it outranks: admin > write > read
+IMPLIED = {"read": ("read", "write", "admin"), "write": ("write", "admin"), "admin": ("admin",)}
+
+
+def may(acl: Mapping[str, frozenset[str]] | Mapping[str, Any], actor: str, permission: str) -> bool:
+    """True when ``actor`` (or everyone, ``*``) holds ``permission`` on an object with
+    this ACL. The one rule shared by the client's check and the fold's."""
+    if actor.startswith(SYSTEM_PREFIX):
+        return True
+    granting = IMPLIED[permission]
+    for principal in (actor, EVERYONE):
+        perms = acl.get(principal)
+        if perms and any(p in perms for p in granting):
+            return True
+    return False
+
+
+def _check(state: ObjectState | None, event: Event, permission: str) -> str | None:
+    """Common guards of a command on an existing object: the reason to reject, or None."""
+    env = event.envelope
+    if state is None:
+        return "not_found"
+    if state.tenant != env.tenant:
+        return "not_found"  # other tenants' objects do not exist for this actor
+    if state.deleted:
+        return "deleted"
+    if not may(state.acl, env.actor, permission):
+        return "forbidden"
+    if env.expected_version is not None and env.expected_version != state.version:
+        return "conflict"
+    return None
+
+
+def _parse_json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """RFC 7396 JSON merge patch: null deletes a key, objects merge recursively."""
+    out = dict(target)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_patch(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _bump(state: ObjectState, event: Event, **changes: Any) -> ObjectState:
+    return replace(state, version=state.version + 1, updated_at=event.envelope.occurred_at, **changes)
+
+
+def _accepted(state: ObjectState, **kw: Any) -> Result:
+    return Result(state, Outcome("accepted", None, state.version), new_version=True, **kw)
+
+
+# --- handlers, one per event type -----------------------------------------------------------
+def _created(state: ObjectState | None, e: ObjectCreated) -> Result:
+    env = e.envelope
+    if state is not None:
+        return _reject(state, "exists")
+    if env.expected_version not in (None, 0):
+        return _reject(state, "conflict")
+    metadata = _parse_json_object(e.metadata_json)
+    if metadata is None:
+        return _reject(state, "invalid_metadata")
+    new = ObjectState(
+        object_id=env.object_id,
+        tenant=env.tenant,
+        key=e.key,
+        version=1,
+        created_at=env.occurred_at,
+        updated_at=env.occurred_at,
+        metadata=metadata,
+        tags=tuple(sorted(set(e.tags))),
+        content_type=e.content_type,
+        acl={env.actor: OWNER_PERMISSIONS},
+    )
+    return _accepted(new)
+
+
+def _metadata_updated(state: ObjectState | None, e: MetadataUpdated) -> Result:
+    if reason := _check(state, e, "write"):
+        return _reject(state, reason)
+    assert state is not None
+    patch = _parse_json_object(e.patch_json)
+    if patch is None:
+        return _reject(state, "invalid_metadata")
+    return _accepted(_bump(state, e, metadata=merge_patch(state.metadata, patch)))
+
+
+def _tags_changed(state: ObjectState | None, e: TagsChanged) -> Result:
+    if reason := _check(state, e, "write"):
+        return _reject(state, reason)
+    assert state is not None
+    tags = (set(state.tags) | set(e.added)) - set(e.removed)
+    return _accepted(_bump(state, e, tags=tuple(sorted(tags))))
+
+
+def _acl_changed(state: ObjectState | None, e: AclChanged) -> Result:
+    if reason := _check(state, e, "admin"):
+        return _reject(state, reason)
+    assert state is not None
+    perms = frozenset(e.permissions)
+    if not perms <= PERMISSIONS or not e.principal:
+        return _reject(state, "invalid_acl")
+    acl = dict(state.acl)
+    if perms:
+        acl[e.principal] = perms
+    else:
+        acl.pop(e.principal, None)
+    if not any("admin" in p for p in acl.values()):
+        return _reject(state, "last_admin")  # an object nobody can administer is lost
+    return _accepted(_bump(state, e, acl=acl))
+
+
+def _deleted(state: ObjectState | None, e: ObjectDeleted) -> Result:
+    if reason := _check(state, e, "write"):
+        return _reject(state, reason)
+    assert state is not None
+    return _accepted(_bump(state, e, deleted=True))
+
+
+def _blob_attached(
+    state: ObjectState | None, e: BlobAttached, uploads: Mapping[str, Upload]
+) -> Result:
+    if reason := _check(state, e, "write"):
+        return _reject(state, reason)
+    assert state is not None
+    if e.upload_id in uploads:
+        return _reject(state, "duplicate_upload")
+    new = _bump(state, e, pending_upload_id=e.upload_id)
+    upload = Upload(
+        upload_id=e.upload_id,
+        object_id=state.object_id,
+        state=UploadState.PENDING,
+        source=e.source,
+        requested_version=new.version,
+        deadline=e.deadline,
+        requested_at=e.envelope.occurred_at,
+        declared_sha256=e.declared_sha256,
+        declared_size=e.declared_size,
+    )
+    return _accepted(new, upload=upload)
+
+
+def _blob_stored(state: ObjectState | None, e: BlobStored, uploads: Mapping[str, Upload]) -> Result:
+    upload = uploads.get(e.upload_id)
+    if upload is None or state is None or upload.object_id != state.object_id:
+        return _reject(state, "unknown_upload")
+    if not e.envelope.actor.startswith(SYSTEM_PREFIX):
+        return _reject(state, "forbidden")
+    current = state.pending_upload_id == upload.upload_id and not state.deleted
+    done = replace(
+        upload, sha256=e.sha256, size=e.size, key=e.key, dedup=e.dedup,
+        finished_at=e.envelope.occurred_at,
+    )
+    mismatch = (upload.declared_sha256 not in (None, e.sha256)) or (
+        upload.declared_size not in (None, e.size)
+    )
+    transition = on_completion(upload.state, is_current=current and not mismatch)
+    if transition.finalize:
+        old = state.blob
+        new_state = replace(
+            state,
+            blob=BlobRef(e.sha256, e.size, e.key, upload.upload_id),
+            pending_upload_id=None,
+            updated_at=e.envelope.occurred_at,
+        )
+        deltas: dict[str, int] = {e.sha256: 1}
+        if old is not None:
+            deltas[old.sha256] = deltas.get(old.sha256, 0) - 1
+        return Result(
+            new_state,
+            Outcome("accepted", None, new_state.version),
+            upload=replace(done, state=transition.state),
+            ref_deltas=deltas,
+        )
+    if transition.state is upload.state:  # redelivered completion of a finished upload
+        return _reject(state, "upload_not_pending")
+    # superseded, compensated, deleted object or a hash the producer did not declare: the
+    # bytes are in S3 but nothing references them
+    reason = "checksum_mismatch" if mismatch else "upload_not_pending"
+    new_state = replace(state, pending_upload_id=None) if current else state
+    return Result(
+        new_state,
+        Outcome("rejected", reason, state.version),
+        upload=replace(done, state=transition.state, reason=upload.reason or reason),
+    )
+
+
+def _upload_failed(
+    state: ObjectState | None, e: BlobUploadFailed, uploads: Mapping[str, Upload]
+) -> Result:
+    upload = uploads.get(e.upload_id)
+    if upload is None or state is None or upload.object_id != state.object_id:
+        return _reject(state, "unknown_upload")
+    if not e.envelope.actor.startswith(SYSTEM_PREFIX):
+        return _reject(state, "forbidden")
+    transition = on_compensation(upload.state)
+    if transition.state is upload.state:
+        return _reject(state, "upload_not_pending")
+    new_state = state
+    if state.pending_upload_id == upload.upload_id:
+        new_state = replace(state, pending_upload_id=None, updated_at=e.envelope.occurred_at)
+    failed = replace(
+        upload, state=transition.state, reason=e.reason, finished_at=e.envelope.occurred_at
+    )
+    return Result(new_state, Outcome("accepted", None, new_state.version), upload=failed)
+
+
+def apply(state: ObjectState | None, event: Event, uploads: Mapping[str, Upload]) -> Result:
+    """Fold one event. ``uploads`` holds (at least) the upload the event names, if any."""
+    if isinstance(event, ObjectCreated):
+        return _created(state, event)
+    if isinstance(event, MetadataUpdated):
+        return _metadata_updated(state, event)
+    if isinstance(event, TagsChanged):
+        return _tags_changed(state, event)
+    if isinstance(event, AclChanged):
+        return _acl_changed(state, event)
+    if isinstance(event, ObjectDeleted):
+        return _deleted(state, event)
+    if isinstance(event, BlobAttached):
+        return _blob_attached(state, event, uploads)
+    if isinstance(event, BlobStored):
+        return _blob_stored(state, event, uploads)
+    if isinstance(event, BlobUploadFailed):
+        return _upload_failed(state, event, uploads)
+    return _reject(state, "not_an_event")  # e.g. a command written to the events topic

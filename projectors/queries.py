@@ -1,0 +1,273 @@
+"""Queries over the read model, filtered by what the actor may read.
+
+Every query is an index lookup or an index range scan (objects by id, by (tenant, key),
+by tag; versions by (object_id, version); outcomes by (actor, time)), so latency does not
+grow with the length of the log. Lists page with keyset cursors, never OFFSET.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, Sequence
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from infra.errors import AuthorizationError, NotFoundError, ValidationError
+from infra.postgres import translated
+from projectors.fold import IMPLIED, may
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    sha256: str
+    size: int
+    key: str
+    upload_id: str
+
+
+@dataclass(frozen=True)
+class ObjectView:
+    object_id: str
+    tenant: str
+    key: str
+    version: int
+    metadata: dict[str, Any]
+    tags: list[str]
+    content_type: str | None
+    deleted: bool
+    acl: dict[str, list[str]]
+    blob: BlobInfo | None
+    pending_upload_id: str | None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("created_at", "updated_at"):
+            if d.get(k) is not None:
+                d[k] = d[k].isoformat()
+        return d
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    version: int
+    event_id: str
+    event_type: str
+    actor: str
+    occurred_at: datetime
+    correlation_id: str
+    snapshot: ObjectView
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version, "event_id": self.event_id, "event_type": self.event_type,
+            "actor": self.actor, "occurred_at": self.occurred_at.isoformat(),
+            "correlation_id": self.correlation_id, "snapshot": self.snapshot.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    event_id: str
+    object_id: str
+    event_type: str
+    status: str
+    reason: str | None
+    version: int
+    occurred_at: datetime
+    correlation_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["occurred_at"] = self.occurred_at.isoformat()
+        return d
+
+
+@dataclass(frozen=True)
+class UploadView:
+    upload_id: str
+    object_id: str
+    state: str
+    source: str
+    requested_version: int
+    sha256: str | None
+    size: int | None
+    key: str | None
+    dedup: bool
+    reason: str | None
+    deadline: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["deadline"] = self.deadline.isoformat()
+        return d
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[ObjectView]
+    next_cursor: str | None
+
+
+_SNAPSHOT_COLUMNS = (
+    "object_id, key, metadata, tags, content_type, deleted, acl, blob_sha256, blob_size, "
+    "blob_key, blob_upload_id, pending_upload_id"
+)
+
+
+def _view(r: dict[str, Any], tenant: str, version: int) -> ObjectView:
+    blob = (
+        BlobInfo(r["blob_sha256"], r["blob_size"], r["blob_key"], str(r["blob_upload_id"]))
+        if r["blob_sha256"] else None
+    )
+    return ObjectView(
+        object_id=str(r["object_id"]), tenant=tenant, key=r["key"], version=version,
+        metadata=r["metadata"], tags=list(r["tags"]), content_type=r["content_type"],
+        deleted=r["deleted"], acl=r["acl"], blob=blob,
+        pending_upload_id=str(r["pending_upload_id"]) if r["pending_upload_id"] else None,
+        created_at=r.get("created_at"), updated_at=r.get("updated_at"),
+    )
+
+
+def _encode_cursor(key: str, object_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([key, object_id]).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        key, oid = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return str(key), str(oid)
+    except (ValueError, TypeError) as e:
+        raise ValidationError("invalid cursor; pass the next_cursor of a previous page") from e
+
+
+class Queries:
+    """Read API bound to a connection (autocommit) and a read-model schema."""
+
+    def __init__(self, conn: psycopg.Connection, schema: str, tenant: str = "default") -> None:
+        self.conn = conn
+        self.schema = schema
+        self.tenant = tenant
+        self._s = sql.Identifier(schema)
+
+    def _fetch(self, query: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        with translated(), self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(sql.SQL(query).format(s=self._s), params)
+            return cur.fetchall()
+
+    def _readable_clause(self) -> str:
+        return (
+            "EXISTS (SELECT 1 FROM {s}.acl_entries a WHERE a.object_id = o.object_id "
+            "AND a.principal = ANY(%s) AND a.permission = ANY(%s))"
+        )
+
+    # --- point lookups ----------------------------------------------------------------------
+    def get(self, object_id: str, *, actor: str, include_deleted: bool = False) -> ObjectView:
+        rows = self._fetch("SELECT * FROM {s}.objects o WHERE object_id = %s AND tenant = %s",
+                           (object_id, self.tenant))
+        if not rows or (rows[0]["deleted"] and not include_deleted):
+            raise NotFoundError(f"object {object_id} not found (or not yet projected)")
+        r = rows[0]
+        if not may(r["acl"], actor, "read"):
+            raise AuthorizationError(f"{actor} may not read object {object_id}")
+        return _view(r, r["tenant"], r["version"])
+
+    def acl_of(self, object_id: str) -> tuple[dict[str, list[str]], int, bool] | None:
+        """(acl, version, deleted) without a permission check: the client's pre-flight."""
+        rows = self._fetch("SELECT acl, version, deleted FROM {s}.objects WHERE object_id = %s AND tenant = %s",
+                           (object_id, self.tenant))
+        return (rows[0]["acl"], rows[0]["version"], rows[0]["deleted"]) if rows else None
+
+    def as_of(self, object_id: str, *, actor: str, version: int | None = None,
+              at: datetime | None = None) -> HistoryEntry:
+        """The object's state at a version, or the last version at or before a time."""
+        self.get(object_id, actor=actor, include_deleted=True)  # existence + permission
+        if version is not None:
+            rows = self._fetch("SELECT * FROM {s}.object_versions WHERE object_id = %s AND version = %s",
+                               (object_id, version))
+        elif at is not None:
+            rows = self._fetch(
+                "SELECT * FROM {s}.object_versions WHERE object_id = %s AND occurred_at <= %s "
+                "ORDER BY version DESC LIMIT 1", (object_id, at))
+        else:
+            raise ValidationError("as_of needs a version or a time")
+        if not rows:
+            raise NotFoundError(f"object {object_id} has no version {version if version is not None else 'at ' + str(at)}")
+        return self._entry(rows[0])
+
+    def _entry(self, r: dict[str, Any]) -> HistoryEntry:
+        return HistoryEntry(
+            version=r["version"], event_id=str(r["event_id"]), event_type=r["event_type"],
+            actor=r["actor"], occurred_at=r["occurred_at"], correlation_id=r["correlation_id"],
+            snapshot=_view(r, self.tenant, r["version"]),
+        )
+
+    def history(self, object_id: str, *, actor: str, after_version: int = 0,
+                limit: int = 1000) -> list[HistoryEntry]:
+        self.get(object_id, actor=actor, include_deleted=True)
+        rows = self._fetch(
+            "SELECT * FROM {s}.object_versions WHERE object_id = %s AND version > %s "
+            "ORDER BY version LIMIT %s", (object_id, after_version, limit))
+        return [self._entry(r) for r in rows]
+
+    # --- lists --------------------------------------------------------------------------------
+    def list(self, *, actor: str, prefix: str = "", tag: str | None = None,
+             cursor: str | None = None, limit: int = 100) -> Page:
+        """Objects the actor may read, ordered by key, a page at a time."""
+        if not 1 <= limit <= 1000:
+            raise ValidationError("limit must be between 1 and 1000")
+        after_key, after_id = _decode_cursor(cursor) if cursor else ("", "00000000-0000-0000-0000-000000000000")
+        where = ["o.tenant = %s", "NOT o.deleted", "(o.key COLLATE \"C\", o.object_id) > (%s, %s::uuid)"]
+        params: list[Any] = [self.tenant, after_key, after_id]
+        if prefix:
+            # a range on the C-collated index, which LIKE with arbitrary input cannot use safely
+            where.append("o.key COLLATE \"C\" >= %s AND o.key COLLATE \"C\" < %s")
+            params += [prefix, prefix + "\U0010ffff"]
+        if tag:
+            where.append("o.tags @> ARRAY[%s]::text[]")
+            params.append(tag)
+        if not actor.startswith("system:"):
+            where.append(self._readable_clause())
+            params += [[actor, "*"], list(IMPLIED["read"])]
+        params.append(limit + 1)
+        rows = self._fetch(
+            "SELECT o.* FROM {s}.objects o WHERE " + " AND ".join(where)
+            + " ORDER BY o.key COLLATE \"C\", o.object_id LIMIT %s", params)
+        items = [_view(r, r["tenant"], r["version"]) for r in rows[:limit]]
+        nxt = _encode_cursor(items[-1].key, items[-1].object_id) if len(rows) > limit else None
+        return Page(items, nxt)
+
+    def audit(self, actor_filter: str, *, since: datetime | None = None,
+              limit: int = 1000) -> list[AuditEntry]:
+        """Everything an actor did (accepted and rejected), oldest first."""
+        rows = self._fetch(
+            "SELECT * FROM {s}.event_outcomes WHERE actor = %s AND tenant = %s "
+            "AND occurred_at >= COALESCE(%s, '-infinity'::timestamptz) ORDER BY occurred_at, event_id LIMIT %s",
+            (actor_filter, self.tenant, since, limit))
+        return [AuditEntry(str(r["event_id"]), str(r["object_id"]), r["event_type"], r["status"],
+                           r["reason"], r["version"], r["occurred_at"], r["correlation_id"]) for r in rows]
+
+    def upload(self, upload_id: str) -> UploadView:
+        rows = self._fetch("SELECT * FROM {s}.uploads WHERE upload_id = %s", (upload_id,))
+        if not rows:
+            raise NotFoundError(f"upload {upload_id} not found (or not yet projected)")
+        r = rows[0]
+        return UploadView(str(r["upload_id"]), str(r["object_id"]), r["state"], r["source"],
+                          r["requested_version"], r["sha256"], r["size"], r["key"], r["dedup"],
+                          r["reason"], r["deadline"])
+
+    def outcome(self, event_id: str) -> dict[str, Any] | None:
+        rows = self._fetch("SELECT * FROM {s}.event_outcomes WHERE event_id = %s", (event_id,))
+        return rows[0] if rows else None
+
+    def lag(self, high_watermarks: dict[int, int], topic: str) -> int:
+        """Events in the log not yet folded (sum over partitions)."""
+        rows = self._fetch("SELECT partition, next_offset FROM {s}.checkpoints WHERE topic = %s", (topic,))
+        done = {r["partition"]: r["next_offset"] for r in rows}
+        return sum(max(0, high - done.get(p, 0)) for p, high in high_watermarks.items())

@@ -1,0 +1,219 @@
+"""The projector: consume the events topic and fold it into the read model.
+
+Offsets live in Postgres (the checkpoints table, written in the view's transaction), not
+in Kafka: on assignment the consumer seeks to the stored checkpoint. Several projectors
+in one consumer group share the partitions; a rebalance in the middle of a batch is safe
+because each batch locks its checkpoint rows and skips what another projector folded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+from infra import logging as blog
+from infra.errors import CodecError, TransientError
+from infra.kafka import make_consumer, make_producer, translate
+from infra.postgres import connect, translate as pg_translate
+from infra.settings import Settings
+from projectors.applier import BatchStats, Record, apply_batch
+from projectors.dlq import DeadLetters
+from projectors.readmodel import ReadModel, migrate
+from schemas.codec import Codec, default_codec
+
+log = blog.get_logger(__name__)
+
+
+@dataclass
+class Totals:
+    applied: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    stale: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, s: BatchStats, dead: int) -> None:
+        self.applied += s.applied
+        self.rejected += s.rejected
+        self.duplicates += s.duplicates
+        self.stale += s.stale
+        self.dead_letters += dead
+        self.batches += 1
+
+    @property
+    def folded(self) -> int:
+        return self.applied + self.rejected
+
+
+class Projector:
+    """One projector process: a consumer, a Postgres connection, a DLQ producer."""
+
+    def __init__(self, settings: Settings, *, codec: Codec | None = None,
+                 schema: str | None = None, group_id: str | None = None) -> None:
+        self.settings = settings
+        self.topic = settings.events_topic
+        self.schema = schema or settings.read_model_schema
+        self.codec = codec or default_codec()
+        self.conn: psycopg.Connection = connect(settings)
+        migrate(self.conn, self.schema)
+        self.model = ReadModel(self.conn, self.schema)
+        self.dlq = DeadLetters(make_producer(settings), settings.dlq_topic)
+        self.consumer: Consumer = make_consumer(
+            settings, group_id or settings.projector_group,
+            # eager rebalancing: on_assign gets the whole assignment, which we re-seek
+            **{"partition.assignment.strategy": "roundrobin"},
+        )
+        #: partition -> the next offset our consumer will deliver
+        self.positions: dict[int, int] = {}
+        self.totals = Totals()
+        self._assigned = threading.Event()
+
+    # --- assignment: seek to the checkpoints stored in Postgres ----------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        stored = self._stored_checkpoints()
+        for tp in partitions:
+            offset = stored.get(tp.partition)
+            tp.offset = offset if offset is not None else OFFSET_BEGINNING
+            self.positions[tp.partition] = offset or 0
+        consumer.assign(partitions)
+        self._assigned.set()
+        log.info("partitions assigned", partitions=[tp.partition for tp in partitions],
+                 checkpoints={tp.partition: self.positions[tp.partition] for tp in partitions})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.positions.pop(tp.partition, None)
+        consumer.unassign()
+        log.info("partitions revoked", partitions=[tp.partition for tp in partitions])
+
+    def _stored_checkpoints(self) -> dict[int, int]:
+        try:
+            with self.conn.transaction():
+                return self.model.checkpoints(self.topic)
+        except psycopg.Error as e:
+            raise pg_translate(e) from e
+
+    # --- the loop ----------------------------------------------------------------------------
+    def subscribe(self) -> None:
+        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+
+    def poll_batch(self, timeout: float = 0.5) -> list[Message]:
+        """Wait up to ``timeout`` for the first message, then take whatever else is already
+        fetched (consume() alone would wait for a full batch: latency under light load)."""
+        first = self.consumer.poll(timeout)
+        if first is None:
+            return []
+        msgs = [first, *self.consumer.consume(self.settings.projector_batch_size - 1, 0)]
+        out = []
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                out.append(m)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                raise translate(err)
+        return out
+
+    def process(self, msgs: list[Message]) -> BatchStats:
+        """Decode, dead-letter what cannot be decoded, fold the rest, commit once."""
+        records: list[Record] = []
+        dead = 0
+        for m in msgs:
+            try:
+                event = self.codec.decode(m.value())
+            except CodecError as e:
+                log.warning("dead-lettering undecodable message", partition=m.partition(),
+                            offset=m.offset(), error=str(e))
+                self.dlq.send(m, e)
+                dead += 1
+                # still advance the checkpoint past it: a record without an event is not folded
+                records.append(Record(m.topic(), m.partition(), m.offset(), None))
+                continue
+            records.append(Record(m.topic(), m.partition(), m.offset(), event))
+        # dead letters are acknowledged before the checkpoint moves past them
+        self.dlq.flush()
+        try:
+            with self.conn.transaction():
+                stats = apply_batch(self.model, self.topic, records, dict(self.positions))
+        except psycopg.Error as e:
+            raise pg_translate(e) from e
+        for rec in records:
+            if rec.partition not in stats.rewind:
+                self.positions[rec.partition] = rec.offset + 1
+        for partition, offset in stats.rewind.items():
+            log.warning("checkpoint moved back; re-reading", partition=partition, offset=offset)
+            self.consumer.seek(TopicPartition(self.topic, partition, offset))
+            self.positions[partition] = offset
+        self.totals.add(stats, dead)
+        return stats
+
+    def run(self, stop: threading.Event, *, idle_exit: float | None = None) -> Totals:
+        """Fold until ``stop`` is set (or, with ``idle_exit``, until nothing arrived for
+        that many seconds). Transient errors are logged and retried with backoff."""
+        self.subscribe()
+        idle_since = time.monotonic()
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                msgs = self.poll_batch()
+                if msgs:
+                    self.process(msgs)
+                    idle_since = time.monotonic()
+                elif idle_exit is not None and time.monotonic() - idle_since > idle_exit:
+                    break
+                backoff = 0.5
+            except TransientError as e:
+                log.warning("transient failure; retrying", error=str(e), backoff=backoff)
+                self._reconnect_if_broken()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+        return self.totals
+
+    def _reconnect_if_broken(self) -> None:
+        if self.conn.closed or self.conn.broken:
+            try:
+                self.conn = connect(self.settings)
+                self.model = ReadModel(self.conn, self.schema)
+                # our consumer may have moved past what was committed: re-seek
+                stored = self._stored_checkpoints()
+                for p in list(self.positions):
+                    offset = stored.get(p, 0)
+                    self.consumer.seek(TopicPartition(self.topic, p, offset))
+                    self.positions[p] = offset
+            except TransientError as e:
+                log.warning("postgres still unavailable", error=str(e))
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        finally:
+            self.conn.close()
+
+
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="blobledger projector",
+                                     description="Fold the events topic into the Postgres read model.")
+    parser.add_argument("--idle-exit", type=float, default=None,
+                        help="exit after this many seconds without new events")
+    args = parser.parse_args(argv)
+    blog.configure()
+    settings = settings or Settings.from_env()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    projector = Projector(settings)
+    log.info("projector started", topic=projector.topic, schema=projector.schema)
+    try:
+        totals = projector.run(stop, idle_exit=args.idle_exit)
+    finally:
+        projector.close()
+    log.info("projector stopped", applied=totals.applied, rejected=totals.rejected,
+             dead_letters=totals.dead_letters)
+    return 0

@@ -1,0 +1,146 @@
+"""Read-your-writes: wait until the projection has folded a published offset.
+
+One background thread per waiter LISTENs on the schema's checkpoint channel; every
+notification (or a periodic tick, in case one is missed) it checks which pending
+receipts the checkpoints have passed and resolves them with their outcome rows.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from infra import logging as blog
+from infra.errors import TimeoutExpired, TransientError
+from infra.postgres import translate
+from infra.settings import Settings
+from producers.publisher import Receipt
+from projectors.readmodel import notify_channel
+
+log = blog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class EventOutcome:
+    event_id: str
+    object_id: str
+    status: str
+    reason: str | None
+    version: int
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == "accepted"
+
+
+class OutcomeWaiter:
+    def __init__(self, settings: Settings, *, schema: str | None = None, tick: float = 0.5) -> None:
+        self.settings = settings
+        self.schema = schema or settings.read_model_schema
+        self.tick = tick
+        self._pending: dict[str, tuple[Receipt, Future[EventOutcome]]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="outcome-waiter", daemon=True)
+            self._thread.start()
+
+    def expect(self, receipt: Receipt) -> "Future[EventOutcome]":
+        future: Future[EventOutcome] = Future()
+        with self._lock:
+            self._pending[receipt.event_id] = (receipt, future)
+        self._ensure_thread()
+        self._wake.set()
+        return future
+
+    def wait(self, receipt: Receipt, timeout: float | None = None) -> EventOutcome:
+        timeout = timeout or self.settings.wait_timeout_seconds
+        future = self.expect(receipt)
+        try:
+            return future.result(timeout)
+        except TimeoutError as e:
+            with self._lock:
+                self._pending.pop(receipt.event_id, None)
+            raise TimeoutExpired(
+                f"the projection did not reach {receipt.topic}[{receipt.partition}]@{receipt.offset} "
+                f"within {timeout:.0f}s; the event is in the log and will be applied when a projector "
+                "runs (`blobledger projector`); check `blobledger stack status`"
+            ) from e
+
+    # --- the background thread ------------------------------------------------------------
+    def _run(self) -> None:
+        conn: psycopg.Connection | None = None
+        while not self._stop.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self.settings.dsn, autocommit=True, connect_timeout=10)
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(notify_channel(self.schema))))
+                self._resolve(conn)
+                with self._lock:
+                    idle = not self._pending
+                if idle:
+                    self._wake.wait(self.tick)
+                    self._wake.clear()
+                    continue
+                for _ in conn.notifies(timeout=self.tick, stop_after=1):
+                    pass
+            except psycopg.Error as e:
+                log.warning("outcome waiter lost postgres; reconnecting", error=str(translate(e)))
+                if conn is not None:
+                    conn.close()
+                conn = None
+                self._stop.wait(0.5)
+        if conn is not None:
+            conn.close()
+
+    def _resolve(self, conn: psycopg.Connection) -> None:
+        with self._lock:
+            pending = list(self._pending.values())
+        if not pending:
+            return
+        topic = pending[0][0].topic
+        s = sql.Identifier(self.schema)
+        try:
+            stored = dict(conn.execute(
+                sql.SQL("SELECT partition, next_offset FROM {}.checkpoints WHERE topic = %s").format(s),
+                (topic,),
+            ).fetchall())
+        except psycopg.errors.UndefinedTable:
+            return  # no projector has created the read model yet
+        ready = [(r, f) for r, f in pending if stored.get(r.partition, 0) > r.offset]
+        if not ready:
+            return
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT event_id, object_id, status, reason, version FROM {}.event_outcomes "
+                "WHERE event_id = ANY(%s::uuid[])"
+            ).format(s),
+            ([r.event_id for r, _ in ready],),
+        ).fetchall()
+        found = {str(row[0]): EventOutcome(str(row[0]), str(row[1]), row[2], row[3], row[4]) for row in rows}
+        with self._lock:
+            for receipt, future in ready:
+                self._pending.pop(receipt.event_id, None)
+                outcome = found.get(receipt.event_id)
+                if outcome is None:
+                    # folded past it without an outcome: it was already applied under the
+                    # same event id earlier (a duplicate publish) or dead-lettered
+                    future.set_exception(TransientError(
+                        f"event {receipt.event_id} was passed by the projection without an outcome; "
+                        "see `blobledger dlq list`"))
+                else:
+                    future.set_result(outcome)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
