@@ -1,0 +1,337 @@
+"""Replay: rebuild the read model from offset 0 into a fresh schema, then swap it in.
+
+The live schema keeps serving while the rebuild runs. The swap takes the schema's
+advisory lock exclusively (projectors hold it shared per batch), brings the rebuild up
+to exactly the live checkpoints, optionally compares the two by digest, and renames the
+schemas in one transaction. ``recover`` is the same rebuild for a read model that is
+gone (dropped database or schema): there is nothing to compare or keep serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import psycopg
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+from psycopg import sql
+
+from infra import logging as blog
+from infra.errors import CodecError, StackError
+from infra.kafka import make_consumer, make_producer, translate
+from infra.postgres import connect, translated
+from infra.settings import Settings
+from projectors.applier import Record, apply_batch
+from projectors.dlq import DeadLetters
+from projectors.readmodel import ReadModel, lock_key, migrate
+from schemas.codec import Codec, default_codec
+
+log = blog.get_logger(__name__)
+
+#: tables compared by --verify, with their primary keys (checkpoint times are volatile)
+VERIFIED_TABLES: dict[str, tuple[str, ...]] = {
+    "objects": ("object_id",),
+    "object_versions": ("object_id", "version"),
+    "event_outcomes": ("event_id",),
+    "uploads": ("upload_id",),
+    "blobs": ("sha256",),
+    "acl_entries": ("object_id", "principal", "permission"),
+    "checkpoints": ("topic", "partition"),
+}
+EXCLUDED_COLUMNS = {"checkpoints": ("updated_at",)}
+
+
+@dataclass
+class ReplayReport:
+    events: int = 0
+    seconds: float = 0.0
+    dead_letters: int = 0
+    swapped: bool = False
+    verified: bool | None = None
+    differences: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+class Progress:
+    """A one-line progress bar on stderr (events, percent, events/s); silent when asked."""
+
+    def __init__(self, total: int, *, enabled: bool = True) -> None:
+        self.total = max(total, 1)
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def update(self, done: int, *, final: bool = False) -> None:
+        now = time.monotonic()
+        # redraw 5x a second on a terminal; a plain line every 5 s into logs
+        if not self.enabled or (not final and now - self.last < (0.2 if self.tty else 5.0)):
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        frac = min(done / self.total, 1.0)
+        bar = "#" * int(frac * 30)
+        line = f"replay [{bar:<30}] {done}/{self.total} events {frac:6.1%} {rate:,.0f} ev/s"
+        sys.stderr.write(f"\r{line}" + ("\n" if final else "") if self.tty else line + "\n")
+        sys.stderr.flush()
+
+
+class Rebuilder:
+    """Reads the events topic from the beginning and folds it into ``target`` schema."""
+
+    def __init__(self, settings: Settings, target: str, *, codec: Codec | None = None,
+                 batch_size: int = 20000) -> None:
+        self.settings = settings
+        self.topic = settings.events_topic
+        self.target = target
+        self.codec = codec or default_codec()
+        self.batch_size = batch_size
+        self.conn = connect(settings)
+        self.model = ReadModel(self.conn, target)
+        self.dlq = DeadLetters(make_producer(settings), settings.dlq_topic)
+        # a throwaway group: replay assigns partitions itself and never commits offsets
+        self.consumer: Consumer = make_consumer(
+            settings, f"{settings.projector_group}.replay.{int(time.time() * 1000)}",
+            **{"enable.partition.eof": True, "fetch.wait.max.ms": 100})
+        self.next: dict[int, int] = {}
+        self.events = 0
+        self.dead = 0
+
+    def partitions(self) -> list[int]:
+        md = self.consumer.list_topics(self.topic, timeout=10)
+        t = md.topics.get(self.topic)
+        if t is None or t.error is not None:
+            raise StackError(f"topic {self.topic} not found; is this the right broker and prefix?", service="kafka")
+        return sorted(t.partitions)
+
+    def high_watermarks(self) -> dict[int, int]:
+        out = {}
+        for p in self.partitions():
+            _low, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+            out[p] = high
+        return out
+
+    def start(self) -> None:
+        stored = self.model.checkpoints(self.topic)
+        self.conn.commit()
+        self.next = {p: stored.get(p, 0) for p in self.partitions()}
+        self.consumer.assign([TopicPartition(self.topic, p, o) for p, o in self.next.items()])
+
+    def fold_until(self, targets: dict[int, int], progress: Callable[[int], None] | None = None) -> None:
+        """Fold every record below ``targets[partition]``; records at or past it are left
+        for later (the consumer is re-positioned so nothing is skipped)."""
+        remaining = {p for p, t in targets.items() if self.next.get(p, 0) < t}
+        paused: set[int] = set()
+        while remaining:
+            msgs = self.consumer.consume(self.batch_size, 1.0)
+            records: list[Record] = []
+            for m in msgs:
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        # the end: offsets left below the target were transaction markers
+                        if m.partition() in remaining and m.offset() >= targets[m.partition()]:
+                            self.next[m.partition()] = max(self.next.get(m.partition(), 0), targets[m.partition()])
+                        continue
+                    raise translate(err)
+                p, off = m.partition(), m.offset()
+                if p not in remaining or off >= targets[p]:
+                    if p not in paused:
+                        # went past the target: rewind to it and stop reading this partition
+                        self.consumer.pause([TopicPartition(self.topic, p)])
+                        self.consumer.seek(TopicPartition(self.topic, p, max(self.next.get(p, 0), targets.get(p, 0))))
+                        paused.add(p)
+                    continue
+                try:
+                    event = self.codec.decode(m.value())
+                except CodecError as e:
+                    self.dlq.send(m, e)
+                    self.dead += 1
+                    event = None
+                records.append(Record(m.topic(), p, off, event))
+            if records:
+                self.dlq.flush()
+                with translated(), self.conn.transaction():
+                    stats = apply_batch(self.model, self.topic, records)
+                self.events += stats.applied + stats.rejected + stats.duplicates
+                for r in records:
+                    self.next[r.partition] = r.offset + 1
+            for p in list(remaining):
+                if self.next.get(p, 0) >= targets[p]:
+                    remaining.discard(p)
+            if progress:
+                progress(self.events)
+        if paused:
+            self.consumer.resume([TopicPartition(self.topic, p) for p in paused])
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.conn.close()
+
+
+# --- comparing two read models -----------------------------------------------------------------
+def _columns(conn: psycopg.Connection, schema: str, table: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+        "ORDER BY ordinal_position", (schema, table)).fetchall()
+    return [r[0] for r in rows if r[0] not in EXCLUDED_COLUMNS.get(table, ())]
+
+
+def compare(conn: psycopg.Connection, live: str, rebuilt: str, limit: int = 20) -> dict[str, dict[str, list[str]]]:
+    """Digest every table in both schemas; for tables that differ, list primary keys
+    present only on one side or with different contents."""
+    diffs: dict[str, dict[str, list[str]]] = {}
+    for table, pk in VERIFIED_TABLES.items():
+        cols = _columns(conn, live, table)
+        col_sql = sql.SQL(", ").join(map(sql.Identifier, cols))
+        pk_sql = sql.SQL(", ").join(map(sql.Identifier, pk))
+
+        def digest(schema: str) -> str:
+            q = sql.SQL("SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
+                        "FROM (SELECT {c} FROM {s}.{t}) t").format(
+                c=col_sql, s=sql.Identifier(schema), t=sql.Identifier(table))
+            return conn.execute(q).fetchone()[0]
+
+        if digest(live) == digest(rebuilt):
+            continue
+
+        def only(a: str, b: str) -> list[str]:
+            q = sql.SQL("SELECT {pk} FROM (SELECT {c} FROM {a}.{t} EXCEPT SELECT {c} FROM {b}.{t}) x "
+                        "ORDER BY 1 LIMIT %s").format(
+                pk=pk_sql, c=col_sql, a=sql.Identifier(a), b=sql.Identifier(b), t=sql.Identifier(table))
+            return ["/".join(map(str, r)) for r in conn.execute(q, (limit,)).fetchall()]
+
+        diffs[table] = {"live_only_or_changed": only(live, rebuilt), "rebuilt_only_or_changed": only(rebuilt, live)}
+    return diffs
+
+
+def _schema_exists(conn: psycopg.Connection, schema: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is not None
+
+
+def replay(settings: Settings, *, verify: bool = False, swap: bool = True, progress: bool = True,
+           codec: Codec | None = None) -> ReplayReport:
+    """Rebuild into ``<schema>_rebuild`` while the live schema serves, then swap."""
+    live = settings.read_model_schema
+    target = f"{live}_rebuild"
+    report = ReplayReport()
+    started = time.monotonic()
+    admin = connect(settings, autocommit=True)
+    try:
+        with translated():
+            admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(target)))
+            migrate(admin, target)
+        rebuilder = Rebuilder(settings, target, codec=codec)
+        try:
+            rebuilder.start()
+            highs = rebuilder.high_watermarks()
+            bar = Progress(sum(highs.values()), enabled=progress)
+            rebuilder.fold_until(highs, bar.update)
+            bar.update(rebuilder.events, final=True)
+            with translated():
+                # exclusive: waits for the live projectors' in-flight batches, holds new ones
+                admin.execute("SELECT pg_advisory_lock(%s)", (lock_key(live),))
+                try:
+                    live_exists = _schema_exists(admin, live)
+                    if live_exists:
+                        live_cp = ReadModel(admin, live).checkpoints(settings.events_topic)
+                        # the rebuild must reach at least what the live model has folded
+                        targets = {p: max(o, live_cp.get(p, 0)) for p, o in rebuilder.next.items()}
+                        rebuilder.fold_until(targets)
+                        if verify:
+                            report.differences = compare(admin, live, target)
+                            report.verified = not report.differences
+                    if swap:
+                        with admin.transaction():
+                            if live_exists:
+                                admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(live)))
+                            admin.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(
+                                sql.Identifier(target), sql.Identifier(live)))
+                        report.swapped = True
+                finally:
+                    admin.execute("SELECT pg_advisory_unlock(%s)", (lock_key(live),))
+            report.events = rebuilder.events
+            report.dead_letters = rebuilder.dead
+        finally:
+            rebuilder.close()
+        if not swap:
+            with translated():
+                admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(target)))
+    finally:
+        admin.close()
+    report.seconds = time.monotonic() - started
+    log.info("replay finished", events=report.events, seconds=round(report.seconds, 2),
+             events_per_second=round(report.events_per_second), swapped=report.swapped,
+             verified=report.verified)
+    return report
+
+
+def ensure_database(settings: Settings) -> bool:
+    """Create the read model's database if it is gone; True when it had to be created."""
+    info = psycopg.conninfo.conninfo_to_dict(settings.dsn)
+    dbname = info.get("dbname") or "postgres"
+    try:
+        psycopg.connect(settings.dsn, connect_timeout=10).close()
+        return False
+    except psycopg.OperationalError as e:
+        if "does not exist" not in str(e):
+            raise StackError(f"cannot reach the read-model database: {e}", service="postgres") from e
+    maint = psycopg.conninfo.make_conninfo(settings.dsn, dbname="postgres")
+    with translated(), psycopg.connect(maint, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    return True
+
+
+def _print(report: ReplayReport, as_json: bool, what: str) -> None:
+    out = asdict(report)
+    out["events_per_second"] = round(report.events_per_second, 1)
+    if as_json:
+        print(json.dumps(out))
+        return
+    print(f"{what}: folded {report.events} events in {report.seconds:.1f}s "
+          f"({report.events_per_second:,.0f} events/s); swapped={report.swapped}")
+    if report.dead_letters:
+        print(f"  {report.dead_letters} undecodable message(s) sent to the DLQ (`blobledger dlq list`)")
+    if report.verified is not None:
+        print("  verify: rebuilt read model equals the live one" if report.verified
+              else "  verify: DIFFERENCES between the live and the rebuilt read model:")
+        for table, sides in report.differences.items():
+            for side, keys in sides.items():
+                if keys:
+                    print(f"    {table} {side}: {', '.join(keys)}")
+
+
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
+    p = argparse.ArgumentParser(prog="blobledger replay",
+                                description="Rebuild the read model from the log into a fresh schema and swap it in.")
+    p.add_argument("--verify", action="store_true", help="compare rebuilt and live models by digest; list differences")
+    p.add_argument("--no-swap", action="store_true", help="rebuild (and verify) without replacing the live model")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    blog.configure()
+    report = replay(settings or Settings.from_env(), verify=args.verify, swap=not args.no_swap,
+                    progress=not args.json)
+    _print(report, args.json, "replay")
+    return 0 if report.verified in (None, True) else 3
+
+
+def recover_main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
+    p = argparse.ArgumentParser(prog="blobledger recover",
+                                description="Rebuild a lost read model (dropped database or schema) from the log.")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    blog.configure()
+    settings = settings or Settings.from_env()
+    created = ensure_database(settings)
+    report = replay(settings, progress=not args.json)
+    if not args.json and created:
+        print("recreated the read-model database")
+    _print(report, args.json, "recover")
+    return 0
