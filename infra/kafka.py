@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+import time
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from infra.errors import PermanentError, TransientError
+from infra.errors import PermanentError, StackError, TimeoutExpired, TransientError
 from infra.settings import Settings
 from schemas.events import Event
 
@@ -115,3 +117,46 @@ def translate(error: KafkaError | KafkaException | Exception) -> TransientError 
             return TransientError(f"kafka: {err.str()} (is the broker up? retrying may help)")
         return PermanentError(f"kafka: {err.str()}")
     return TransientError(f"kafka: {error}")
+
+
+def end_offsets(settings: Settings, topic: str, timeout: float = 30.0) -> dict[int, int]:
+    """The true end (next offset) of every partition of ``topic``.
+
+    ListOffsets on Tansu 0.6 answers the base offset of the last record batch + 1, not
+    the end of the log, so a batch of 3 records reads as 1. Fetch responses carry the
+    right high watermark, so we read from just below the reported end until the
+    partition-EOF event, which states the real end. On Apache Kafka this costs one fetch
+    of one record per partition."""
+    consumer = make_consumer(settings, f"{settings.projector_group}.end-probe",
+                             **{"enable.partition.eof": True, "fetch.wait.max.ms": 10})
+    try:
+        md = consumer.list_topics(topic, timeout=10)
+        t = md.topics.get(topic)
+        if t is None or t.error is not None:
+            raise StackError(f"topic {topic} not found; is this the right broker and prefix?", service="kafka")
+        ends: dict[int, int] = {}
+        probe: list[TopicPartition] = []
+        for p in sorted(t.partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            ends[p] = high
+            if high > low:
+                probe.append(TopicPartition(topic, p, max(high - 1, low)))
+        if probe:
+            consumer.assign(probe)
+            waiting = {tp.partition for tp in probe}
+            deadline = time.monotonic() + timeout
+            while waiting:
+                if time.monotonic() > deadline:
+                    raise TimeoutExpired(f"could not read the end of {topic} partitions {sorted(waiting)}")
+                for m in consumer.consume(10000, 0.5):
+                    err = m.error()
+                    if err is None:
+                        ends[m.partition()] = max(ends[m.partition()], m.offset() + 1)
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        ends[m.partition()] = max(ends[m.partition()], m.offset())
+                        waiting.discard(m.partition())
+                    else:
+                        raise translate(err)
+        return ends
+    finally:
+        consumer.close()

@@ -153,6 +153,16 @@ class Settings:
             raise ConfigurationError(f"unknown settings {unknown}; known: {sorted(known)}")
         return cls(**{name: _coerce(name, known[name].type, value) for name, value in raw.items()})
 
+    def to_env(self) -> dict[str, str]:
+        """The ``BLOBLEDGER_*`` variables that reproduce these settings in a child process."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is None:
+                continue
+            env[PREFIX + f.name.upper()] = json.dumps(dict(v)) if isinstance(v, Mapping) else str(v)
+        return env
+
     def describe(self) -> dict[str, Any]:
         """Settings as plain JSON-able values, with the secret masked."""
         out: dict[str, Any] = {}

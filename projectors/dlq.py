@@ -17,7 +17,7 @@ from typing import Any, Iterator
 from confluent_kafka import Message, Producer, TopicPartition
 
 from infra.errors import BlobledgerError, TransientError
-from infra.kafka import header_value, make_consumer, make_producer, translate
+from infra.kafka import end_offsets, header_value, make_consumer, make_producer, translate
 from infra.settings import Settings
 
 
@@ -69,12 +69,10 @@ class DeadLetters:
 def _read_all(settings: Settings, limit: int) -> Iterator[tuple[Message, DeadLetter]]:
     consumer = make_consumer(settings, group_id=f"{settings.projector_group}.dlq-reader")
     try:
-        md = consumer.list_topics(settings.dlq_topic, timeout=10)
-        parts = sorted(md.topics[settings.dlq_topic].partitions)
         ends: dict[int, int] = {}
         assign = []
-        for p in parts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(settings.dlq_topic, p), timeout=10)
+        for p, high in end_offsets(settings, settings.dlq_topic).items():
+            low, _ = consumer.get_watermark_offsets(TopicPartition(settings.dlq_topic, p), timeout=10)
             if high > low:
                 ends[p] = high
                 assign.append(TopicPartition(settings.dlq_topic, p, low))

@@ -22,7 +22,7 @@ from psycopg import sql
 
 from infra import logging as blog
 from infra.errors import CodecError, StackError
-from infra.kafka import make_consumer, make_producer, translate
+from infra.kafka import end_offsets, make_consumer, make_producer, translate
 from infra.postgres import connect, translated
 from infra.settings import Settings
 from projectors.applier import Record, apply_batch
@@ -112,11 +112,7 @@ class Rebuilder:
         return sorted(t.partitions)
 
     def high_watermarks(self) -> dict[int, int]:
-        out = {}
-        for p in self.partitions():
-            _low, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
-            out[p] = high
-        return out
+        return end_offsets(self.settings, self.topic)
 
     def start(self) -> None:
         stored = self.model.checkpoints(self.topic)

@@ -193,8 +193,11 @@ class Projector:
     def close(self) -> None:
         try:
             self.consumer.close()
+            self.dlq.flush(5)
         finally:
             self.conn.close()
+            # drop the librdkafka handles now, not at interpreter exit (no reconnect noise)
+            del self.dlq, self.consumer
 
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
