@@ -8,6 +8,7 @@ import sys
 from typing import Sequence
 
 from infra.errors import BlobledgerError
+from infra.logging import configure as configure_logging
 from infra.settings import Settings
 from infra.stack.base import ServiceStatus
 from infra.stack.launcher import Stack
@@ -44,6 +45,7 @@ def _print(statuses: list[ServiceStatus], settings: Settings, as_json: bool) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    configure_logging()  # to stderr: stdout carries the table / JSON
     try:
         settings = Settings.from_env()
         stack = Stack(settings, timeout=args.timeout)

@@ -7,6 +7,7 @@ service is left alone, so running it twice (or from the demo and the CLI) is saf
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
 import structlog
@@ -49,15 +50,27 @@ class Stack:
         return [self._services[n] for n in ORDER if self._services[n].embedded]
 
     def up(self, services: Iterable[str] | None = None) -> list[ServiceStatus]:
-        """Start what is not healthy yet and wait until each really answers."""
+        """Start what is not healthy yet and wait until each really answers.
+
+        Postgres depends on nothing, so it starts in a thread beside the S3 -> Kafka chain
+        (saves its ~1-2 s of initdb/startup on a cold ``up``)."""
         wanted = {ALIASES.get(n, n) for n in services} if services else None
-        for svc in self.embedded:
-            if wanted is None or svc.name in wanted:
-                t0 = time.monotonic()
-                started = svc.start(self.timeout)
-                log.info("stack.service_up", service=svc.name, started=started,
-                         seconds=round(time.monotonic() - t0, 2))
+        todo = [s for s in self.embedded if wanted is None or s.name in wanted]
+        chains = [[s for s in todo if s.name == "postgres"], [s for s in todo if s.name != "postgres"]]
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="stack-up") as pool:
+            futures = [pool.submit(self._start_chain, chain) for chain in chains if chain]
+            errors = [f.exception() for f in futures]
+        for e in errors:
+            if e is not None:
+                raise e
         return self.status()
+
+    def _start_chain(self, chain: list[Service]) -> None:
+        for svc in chain:
+            t0 = time.monotonic()
+            started = svc.start(self.timeout)
+            log.info("stack.service_up", service=svc.name, started=started,
+                     seconds=round(time.monotonic() - t0, 2))
 
     def down(self, services: Iterable[str] | None = None) -> None:
         """Stop our services in reverse order (the broker before its S3 goes away)."""

@@ -110,6 +110,7 @@ class EmbeddedPostgres(Service):
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
     def _run(self, argv: list[str], timeout: float) -> None:
+        what = f"{Path(argv[0]).name} {argv[1]}"
         try:
             subprocess.run(
                 argv, check=True, timeout=timeout, stdin=subprocess.DEVNULL,
@@ -118,12 +119,12 @@ class EmbeddedPostgres(Service):
             )
         except subprocess.CalledProcessError as e:
             raise StackError(
-                f"`{' '.join(argv[:2])}` failed: {e.stdout.strip()[-2000:]}\n{_process.tail(self.log_file)}",
+                f"`{what}` failed: {e.stdout.strip()[-2000:]}\n{_process.tail(self.log_file)}",
                 service=self.name, log_file=str(self.log_file),
             ) from e
         except subprocess.TimeoutExpired as e:
             raise StackError(
-                f"`{' '.join(argv[:2])}` took more than {timeout:.0f}s",
+                f"`{what}` took more than {timeout:.0f}s",
                 service=self.name, log_file=str(self.log_file),
             ) from e
 
@@ -151,7 +152,7 @@ class EmbeddedPostgres(Service):
         conf.write_text("".join(f"{k} = {v}\n" for k, v in TUNING.items()))
         main = self.pgdata / "postgresql.conf"
         include = "include_if_exists = 'blobledger.conf'\n"
-        if include not in main.read_text():
+        if main.exists() and include not in main.read_text():  # missing: pg_ctl reports it
             with open(main, "a") as f:
                 f.write("\n# managed by blobledger stack\n" + include)
         if os.geteuid() == 0:

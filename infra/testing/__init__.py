@@ -1,0 +1,28 @@
+"""Test support: the running-stack contract the pytest fixtures yield, and its implementations.
+
+``embedded.py`` runs a private embedded stack on free ports, ``external`` wraps settings
+from the environment, and ``docker_stack.py`` (testcontainers) starts the same services as
+containers. All three satisfy :class:`RunningStack`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol, runtime_checkable
+
+from infra.settings import Settings
+
+ServiceName = Literal["kafka", "postgres", "s3"]
+
+
+@runtime_checkable
+class RunningStack(Protocol):
+    #: "embedded" | "docker" | "external"
+    mode: str
+    #: every endpoint resolved: kafka_bootstrap, postgres_dsn and s3_endpoint are set
+    settings: Settings
+
+    def stop(self, service: ServiceName) -> None:
+        """Stop one service (outage tests). External stacks call ``pytest.skip``."""
+
+    def start(self, service: ServiceName) -> None:
+        """Start it again and return once it answers."""

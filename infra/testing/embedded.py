@@ -1,0 +1,105 @@
+"""A private embedded stack for a test session: its own temp dir and free ports.
+
+Free ports (not the defaults) keep a developer's running ``blobledger stack`` untouched.
+"""
+
+from __future__ import annotations
+
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from infra.settings import Settings
+from infra.stack.launcher import Stack
+from infra.stack.seaweed import grpc_port
+from infra.testing import ServiceName
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_ports(count: int, *, with_grpc: int = 0) -> list[int]:
+    """``count`` distinct free ports; the first ``with_grpc`` also have a free gRPC partner
+    (SeaweedFS needs both). Another process may still grab one before we bind it; the
+    stack then fails fast with a StackError naming the port."""
+    chosen: list[int] = []
+    socks: list[socket.socket] = []
+    try:
+        while len(chosen) < count:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            socks.append(s)  # held open so the kernel does not hand it out twice
+            needs_grpc = len(chosen) < with_grpc
+            partner = grpc_port(port)
+            taken = set(chosen) | {grpc_port(p) for p in chosen[:with_grpc]}
+            if port in taken or (needs_grpc and (partner in taken or not _bindable(partner))):
+                continue
+            chosen.append(port)
+    finally:
+        for s in socks:
+            s.close()
+    return chosen
+
+
+def embedded_settings(base: Settings, data_dir: Path, *, broker_storage: str = "s3") -> Settings:
+    """``base`` pointed at an embedded stack in ``data_dir`` on free ports."""
+    s3, master, volume, filer, pg, kafka = free_ports(6, with_grpc=4)
+    return base.with_(
+        data_dir=data_dir,
+        kafka_bootstrap=None,
+        postgres_dsn=None,
+        s3_endpoint=None,
+        s3_port=s3,
+        weed_master_port=master,
+        weed_volume_port=volume,
+        weed_filer_port=filer,
+        pg_port=pg,
+        kafka_port=kafka,
+        broker_storage=broker_storage,
+    )
+
+
+def resolved(settings: Settings) -> Settings:
+    """Endpoints written out, so code under test never tries to start anything itself."""
+    return settings.with_(
+        kafka_bootstrap=settings.bootstrap_servers,
+        postgres_dsn=settings.dsn,
+        s3_endpoint=settings.s3_url,
+    )
+
+
+class EmbeddedRunningStack:
+    """:class:`infra.testing.RunningStack` over an :class:`infra.stack.launcher.Stack`."""
+
+    mode = "embedded"
+
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self.settings = resolved(stack.settings)
+
+    def stop(self, service: ServiceName) -> None:
+        self.stack.stop_service(service)
+
+    def start(self, service: ServiceName) -> None:
+        self.stack.start_service(service)
+
+
+@contextmanager
+def embedded_stack(
+    base: Settings, data_dir: Path, *, broker_storage: str = "s3"
+) -> Iterator[EmbeddedRunningStack]:
+    """Start a private stack; always stop it again, even when startup or a test failed."""
+    stack = Stack(embedded_settings(base, data_dir, broker_storage=broker_storage))
+    try:
+        stack.up()
+        yield EmbeddedRunningStack(stack)
+    finally:
+        stack.down()
