@@ -24,6 +24,14 @@ def _json_arg(text: str) -> Any:
         raise ValidationError(f"not valid JSON: {text!r} ({e})") from e
 
 
+def _document(args: argparse.Namespace) -> dict[str, Any]:
+    """--meta (a JSON object) merged with the --set pairs."""
+    meta = args.meta if args.meta is not None else {}
+    if not isinstance(meta, dict):
+        raise ValidationError(f"--meta must be a JSON object like '{{\"a\": 1}}', not {type(meta).__name__}")
+    return {**meta, **_pairs(args.set)}
+
+
 def _pairs(pairs: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for p in pairs:
@@ -101,10 +109,9 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     args = parser().parse_args(argv)
     with Client(settings or Settings.from_env(), actor=args.actor, tenant=args.tenant) as client:
         if args.verb == "create":
-            meta = {**(args.meta or {}), **_pairs(args.set)}
-            result = client.create(args.key, meta, tags=args.tag, content_type=args.content_type, wait=args.wait)
+            result = client.create(args.key, _document(args), tags=args.tag, content_type=args.content_type, wait=args.wait)
         elif args.verb == "update":
-            patch = {**(args.meta or {}), **_pairs(args.set)}
+            patch = _document(args)
             if not patch:
                 raise ValidationError("update needs --meta or --set")
             result = client.update(args.object, patch, expected_version=args.expected_version, wait=args.wait)
