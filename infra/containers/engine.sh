@@ -57,11 +57,16 @@ ensure_packages() {
   log "packages: missing ${missing[*]}; installing with apt-get"
   [ "$(id -u)" -eq 0 ] || fail "missing ${missing[*]} and not root: run as root or apt-get install ${missing[*]}"
   command -v apt-get >/dev/null 2>&1 || fail "missing ${missing[*]} and no apt-get on this machine"
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 \
-    || fail "apt-get update failed (needed to install ${missing[*]})"
+  local apt_log=/tmp/blobledger-engine-apt.log
+  if ! DEBIAN_FRONTEND=noninteractive apt-get update >"$apt_log" 2>&1; then
+    tail -n 15 "$apt_log" >&2
+    fail "apt-get update failed, so ${missing[*]} cannot be installed (log: $apt_log)"
+  fi
   # Recommends stay on: netavark + aardvark-dns give container networks their DNS.
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2 \
-    || fail "apt-get install ${missing[*]} failed"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >>"$apt_log" 2>&1; then
+    tail -n 15 "$apt_log" >&2
+    fail "apt-get install ${missing[*]} failed (log: $apt_log)"
+  fi
   for pkg in "${missing[@]}"; do
     command -v "$pkg" >/dev/null 2>&1 || fail "$pkg still missing after apt-get install"
   done
