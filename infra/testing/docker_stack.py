@@ -115,6 +115,14 @@ def engine_host() -> str | None:
     return None
 
 
+def no_engine_reason() -> str:
+    """Why no engine is usable, worded for a skip reason or an error."""
+    explicit = os.environ.get("DOCKER_HOST")
+    where = (f"DOCKER_HOST={explicit} does not answer" if explicit else
+             "no Docker API answers on " + ", ".join(CANDIDATE_SOCKETS) + " (DOCKER_HOST unset)")
+    return f"{where}; start one with `bash infra/containers/engine.sh`"
+
+
 def engine_available() -> bool:
     """True when a Docker-API engine answers a ping within a few seconds."""
     try:
@@ -142,12 +150,7 @@ def configure_testcontainers() -> Engine:
     Values the user already set win."""
     host = engine_host()
     if host is None:
-        raise StackError(
-            "no Docker-API engine answers (tried DOCKER_HOST, "
-            + ", ".join(CANDIDATE_SOCKETS)
-            + "); start one with `bash infra/containers/engine.sh`",
-            service="docker",
-        )
+        raise StackError(no_engine_reason(), service="docker")
     os.environ.setdefault("DOCKER_HOST", host)
     headers = _ping_headers(host) or {}
     podman = "libpod" in headers.get("server", "").lower() or "libpod-api-version" in headers

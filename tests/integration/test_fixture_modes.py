@@ -24,27 +24,20 @@ from infra.settings import Settings
 from infra.stack.seaweed import s3_client
 from infra.testing import RunningStack
 from infra.testing.docker_stack import (
-    CANDIDATE_SOCKETS,
     LABEL,
     LABEL_PID,
     DockerStackConfig,
     docker_stack,
     engine_available,
     engine_host,
+    no_engine_reason,
 )
 
 pytestmark = pytest.mark.integration
 
-NO_ENGINE = (
-    "no Docker-API engine answers (DOCKER_HOST={}, sockets {}); "
-    "start one with `bash infra/containers/engine.sh`"
-)
-
-
 def _require_engine() -> None:
     if not engine_available():
-        pytest.skip(NO_ENGINE.format(os.environ.get("DOCKER_HOST", "unset"),
-                                     ", ".join(CANDIDATE_SOCKETS)))
+        pytest.skip(no_engine_reason())
 
 
 @pytest.fixture(
@@ -103,7 +96,8 @@ def test_produce_and_consume_a_message(settings: Settings) -> None:
 
 def test_postgres_runs_queries_in_a_fresh_database(settings: Settings) -> None:
     with psycopg.connect(settings.dsn, autocommit=True) as conn:
-        assert conn.execute("SELECT current_database()").fetchone()[0].startswith("bl_test_")
+        row = conn.execute("SELECT current_database()").fetchone()
+        assert row and str(row[0]).startswith("bl_test_")
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
                             ).fetchone() == (0,)
         conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
@@ -161,11 +155,13 @@ def _networks(stack_id: str) -> list[str]:
 @pytest.mark.container
 def test_teardown_leaves_no_container_even_when_the_test_fails() -> None:
     _require_engine()
-    with pytest.raises(RuntimeError, match="the test failed"):  # noqa: PT012
-        with docker_stack(Settings.from_env()) as running:
-            stack_id = running.stack_id
-            assert len(_containers(**{LABEL: stack_id})) == 3
-            raise RuntimeError("the test failed")
+    stack_id = ""
+    with pytest.raises(RuntimeError, match="the test failed"), \
+            docker_stack(Settings.from_env()) as running:
+        stack_id = running.stack_id
+        assert len(_containers(**{LABEL: stack_id})) == 3
+        raise RuntimeError("the test failed")
+    assert stack_id
     assert _containers(**{LABEL: stack_id}) == []
     assert _networks(stack_id) == []
 
@@ -179,9 +175,8 @@ def test_a_container_that_exits_during_startup_names_its_image() -> None:
     )
     mine = {LABEL: "", LABEL_PID: str(os.getpid())}
     before = set(_containers(**mine))
-    with pytest.raises(StackError) as failed:
-        with docker_stack(base, config):
-            pytest.fail("the stack started although Postgres cannot")
+    with pytest.raises(StackError) as failed, docker_stack(base, config):
+        pytest.fail("the stack started although Postgres cannot")
     message = str(failed.value)
     assert failed.value.service == "postgres"
     assert config.postgres_image in message
@@ -200,9 +195,9 @@ def test_a_container_that_never_answers_times_out_naming_its_image() -> None:
     mine = {LABEL: "", LABEL_PID: str(os.getpid())}
     before = set(_containers(**mine))
     t0 = time.monotonic()
-    with pytest.raises(StackError, match="did not become ready within 4 s") as failed:
-        with docker_stack(base, config):
-            pytest.fail("the stack started although Postgres never answers")
+    with pytest.raises(StackError, match="did not become ready within 4 s") as failed, \
+            docker_stack(base, config):
+        pytest.fail("the stack started although Postgres never answers")
     assert time.monotonic() - t0 < 60
     assert failed.value.service == "postgres"
     assert config.postgres_image in str(failed.value)
