@@ -63,7 +63,7 @@ def resolve_mode(base: Settings) -> str:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+def stack() -> Iterator[RunningStack]:
     """The services for this test session; whatever it started is stopped at the end."""
     base = Settings.from_env()
     mode = resolve_mode(base)
@@ -79,8 +79,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
         from infra.testing.embedded import embedded_stack
 
         storage = os.environ.get("BLOBLEDGER_TEST_BROKER_STORAGE", "s3")
-        data_dir = tmp_path_factory.mktemp("blobledger-stack")
-        with embedded_stack(base, data_dir, broker_storage=storage) as running:
+        # a private dir outside pytest's tmp tree (see infra.testing.embedded.private_dir)
+        with embedded_stack(base, broker_storage=storage) as running:
             yield running
 
 

@@ -40,8 +40,6 @@ class ServiceStatus:
 class Service(ABC):
     #: "postgres" | "s3" | "kafka" (the names the fixtures and the CLI use)
     name: ClassVar[str]
-    #: a string the service's command line must contain for its pid to be trusted
-    binary_hint: ClassVar[str]
     #: seconds to wait for the probe to pass after launching
     start_timeout: ClassVar[float] = 30.0
 
@@ -62,6 +60,12 @@ class Service(ABC):
     @abstractmethod
     def embedded(self) -> bool: ...
 
+    @property
+    @abstractmethod
+    def identity(self) -> str:
+        """A string our process's command line contains (pids are reused, so a pid file
+        alone could point at an unrelated process)."""
+
     @abstractmethod
     def probe(self, timeout: float) -> None:
         """Raise unless the service really answers a request within ``timeout``."""
@@ -81,7 +85,7 @@ class Service(ABC):
 
     def pid(self) -> int | None:
         pid = _process.read_pid(self.pid_file)
-        return pid if _process.alive(pid, self.binary_hint) else None
+        return pid if _process.alive(pid, self.identity) else None
 
     def healthy(self, timeout: float = 2.0) -> bool:
         try:

@@ -58,7 +58,6 @@ def _bin(name: str) -> str:
 
 class EmbeddedPostgres(Service):
     name = "postgres"
-    binary_hint = "postgres"
     start_timeout = 60.0
 
     @property
@@ -72,6 +71,10 @@ class EmbeddedPostgres(Service):
     @property
     def embedded(self) -> bool:
         return self.settings.embedded_postgres
+
+    @property
+    def identity(self) -> str:
+        return str(self.pgdata)  # pg_ctl starts `postgres -D <pgdata>`
 
     @property
     def pgdata(self) -> Path:

@@ -71,7 +71,6 @@ def s3_client(endpoint: str, access_key: str, secret_key: str, region: str, time
 
 class SeaweedS3(Service):
     name = "s3"
-    binary_hint = "weed"
     start_timeout = 30.0
 
     @property
@@ -85,6 +84,10 @@ class SeaweedS3(Service):
     @property
     def embedded(self) -> bool:
         return self.settings.embedded_s3
+
+    @property
+    def identity(self) -> str:
+        return f"-dir={self.data_dir / 'seaweed'}"
 
     @property
     def buckets(self) -> list[str]:

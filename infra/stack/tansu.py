@@ -27,7 +27,6 @@ def tansu_binary() -> str:
 
 class TansuKafka(Service):
     name = "kafka"
-    binary_hint = "tansu"
     start_timeout = 30.0
 
     @property
@@ -41,6 +40,10 @@ class TansuKafka(Service):
     @property
     def embedded(self) -> bool:
         return self.settings.embedded_kafka
+
+    @property
+    def identity(self) -> str:
+        return f"--listener-url=tcp://127.0.0.1:{self.settings.kafka_port}"
 
     def storage_url(self) -> str:
         storage = self.settings.broker_storage

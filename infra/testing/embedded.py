@@ -5,7 +5,10 @@ Free ports (not the defaults) keep a developer's running ``blobledger stack`` un
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import socket
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -93,13 +96,35 @@ class EmbeddedRunningStack:
 
 
 @contextmanager
-def embedded_stack(
-    base: Settings, data_dir: Path, *, broker_storage: str = "s3"
-) -> Iterator[EmbeddedRunningStack]:
-    """Start a private stack; always stop it again, even when startup or a test failed."""
-    stack = Stack(embedded_settings(base, data_dir, broker_storage=broker_storage))
+def private_dir(prefix: str = "blobledger-stack-") -> Iterator[Path]:
+    """A fresh temp dir outside pytest's ``tmp_path`` tree, removed afterwards.
+
+    Why not ``tmp_path``: as root, PostgreSQL runs as the ``embedded_postgres`` user and
+    must traverse to its data dir, but every pytest session that starts (ours or a
+    parallel one) chmods ``/tmp/pytest-of-root`` back to 0700, and the server then fails
+    with "pg_hba.conf: Permission denied" (at start, or later at runtime)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
     try:
-        stack.up()
-        yield EmbeddedRunningStack(stack)
+        yield path
     finally:
-        stack.down()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def embedded_stack(
+    base: Settings, data_dir: Path | None = None, *, broker_storage: str = "s3"
+) -> Iterator[EmbeddedRunningStack]:
+    """Start a private stack; always stop it again, even when startup or a test failed.
+
+    Leave ``data_dir`` unset (a :func:`private_dir` is used and removed); see there why a
+    pytest ``tmp_path`` is a bad place for it when running as root."""
+    with contextlib.ExitStack() as cleanup:
+        if data_dir is None:
+            data_dir = cleanup.enter_context(private_dir())
+        stack = Stack(embedded_settings(base, data_dir, broker_storage=broker_storage))
+        try:
+            stack.up()
+            yield EmbeddedRunningStack(stack)
+        finally:
+            stack.down()

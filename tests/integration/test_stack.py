@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import boto3
 import psycopg
@@ -23,12 +24,19 @@ from infra.errors import StackError
 from infra.kafka import make_consumer, make_producer
 from infra.settings import Settings
 from infra.stack.launcher import Stack
-from infra.testing.embedded import embedded_settings
+from infra.testing.embedded import embedded_settings, private_dir
 from infra.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def stack_dir() -> Iterator[Path]:
+    """A temp dir outside pytest's tmp tree: see :func:`infra.testing.embedded.private_dir`."""
+    with private_dir() as path:
+        yield path
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -53,8 +61,8 @@ def _env_for(s: Settings) -> dict[str, str]:
     return env
 
 
-def test_cli_up_is_idempotent_and_status_is_healthy(tmp_path: Path) -> None:
-    s = embedded_settings(Settings(), tmp_path / "stack", broker_storage="s3")
+def test_cli_up_is_idempotent_and_status_is_healthy(stack_dir: Path) -> None:
+    s = embedded_settings(Settings(), stack_dir / "stack", broker_storage="s3")
     env = _env_for(s)
     try:
         first = _cli(env, "up", "--json")
@@ -100,10 +108,10 @@ def _consume(consumer, count: int, timeout: float = 60.0) -> list:  # type: igno
     return got
 
 
-def test_broker_log_and_committed_offsets_survive_a_stack_restart(tmp_path: Path) -> None:
+def test_broker_log_and_committed_offsets_survive_a_stack_restart(stack_dir: Path) -> None:
     """THE durability test: the broker keeps its log in SeaweedFS S3, so ``down``/``up``
     (same data dir) loses neither messages nor the consumer group's committed offsets."""
-    s = embedded_settings(Settings(), tmp_path / "stack", broker_storage="s3").with_(
+    s = embedded_settings(Settings(), stack_dir / "stack", broker_storage="s3").with_(
         topic_prefix="durable", partitions=3
     )
     stack = Stack(s)
@@ -175,37 +183,37 @@ def _occupy() -> socket.socket:
     return sock
 
 
-def test_a_service_whose_port_is_taken_fails_with_its_name_and_log(tmp_path: Path) -> None:
+def test_a_service_whose_port_is_taken_fails_with_its_name_and_log(stack_dir: Path) -> None:
     blocker = _occupy()
     try:
         # only Postgres is embedded here, so nothing else is started
         s = Settings(
-            data_dir=tmp_path, pg_port=blocker.getsockname()[1],
+            data_dir=stack_dir, pg_port=blocker.getsockname()[1],
             kafka_bootstrap="127.0.0.1:1", s3_endpoint="http://127.0.0.1:1",
         )
         with pytest.raises(StackError) as err:
             Stack(s).up()
         assert err.value.service == "postgres"
-        assert err.value.log_file == str(tmp_path / "logs" / "postgres.log")
+        assert err.value.log_file == str(stack_dir / "logs" / "postgres.log")
         assert "postgres" in str(err.value) and "postgres.log" in str(err.value)
     finally:
         blocker.close()
 
 
-def test_a_service_that_dies_during_startup_names_itself_and_its_log(tmp_path: Path) -> None:
+def test_a_service_that_dies_during_startup_names_itself_and_its_log(stack_dir: Path) -> None:
     """A data dir from an unknown PostgreSQL version makes the server refuse to start."""
     s = Settings(
-        data_dir=tmp_path, pg_port=embedded_settings(Settings(), tmp_path).pg_port,
+        data_dir=stack_dir, pg_port=embedded_settings(Settings(), stack_dir).pg_port,
         kafka_bootstrap="127.0.0.1:1", s3_endpoint="http://127.0.0.1:1",
     )
-    (tmp_path / "postgres").mkdir()
-    (tmp_path / "postgres" / "PG_VERSION").write_text("7\n")
+    (stack_dir / "postgres").mkdir()
+    (stack_dir / "postgres" / "PG_VERSION").write_text("7\n")
     stack = Stack(s, timeout=30)
     try:
         with pytest.raises(StackError) as err:
             stack.up()
         assert err.value.service == "postgres"
-        assert err.value.log_file == str(tmp_path / "logs" / "postgres.log")
+        assert err.value.log_file == str(stack_dir / "logs" / "postgres.log")
         assert "postgres.log" in str(err.value)
     finally:
         stack.down()
