@@ -615,6 +615,9 @@ def docker_stack(settings: Settings,
                 kafka_bootstrap=f"{host}:{kafka_port}",
                 postgres_dsn=f"postgresql://postgres@{host}:{pg_port}/blobledger",
                 s3_endpoint=f"http://{host}:{s3_port}",
+                # what the broker really does with its log (tests skip durability on memory)
+                **({"broker_storage": config.broker_storage}
+                   if config.broker_flavor == "tansu" else {}),
             ),
             {s.name: s for s in started},
             stack_id,

@@ -130,6 +130,31 @@ def test_a_stopped_postgres_comes_back_on_the_same_endpoint(stack: RunningStack,
         assert conn.execute("SELECT v FROM survivor").fetchall() == [("kept",)]
 
 
+def test_a_restarted_broker_keeps_its_log(stack: RunningStack, settings: Settings) -> None:
+    if settings.broker_storage == "memory":
+        pytest.skip("the broker keeps its log in memory here (BLOBLEDGER_TEST_BROKER_STORAGE)")
+    producer = make_producer(settings)
+    sent = [f"m{i}".encode() for i in range(20)]
+    for value in sent:
+        producer.produce(settings.events_topic, key=b"k", value=value)
+    assert producer.flush(30) == 0
+    del producer
+    stack.stop("kafka")
+    stack.start("kafka")
+    consumer = make_consumer(settings, f"after-restart-{uuid.uuid4().hex[:8]}")
+    got: list[bytes] = []
+    try:
+        consumer.subscribe([settings.events_topic])
+        deadline = time.monotonic() + 60
+        while len(got) < len(sent) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                got.append(msg.value())
+    finally:
+        consumer.close()
+    assert got == sent
+
+
 # --- docker only: teardown and readiness errors ------------------------------------------------
 def _containers(**labels: str) -> list[str]:
     import docker
