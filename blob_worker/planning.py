@@ -11,8 +11,8 @@ inputs, so a resumed upload recomputes the same boundaries and can verify earlie
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from blob_worker.failures import UploadFailure
 from infra.errors import ConfigurationError

@@ -106,7 +106,7 @@ class LocalFileSource:
         self._pos += n
         return n
 
-    def slice(self, offset: int, length: int) -> "FileSlice":
+    def slice(self, offset: int, length: int) -> FileSlice:
         return FileSlice(self, offset, length)
 
     def close(self) -> None:
@@ -234,7 +234,7 @@ def local_path(uri: str) -> str | None:
     return uri
 
 
-def open_source(uri: str, *, http: urllib3.PoolManager | None = None, timeout: float = 30.0) -> "LocalFileSource | HttpSource":
+def open_source(uri: str, *, http: urllib3.PoolManager | None = None, timeout: float = 30.0) -> LocalFileSource | HttpSource:
     """Open ``uri`` (a path, ``file://``, ``http://`` or ``https://``) for reading."""
     path = local_path(uri)
     if path is not None:

@@ -28,14 +28,16 @@ match our bytes, everything else is re-sent.
 from __future__ import annotations
 
 import base64
+import contextvars
 import hashlib
 import re
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -78,7 +80,7 @@ class UploadSpec:
     content_type: str | None = None
 
     @classmethod
-    def from_command(cls, cmd: UploadRequested) -> "UploadSpec":
+    def from_command(cls, cmd: UploadRequested) -> UploadSpec:
         return cls(cmd.upload_id, cmd.source, cmd.declared_sha256, cmd.declared_size, cmd.content_type)
 
 
@@ -113,7 +115,7 @@ class TransferOptions:
     http_timeout: float = 30.0
 
     @classmethod
-    def from_settings(cls, s: Settings) -> "TransferOptions":
+    def from_settings(cls, s: Settings) -> TransferOptions:
         return cls(s.s3_bucket, s.min_part_size, s.max_blob_size, max(1, s.max_in_flight_parts),
                    s.s3_retry_attempts, s.http_timeout_seconds)
 
@@ -182,15 +184,14 @@ class Transfer:
                 with self.breaker.guard():
                     try:
                         return fn(**kwargs, **({"Body": body()} if body else {}))
-                    except Exception as e:  # noqa: BLE001 - translated
+                    except Exception as e:
                         raise translate(e) from e
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     def head(self, key: str) -> dict[str, Any] | None:
         for attempt in retrying(self.opts.retry_attempts):
-            with attempt:
-                with self.breaker.guard():
-                    return head(self.s3, self.opts.bucket, key)
+            with attempt, self.breaker.guard():
+                return head(self.s3, self.opts.bucket, key)
         raise AssertionError("unreachable")
 
     def abort(self, key: str, multipart_id: str) -> None:
@@ -208,9 +209,13 @@ class Transfer:
         *,
         cancel: threading.Event | None = None,
         progress: Callable[[Progress], None] | None = None,
+        final_attempt: bool = True,
     ) -> TransferResult:
-        """Upload ``spec.source``; return where it is stored. Raises UploadFailure
-        (compensate), TransientError (retry later: resumes), TransferCancelled."""
+        """Upload ``spec.source``; return where it is stored.
+
+        Raises UploadFailure (compensate; nothing is left open), TransferCancelled (the
+        multipart upload stays open for a resume), or TransientError (retry later; the
+        multipart upload stays open for the retry to resume, unless ``final_attempt``)."""
         job = _Job(self, spec, cancel or threading.Event(), _Meter(spec.upload_id, progress))
         try:
             result = job.run()
@@ -220,7 +225,12 @@ class Transfer:
             job.cleanup_after_failure()
             job.meter.emit("failed", force=True)
             if isinstance(e, S3ChecksumMismatch):
-                raise UploadFailure("checksum_mismatch", f"{e}; the source changed while uploading?") from e
+                raise UploadFailure("checksum_mismatch", f"{e}; did the source change while uploading?") from e
+            raise
+        except BaseException:
+            if final_attempt:
+                job.cleanup_after_failure()
+                job.meter.emit("failed", force=True)
             raise
         job.meter.done = result.size
         job.meter.emit("stored", force=True)
@@ -325,7 +335,9 @@ class _Pump:
             raise TransferCancelled()
 
     def start(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._futures.append(self._pool.submit(self._run, fn, *args))
+        # parts log with the command's bound event_id/correlation_id
+        ctx = contextvars.copy_context()
+        self._futures.append(self._pool.submit(ctx.run, self._run, fn, *args))
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -610,10 +622,10 @@ class _Job:
     def send_buffer(self, number: int, data: bytearray, listed: _Listed | None) -> tuple[int, dict[str, Any]]:
         crc = _b64_crc(zlib.crc32(data))
         entry = {"PartNumber": number, "ChecksumCRC32": crc}
-        if listed is not None and listed.size == len(data):
-            if hashlib.md5(data, usedforsecurity=False).hexdigest() == listed.etag:
-                self.meter.add(len(data))
-                return 0, {**entry, "ETag": f'"{listed.etag}"', "resumed": True}
+        if (listed is not None and listed.size == len(data)
+                and hashlib.md5(data, usedforsecurity=False).hexdigest() == listed.etag):
+            self.meter.add(len(data))
+            return 0, {**entry, "ETag": f'"{listed.etag}"', "resumed": True}
         r = self.call("upload_part", Bucket=self.bucket, Key=self.key, UploadId=self.multipart_id,
                       PartNumber=number, ChecksumCRC32=crc, body=lambda: data)
         self.meter.add(len(data))

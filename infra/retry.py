@@ -11,8 +11,9 @@ from __future__ import annotations
 import enum
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 from tenacity import (
     Retrying,

@@ -122,7 +122,7 @@ def head(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
     """HEAD an object: its metadata, or None when it does not exist."""
     try:
         return s3.head_object(Bucket=bucket, Key=key)
-    except Exception as e:  # noqa: BLE001 - translated below
+    except Exception as e:
         err = translate(e)
         if isinstance(err, S3NotFound):
             return None

@@ -1,0 +1,225 @@
+"""``blobledger put`` and ``blobledger get``.
+
+``put`` publishes the attach (through the client API) and then follows the worker: the
+progress bar comes from the ephemeral ``<prefix>.blob-progress`` topic, the verdict from
+the read model (the only source of truth), so a lost progress message never changes the
+answer. ``get`` streams the committed blob to a file or stdout and verifies its SHA-256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
+
+from blob_worker.reader import ByteRange, open_object_blob, presigned_get_url
+from blob_worker.runner import progress_topic
+from infra.errors import NotFoundError, TimeoutExpired
+from infra.kafka import make_consumer
+from infra.s3 import make_s3_client
+from infra.settings import Settings
+
+TERMINAL = ("stored", "compensated", "orphaned")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--actor", default=os.environ.get("BLOBLEDGER_ACTOR", os.environ.get("USER", "cli")),
+                   help="who is acting (default $BLOBLEDGER_ACTOR or $USER)")
+    p.add_argument("--tenant", default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _client(settings: Settings, args: argparse.Namespace) -> Any:
+    from producers.client import Client  # lazy: the client pulls Kafka and Postgres
+
+    return Client(settings, actor=args.actor, tenant=args.tenant)
+
+
+# --- put -------------------------------------------------------------------------------
+class ProgressFollower:
+    """Reads upload progress from the progress topic, starting at its current end."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = progress_topic(settings)
+        self.consumer = make_consumer(settings, f"{settings.topic_prefix}.put-{uuid.uuid4()}",
+                                      **{"auto.offset.reset": "latest"})
+        try:
+            md = self.consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+            parts = sorted(md.partitions) if md is not None and md.error is None else []
+        except KafkaException:
+            parts = []
+        # assign (no group join wait) at the end: only this upload's future messages matter
+        self.consumer.assign([TopicPartition(self.topic, p, OFFSET_END) for p in parts])
+
+    def poll(self, upload_id: str, timeout: float) -> dict[str, Any] | None:
+        latest = None
+        end = time.monotonic() + timeout
+        while True:
+            msg = self.consumer.poll(max(0.0, end - time.monotonic()))
+            if msg is None:
+                return latest
+            if not msg.error() and msg.key() == upload_id.encode():
+                try:
+                    latest = json.loads(msg.value())
+                except ValueError:
+                    pass
+            if time.monotonic() >= end:
+                return latest
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _bar(p: dict[str, Any], width: int = 30) -> str:
+    done, total = int(p.get("bytes_done") or 0), p.get("total")
+    mib = done / 2**20
+    if total:
+        frac = min(1.0, done / total)
+        fill = int(frac * width)
+        return (f"[{'#' * fill}{'.' * (width - fill)}] {mib:8.1f}/{total / 2**20:.1f} MiB "
+                f"{float(p.get('mbps') or 0):7.1f} MB/s  {p.get('state', '')}")
+    return f"{mib:8.1f} MiB {float(p.get('mbps') or 0):7.1f} MB/s  {p.get('state', '')}"
+
+
+def follow_upload(client: Any, follower: ProgressFollower | None, upload_id: str, *, timeout: float,
+                  out: TextIO | None) -> Any:
+    """Show progress until the read model says the upload is terminal; its UploadView."""
+    deadline = time.monotonic() + timeout
+    last_check = 0.0
+    while time.monotonic() < deadline:
+        if follower is not None:
+            p = follower.poll(upload_id, 0.5)
+            if p is not None and out is not None and "bytes_done" in p:
+                out.write("\r" + _bar(p))
+                out.flush()
+        else:
+            time.sleep(0.5)
+        if time.monotonic() - last_check >= 0.5:
+            last_check = time.monotonic()
+            try:
+                view = client.upload(upload_id)
+            except NotFoundError:
+                continue
+            if view.state in TERMINAL:
+                if out is not None:
+                    out.write("\n")
+                return view
+    raise TimeoutExpired(f"upload {upload_id} not finished after {timeout:.0f}s; "
+                         f"`blobledger object get` shows its state later")
+
+
+def put_main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
+    p = argparse.ArgumentParser(prog="blobledger put", description="Attach a file or URL to an object.")
+    p.add_argument("object", help="object key or id")
+    p.add_argument("source", help="local file path, file://, http:// or https:// URL")
+    p.add_argument("--sha256", default=None, help="declared SHA-256 (hex): dedup without reading")
+    p.add_argument("--size", type=int, default=None, help="declared size in bytes")
+    p.add_argument("--content-type", default=None)
+    p.add_argument("--expected-version", "-e", type=int, default=None)
+    p.add_argument("--no-follow", dest="follow", action="store_false",
+                   help="return once the attach is accepted (upload pending)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to follow (default: upload deadline)")
+    _common(p)
+    args = p.parse_args(argv)
+    settings = settings or Settings.from_env()
+    with _client(settings, args) as client:
+        follower = ProgressFollower(settings) if args.follow and not args.json else None
+        try:
+            result = client.attach_blob(args.object, args.source, expected_version=args.expected_version,
+                                        declared_sha256=args.sha256, declared_size=args.size,
+                                        content_type=args.content_type)
+            upload_id = result.upload_id
+            if not args.follow:
+                _print(args, {"upload_id": upload_id, "state": "pending", "object_id": result.object_id},
+                       f"upload {upload_id} pending")
+                return 0
+            view = follow_upload(client, follower, upload_id,
+                                 timeout=args.timeout or settings.upload_deadline_seconds + 60,
+                                 out=None if args.json else sys.stderr)
+        finally:
+            if follower is not None:
+                follower.close()
+    body = view.to_json()
+    if view.state == "stored":
+        _print(args, body, f"stored {view.size} bytes sha256 {view.sha256}"
+                           f"{' (dedup: no bytes sent)' if view.dedup else ''}")
+        return 0
+    _print(args, body, f"upload {view.state}: {view.reason}")
+    return 1
+
+
+# --- get -------------------------------------------------------------------------------
+def get_main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
+    p = argparse.ArgumentParser(prog="blobledger get", description="Stream an object's blob, verifying it.")
+    p.add_argument("object", help="object key or id")
+    p.add_argument("-o", "--output", default=None, help="file to write (default stdout)")
+    p.add_argument("--version", type=int, default=None, help="the blob committed at this version")
+    p.add_argument("--range", dest="byte_range", default=None, help="START-END or START- (not verified)")
+    p.add_argument("--url", action="store_true", help="print a presigned GET URL instead")
+    p.add_argument("--expires", type=int, default=3600, help="presigned URL lifetime in seconds")
+    _common(p)
+    args = p.parse_args(argv)
+    settings = settings or Settings.from_env()
+    s3 = make_s3_client(settings)
+    byte_range = ByteRange.parse(args.byte_range) if args.byte_range else None
+    with _client(settings, args) as client:
+        blob = open_object_blob(client, args.object, s3=s3, version=args.version, byte_range=byte_range)
+    if blob.notice:
+        print(f"blobledger get: {blob.notice}", file=sys.stderr)
+    info = {"object_id": blob.object_id, "version": blob.version, "sha256": blob.sha256, "size": blob.size,
+            "key": blob.key, "pending_upload_id": blob.pending_upload_id, "notice": blob.notice}
+    if args.url:
+        blob.reader.close()
+        url = presigned_get_url(s3, settings.s3_bucket, blob.key, expires=args.expires,
+                                filename=os.path.basename(args.object))
+        _print(args, {**info, "url": url}, url)
+        return 0
+    written = _copy(blob.reader, args.output)
+    if args.output is not None or args.json:
+        _print(args, {**info, "bytes": written, "verified": blob.reader.verified, "output": args.output},
+               f"wrote {written} bytes to {args.output}" + (" (sha256 verified)" if blob.reader.verified else ""),
+               stream=sys.stderr if args.output is None else sys.stdout)
+    return 0
+
+
+def _copy(reader: Any, output: str | None) -> int:
+    """Stream to ``output`` via a temp file renamed at the end, so a failed verification
+    never leaves a plausible-looking file behind."""
+    written = 0
+    buf = bytearray(1024 * 1024)
+    view = memoryview(buf)
+    if output is None:
+        sink = sys.stdout.buffer
+        with reader:
+            while n := reader.readinto(view):
+                sink.write(view[:n])
+                written += n
+        sink.flush()
+        return written
+    directory = os.path.dirname(os.path.abspath(output))
+    fd, tmp = tempfile.mkstemp(prefix=".blobledger-get-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f, reader:
+            while n := reader.readinto(view):
+                f.write(view[:n])
+                written += n
+        os.replace(tmp, output)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return written
+
+
+def _print(args: argparse.Namespace, body: dict[str, Any], text: str, stream: TextIO | None = None) -> None:
+    if args.json:
+        print(json.dumps(body, default=str))
+    else:
+        print(text, file=stream or sys.stdout)

@@ -1,0 +1,148 @@
+"""``blobledger reaper``: compensate pending uploads whose deadline passed, and remove what
+crashed uploads left in S3.
+
+* Pending uploads past their deadline (read model ``uploads``) get a ``BlobUploadFailed``
+  with reason ``timeout`` and the upload's deterministic compensation id, so the reaper
+  racing a worker (or another reaper) emits one event the fold applies once; a worker
+  that finishes later emits a completion the fold turns into an orphan (GC candidate).
+* Multipart uploads initiated longer ago than the upload deadline (plus a grace period)
+  belong to commands that are over by now: they are aborted. Completed staging objects
+  that old are deleted. Both are safe because no live command can still use them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from psycopg import sql
+
+from blob_worker.outcomes import REAPER_ACTOR, failed_event
+from blob_worker.transfer import STAGING_PREFIX
+from infra import logging as blog
+from infra.errors import BlobledgerError
+from infra.postgres import connect, translated
+from infra.s3 import make_s3_client, translate
+from infra.settings import Settings
+from producers.publisher import Publisher
+from schemas.events import Envelope
+
+log = structlog.get_logger(__name__)
+
+#: extra age before an open multipart upload counts as abandoned, beyond the deadline
+GRACE_SECONDS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiredUpload:
+    upload_id: str
+    object_id: str
+    tenant: str
+    deadline: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReapReport:
+    compensated: int
+    aborted_multipart: int
+    deleted_staging: int
+
+
+def expired_uploads(conn: Any, schema: str, *, now: datetime | None = None, limit: int = 1000) -> list[ExpiredUpload]:
+    """Pending uploads whose deadline is before ``now`` (oldest first)."""
+    query = sql.SQL(
+        "SELECT u.upload_id, u.object_id, o.tenant, u.deadline FROM {s}.uploads u "
+        "JOIN {s}.objects o ON o.object_id = u.object_id "
+        "WHERE u.state = 'pending' AND u.deadline < %s ORDER BY u.deadline LIMIT %s"
+    ).format(s=sql.Identifier(schema))
+    with translated():
+        rows = conn.execute(query, (now or datetime.now(UTC), limit)).fetchall()
+    return [ExpiredUpload(str(r[0]), str(r[1]), r[2], r[3]) for r in rows]
+
+
+def compensation_for(upload: ExpiredUpload):  # type: ignore[no-untyped-def]
+    """The timeout compensation for an expired upload (id shared with the worker's)."""
+    env = Envelope(object_id=upload.object_id, actor=REAPER_ACTOR, tenant=upload.tenant,
+                   correlation_id=upload.upload_id)
+    return failed_event(env, upload.upload_id, "timeout",
+                        f"deadline {upload.deadline.isoformat()} passed while the upload was pending",
+                        actor=REAPER_ACTOR)
+
+
+class Reaper:
+    def __init__(self, settings: Settings, *, conn: Any, s3: Any, publisher: Publisher) -> None:
+        self.settings, self.conn, self.s3, self.publisher = settings, conn, s3, publisher
+
+    def compensate_expired(self) -> int:
+        expired = expired_uploads(self.conn, self.settings.read_model_schema)
+        futures = [self.publisher.publish_async(self.settings.events_topic, compensation_for(u)) for u in expired]
+        for u, f in zip(expired, futures):
+            f.result(self.settings.wait_timeout_seconds)
+            log.info("reaper.compensated", upload_id=u.upload_id, object_id=u.object_id,
+                     deadline=u.deadline.isoformat())
+        return len(expired)
+
+    def clean_s3(self, *, older_than: float | None = None) -> tuple[int, int]:
+        """Abort multipart uploads and delete staging objects older than ``older_than``
+        seconds (default: the upload deadline plus a grace period)."""
+        age = older_than if older_than is not None else self.settings.upload_deadline_seconds + GRACE_SECONDS
+        cutoff = datetime.now(UTC) - timedelta(seconds=age)
+        bucket = self.settings.s3_bucket
+        aborted = deleted = 0
+        try:
+            for page in self.s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
+                for u in page.get("Uploads", []):
+                    if u["Initiated"] < cutoff:
+                        self.s3.abort_multipart_upload(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
+                        log.info("reaper.multipart_aborted", key=u["Key"], initiated=u["Initiated"].isoformat())
+                        aborted += 1
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=STAGING_PREFIX):
+                for obj in page.get("Contents", []):
+                    if obj["LastModified"] < cutoff:
+                        self.s3.delete_object(Bucket=bucket, Key=obj["Key"])
+                        log.info("reaper.staging_deleted", key=obj["Key"])
+                        deleted += 1
+        except Exception as e:
+            raise translate(e) from e
+        return aborted, deleted
+
+    def run_once(self, *, multipart_older_than: float | None = None) -> ReapReport:
+        compensated = self.compensate_expired()
+        aborted, deleted = self.clean_s3(older_than=multipart_older_than)
+        return ReapReport(compensated, aborted, deleted)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="blobledger reaper", description=__doc__.splitlines()[0])
+    parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    parser.add_argument("--interval", type=float, default=30.0, help="seconds between passes")
+    parser.add_argument("--multipart-older-than", type=float, default=None,
+                        help="abort multipart uploads older than this many seconds "
+                             "(default: upload deadline + 5 min)")
+    args = parser.parse_args(argv)
+    blog.configure()
+    settings = Settings.from_env()
+    publisher = Publisher(settings)
+    s3 = make_s3_client(settings)
+    try:
+        while True:
+            try:
+                with connect(settings, autocommit=True) as conn:
+                    report = Reaper(settings, conn=conn, s3=s3, publisher=publisher).run_once(
+                        multipart_older_than=args.multipart_older_than)
+                log.info("reaper.pass", compensated=report.compensated,
+                         aborted_multipart=report.aborted_multipart, deleted_staging=report.deleted_staging)
+            except BlobledgerError as e:
+                if args.once:
+                    raise
+                log.warning("reaper.pass_failed", error=str(e))  # S3 or Postgres away: next pass
+            if args.once:
+                return 0
+            time.sleep(args.interval)
+    finally:
+        publisher.close()

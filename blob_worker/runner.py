@@ -1,0 +1,381 @@
+"""``blobledger worker``: upload commands in, completion/compensation events out.
+
+Order per command (consume-transform-produce, at-least-once, idempotent):
+
+1. poll an ``UploadRequested`` (several workers share the partitions in one group);
+2. run the transfer on a background thread while this thread keeps polling the paused
+   consumer, so a long upload neither blocks rebalances nor exceeds
+   ``max.poll.interval.ms``; a revoked partition or shutdown cancels the transfer and
+   leaves its multipart upload open for whoever gets the command next (resume);
+3. produce the outcome (deterministic event id) and wait for the broker's ack;
+4. only then commit the command's offset.
+
+A crash between any two steps redelivers the command; the transfer resumes or dedups,
+the outcome gets the same event id, and the fold applies it once. Transient failures are
+retried (tenacity per S3 call, then ``TRANSFER_ATTEMPTS`` resumable attempts with backoff);
+a spent budget or a passed deadline becomes a compensation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import json
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from blob_worker.failures import UploadFailure
+from blob_worker.hashcache import HashCache
+from blob_worker.outcomes import failed_event, stored_event
+from blob_worker.transfer import (
+    Progress,
+    Transfer,
+    TransferCancelled,
+    TransferOptions,
+    TransferResult,
+    UploadSpec,
+    staging_key,
+)
+from infra import logging as blog
+from infra.errors import BlobledgerError, CodecError, TransientError
+from infra.kafka import make_consumer, make_producer
+from infra.retry import CircuitBreaker
+from infra.s3 import make_s3_client
+from infra.settings import Settings
+from producers.publisher import Publisher
+from projectors.dlq import DeadLetters
+from schemas.codec import Codec, default_codec
+from schemas.events import Event, UploadRequested, now_us
+
+log = structlog.get_logger(__name__)
+
+#: resumable attempts of one command before it is compensated (each attempt already
+#: retries every S3 call ``s3_retry_attempts`` times with jittered backoff)
+TRANSFER_ATTEMPTS = 4
+MAX_BACKOFF_SECONDS = 30.0
+
+
+def progress_topic(settings: Settings) -> str:
+    """Ephemeral upload progress (JSON, key = upload id) for ``blobledger put``; not folded."""
+    return f"{settings.topic_prefix}.blob-progress"
+
+
+@dataclass
+class _Busy:
+    """The command being transferred, so rebalance callbacks can cancel it."""
+
+    topic: str
+    partition: int
+    cancel: threading.Event = field(default_factory=threading.Event)
+    revoked: bool = False
+    deadline_hit: bool = False
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        consumer: Consumer,
+        publisher: Publisher,
+        transfer: Transfer,
+        codec: Codec | None = None,
+        clock_us: Callable[[], int] = now_us,
+    ) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.publisher = publisher
+        self.transfer = transfer
+        self.codec = codec or default_codec()
+        self.clock_us = clock_us
+        self.dead_letters = DeadLetters(publisher.producer, settings.dlq_topic)
+        self._stop = threading.Event()
+        self._busy: _Busy | None = None
+        self.handled = 0
+
+    @classmethod
+    def create(cls, settings: Settings, *, hash_cache: HashCache | None = None) -> Worker:
+        """The one place that wires the adapters (bootstrap)."""
+        s3 = make_s3_client(settings)
+        transfer = Transfer(
+            s3,
+            TransferOptions.from_settings(settings),
+            breaker=CircuitBreaker("s3", failure_threshold=5, reset_timeout=5.0),
+            hash_cache=hash_cache if hash_cache is not None
+            else HashCache(settings.data_dir / "worker-hash-cache.sqlite"),
+        )
+        consumer = make_consumer(
+            settings,
+            settings.worker_group,
+            # we poll while a transfer runs, but a slow broker ack must not evict us
+            **{"max.poll.interval.ms": 600000},
+        )
+        return cls(settings, consumer=consumer, publisher=Publisher(settings, producer=make_producer(settings)),
+                   transfer=transfer)
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+        busy = self._busy
+        if busy is not None:
+            busy.cancel.set()
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()  # leave the group now: our partitions move at once
+        finally:
+            self.publisher.close()
+            self.transfer.close()
+
+    def run(self, *, max_commands: int | None = None, idle_exit: float | None = None) -> int:
+        """Process commands until stopped (or ``max_commands`` / ``idle_exit`` seconds idle)."""
+        self.consumer.subscribe([self.settings.commands_topic], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        log.info("worker.started", topic=self.settings.commands_topic, group=self.settings.worker_group)
+        idle_since = time.monotonic()
+        while not self._stop.is_set():
+            if max_commands is not None and self.handled >= max_commands:
+                break
+            msg = self.consumer.poll(0.5)
+            if msg is None:
+                if idle_exit is not None and time.monotonic() - idle_since > idle_exit:
+                    break
+                continue
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("worker.consume_error", error=msg.error().str())
+                continue
+            self.process(msg)
+            idle_since = time.monotonic()
+        log.info("worker.stopped", handled=self.handled)
+        return self.handled
+
+    # --- rebalance ---------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("worker.assigned", partitions=[p.partition for p in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("worker.revoked", partitions=[p.partition for p in partitions])
+        busy = self._busy
+        if busy and any(p.topic == busy.topic and p.partition == busy.partition for p in partitions):
+            busy.revoked = True
+            busy.cancel.set()
+
+    def _poll_while_busy(self) -> None:
+        """Serve the group protocol while a transfer runs. The consumer is paused, but a
+        partition assigned meanwhile may still deliver: put such a message back."""
+        msg = self.consumer.poll(0)
+        if msg is not None and not msg.error():
+            tp = TopicPartition(msg.topic(), msg.partition(), msg.offset())
+            try:
+                self.consumer.pause([tp])
+                self.consumer.seek(tp)
+            except KafkaException as e:
+                log.warning("worker.seek_back_failed", partition=msg.partition(), error=str(e))
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self._stop.is_set() and time.monotonic() < end:
+            self._poll_while_busy()
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+
+    # --- one command -------------------------------------------------------------------
+    def process(self, msg: Message) -> None:
+        try:
+            cmd = self.codec.decode(msg.value())
+            if not isinstance(cmd, UploadRequested):
+                raise CodecError(f"{type(cmd).__name__} is not an upload command")
+        except CodecError as e:
+            log.error("worker.undecodable_command", partition=msg.partition(), offset=msg.offset(), error=str(e))
+            self.dead_letters.send(msg, e)
+            self.dead_letters.flush()
+            self._commit(msg)
+            return
+        with blog.bound_to(cmd, upload_id=cmd.upload_id):
+            assignment = self.consumer.assignment()
+            self.consumer.pause(assignment)
+            try:
+                event = self.execute(msg, cmd)
+                if event is None:  # cancelled: the command goes to whoever owns it next
+                    self._rewind(msg)
+                    return
+                self._emit(event)
+                self._commit(msg)
+                self.handled += 1
+            finally:
+                try:
+                    self.consumer.resume(self.consumer.assignment())
+                except KafkaException as e:
+                    log.warning("worker.resume_failed", error=str(e))
+
+    def execute(self, msg: Message, cmd: UploadRequested) -> Event | None:
+        """Run the transfer with its retry budget; the outcome event, or None if cancelled."""
+        if cmd.deadline and self.clock_us() >= cmd.deadline:
+            log.warning("upload.deadline_passed_before_start")
+            self._abort_staging(cmd.upload_id)
+            return failed_event(cmd.envelope, cmd.upload_id, "timeout",
+                                "the deadline passed before a worker picked the upload up")
+        spec = UploadSpec.from_command(cmd)
+        log.info("upload.started", source=cmd.source, declared_size=cmd.declared_size)
+        for attempt in range(1, TRANSFER_ATTEMPTS + 1):
+            final = attempt == TRANSFER_ATTEMPTS
+            busy = _Busy(msg.topic(), msg.partition())
+            outcome = self._transfer(spec, busy, cmd.deadline, final)
+            if isinstance(outcome, TransferResult):
+                log.info("upload.completed", sha256=outcome.sha256, size=outcome.size, dedup=outcome.dedup,
+                         bytes_sent=outcome.bytes_sent, duration_ms=outcome.duration_ms)
+                return stored_event(cmd.envelope, cmd.upload_id, outcome)
+            if isinstance(outcome, UploadFailure):
+                log.warning("upload.failed", reason=outcome.reason, detail=outcome.detail)
+                return failed_event(cmd.envelope, cmd.upload_id, outcome.reason, outcome.detail)
+            if isinstance(outcome, TransferCancelled):
+                if busy.deadline_hit:
+                    self._abort(outcome)
+                    log.warning("upload.timed_out")
+                    return failed_event(cmd.envelope, cmd.upload_id, "timeout",
+                                        "the upload did not finish before its deadline")
+                log.info("upload.cancelled", revoked=busy.revoked, stopping=self._stop.is_set())
+                return None
+            log.warning("upload.attempt_failed", attempt=attempt, of=TRANSFER_ATTEMPTS, error=str(outcome),
+                        error_type=type(outcome).__name__)
+            if final:
+                return failed_event(cmd.envelope, cmd.upload_id, "retry_budget_exhausted",
+                                    f"{TRANSFER_ATTEMPTS} attempts failed; last: {outcome}")
+            self._sleep(random.uniform(0, min(MAX_BACKOFF_SECONDS, 2.0 ** attempt)))
+            if self._stop.is_set():
+                return None
+        raise AssertionError("unreachable")
+
+    def _transfer(self, spec: UploadSpec, busy: _Busy, deadline_us: int, final: bool) -> Any:
+        """Run one attempt on a thread; keep the consumer alive; enforce the deadline."""
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["out"] = self.transfer.run(spec, cancel=busy.cancel, progress=self._progress,
+                                               final_attempt=final)
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer thread
+                box["out"] = e
+
+        ctx = contextvars.copy_context()
+        thread = threading.Thread(target=ctx.run, args=(target,), name=f"upload-{spec.upload_id[:8]}",
+                                  daemon=True)
+        self._busy = busy
+        thread.start()
+        try:
+            while thread.is_alive():
+                thread.join(0.2)
+                self._poll_while_busy()
+                if deadline_us and self.clock_us() >= deadline_us and not busy.cancel.is_set():
+                    busy.deadline_hit = True
+                    busy.cancel.set()
+                if self._stop.is_set():
+                    busy.cancel.set()
+        finally:
+            self._busy = None
+        return box["out"]
+
+    def _abort(self, cancelled: TransferCancelled) -> None:
+        if cancelled.key and cancelled.multipart_id:
+            try:
+                self.transfer.abort(cancelled.key, cancelled.multipart_id)
+            except BlobledgerError as e:
+                log.warning("upload.abort_failed", error=str(e))  # the reaper retries
+
+    def _abort_staging(self, upload_id: str) -> None:
+        """Abort leftovers of an earlier attempt under this upload's staging key."""
+        key = staging_key(upload_id)
+        try:
+            found = self.transfer.call("list_multipart_uploads", Bucket=self.settings.s3_bucket,
+                                       Prefix=key).get("Uploads", [])
+            for u in found:
+                if u["Key"] == key:
+                    self.transfer.abort(key, u["UploadId"])
+        except BlobledgerError as e:
+            log.warning("upload.abort_failed", error=str(e))
+
+    # --- outcome and offset ------------------------------------------------------------
+    def _emit(self, event: Event) -> None:
+        """Publish and wait for the ack; keep trying while the broker is away (the offset
+        is not committed until this returns, so nothing is lost if we are killed)."""
+        delay = 0.5
+        while True:
+            try:
+                receipt = self.publisher.publish(self.settings.events_topic, event)
+                log.info("outcome.published", outcome=event.event_type, partition=receipt.partition,
+                         offset=receipt.offset)
+                self._progress_state(event)
+                return
+            except TransientError as e:
+                log.warning("outcome.publish_retry", error=str(e))
+                if self._stop.is_set():
+                    raise
+                self._sleep(random.uniform(0, delay))
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+
+    def _commit(self, msg: Message) -> None:
+        tp = TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)
+        try:
+            self.consumer.commit(offsets=[tp], asynchronous=False)
+        except KafkaException as e:
+            # e.g. the partition moved: the next owner redoes the command idempotently
+            log.warning("worker.commit_failed", partition=msg.partition(), offset=msg.offset(), error=str(e))
+
+    def _rewind(self, msg: Message) -> None:
+        try:
+            self.consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+        except KafkaException:
+            pass  # no longer ours: the new owner starts from the committed offset
+
+    # --- progress ----------------------------------------------------------------------
+    def _progress(self, p: Progress) -> None:
+        self._send_progress(p.upload_id, {"upload_id": p.upload_id, "bytes_done": p.bytes_done,
+                                          "total": p.total, "mbps": p.mbps, "state": p.state})
+
+    def _progress_state(self, event: Event) -> None:
+        upload_id = getattr(event, "upload_id", "")
+        state = "stored" if event.event_type == "BlobStored" else "compensated"
+        body: dict[str, Any] = {"upload_id": upload_id, "state": state}
+        if state == "compensated":
+            body["reason"] = getattr(event, "reason", "")
+        else:
+            body.update(bytes_done=getattr(event, "size", 0), total=getattr(event, "size", 0))
+        self._send_progress(upload_id, body)
+
+    def _send_progress(self, upload_id: str, body: dict[str, Any]) -> None:
+        try:
+            self.publisher.producer.produce(progress_topic(self.settings), key=upload_id.encode(),
+                                            value=json.dumps(body).encode())
+        except (BufferError, KafkaException) as e:
+            log.debug("progress.dropped", error=str(e))  # progress is best effort
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="blobledger worker",
+                                     description="Consume upload commands and stream blobs to S3.")
+    parser.add_argument("--max-commands", type=int, default=None, help="exit after this many commands")
+    parser.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
+    args = parser.parse_args(argv)
+    blog.configure()
+    settings = Settings.from_env()
+    worker = Worker.create(settings)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("worker.signal", signal=signal.Signals(signum).name)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        worker.run(max_commands=args.max_commands, idle_exit=args.idle_exit)
+    finally:
+        worker.close()
+    return 0
