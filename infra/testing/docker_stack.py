@@ -160,8 +160,12 @@ def configure_testcontainers() -> Engine:
         if host.startswith("unix://"):
             os.environ.setdefault("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1")
     # testcontainers reads its config once at import; bring it in line with the env now
-    from testcontainers.core.config import ConnectionMode
-    from testcontainers.core.config import testcontainers_config as tc
+    try:
+        from testcontainers.core.config import ConnectionMode
+        from testcontainers.core.config import testcontainers_config as tc
+    except ImportError as e:
+        raise StackError(f"docker mode needs testcontainers: pip install 'blobledger[test]' ({e})",
+                         service="docker") from e
 
     if os.environ.get("TESTCONTAINERS_RYUK_DISABLED"):
         tc.ryuk_disabled = os.environ["TESTCONTAINERS_RYUK_DISABLED"].lower() in ("1", "true", "yes")
