@@ -46,12 +46,13 @@ did() { SUMMARY+=("$*"); log "$*"; }
 # --- 1. packages ---------------------------------------------------------------------------
 ensure_packages() {
   local missing=() cmd pkg
-  for pair in podman:podman runc:runc debootstrap:debootstrap; do
+  # curl: this script pings the Docker API with it
+  for pair in podman:podman runc:runc debootstrap:debootstrap curl:curl; do
     cmd="${pair%%:*}"; pkg="${pair##*:}"
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
   done
   if [ "${#missing[@]}" -eq 0 ]; then
-    log "packages: podman, runc, debootstrap already installed"
+    log "packages: podman, runc, debootstrap, curl already installed"
     return
   fi
   log "packages: missing ${missing[*]}; installing with apt-get"
