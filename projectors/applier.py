@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 from projectors.fold import ObjectState, Upload, apply
 from projectors.readmodel import BatchWrite, ReadModel
-from schemas.events import BlobAttached, BlobStored, BlobUploadFailed, Event, us_to_datetime
+from schemas.events import BlobAttached, BlobStored, BlobUploadFailed, Event
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +69,16 @@ def apply_batch(
             stats.stale += 1
             continue
         fresh.append(rec)
+    if model.memo and not model.complete and positions is not None and any(
+        stored.get(p, 0) != o for p, o in positions.items()
+    ):
+        # someone else moved a checkpoint since our last batch: our memo may be stale
+        model.memo_reset()
     if not fresh:
         return stats
 
     events = [r for r in fresh if r.event is not None]
-    objects = model.load_objects({r.event.object_id for r in events})  # type: ignore[union-attr]
+    objects = model.load_objects({r.event.object_id for r in events}, write.texts)  # type: ignore[union-attr]
     uploads = model.load_uploads({u for r in events if (u := _upload_id(r.event))})  # type: ignore[arg-type]
     seen = model.applied({r.event.event_id for r in events})  # type: ignore[union-attr]
     fold_records(events, objects, uploads, seen, write, stats)
@@ -106,7 +111,7 @@ def fold_records(
         out = result.outcome
         write.outcomes.append((
             env.event_id, env.object_id, event.event_type, env.tenant, env.actor, out.status,
-            out.reason, out.version, env.correlation_id, us_to_datetime(env.occurred_at),
+            out.reason, out.version, env.correlation_id, env.occurred_at,
             rec.partition, rec.offset,
         ))
         if not out.accepted:

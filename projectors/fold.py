@@ -121,6 +121,7 @@ def _reject(state: ObjectState | None, reason: str) -> Result:
 
 #: each permission implies the ones it outranks: admin > write > read
 IMPLIED = {"read": ("read", "write", "admin"), "write": ("write", "admin"), "admin": ("admin",)}
+_GRANTING = {k: frozenset(v) for k, v in IMPLIED.items()}
 
 
 def may(acl: Mapping[str, frozenset[str]] | Mapping[str, Any], actor: str, permission: str) -> bool:
@@ -128,12 +129,12 @@ def may(acl: Mapping[str, frozenset[str]] | Mapping[str, Any], actor: str, permi
     this ACL. The one rule shared by the client's check and the fold's."""
     if actor.startswith(SYSTEM_PREFIX):
         return True
-    granting = IMPLIED[permission]
-    for principal in (actor, EVERYONE):
-        perms = acl.get(principal)
-        if perms and any(p in perms for p in granting):
-            return True
-    return False
+    granting = _GRANTING[permission]
+    perms = acl.get(actor)
+    if perms and not granting.isdisjoint(perms):
+        return True
+    perms = acl.get(EVERYONE)
+    return bool(perms) and not granting.isdisjoint(perms)
 
 
 def _check(state: ObjectState | None, event: Event, permission: str) -> str | None:
@@ -173,8 +174,20 @@ def merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str
     return out
 
 
+_BUMPABLE = frozenset({"metadata", "tags", "content_type", "deleted", "acl", "blob", "pending_upload_id"})
+
+
 def _bump(state: ObjectState, event: Event, **changes: Any) -> ObjectState:
-    return replace(state, version=state.version + 1, updated_at=event.envelope.occurred_at, **changes)
+    """The next version of ``state`` with ``changes`` (hot path: positional construction,
+    ~3x cheaper than ``dataclasses.replace``)."""
+    assert changes.keys() <= _BUMPABLE, changes.keys() - _BUMPABLE
+    s, g = state, changes.get
+    return ObjectState(
+        s.object_id, s.tenant, s.key, s.version + 1, s.created_at, event.envelope.occurred_at,
+        g("metadata", s.metadata), g("tags", s.tags), g("content_type", s.content_type),
+        g("deleted", s.deleted), g("acl", s.acl), g("blob", s.blob),
+        g("pending_upload_id", s.pending_upload_id),
+    )
 
 
 def _accepted(state: ObjectState, **kw: Any) -> Result:

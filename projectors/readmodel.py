@@ -9,7 +9,9 @@ COPY into a temp table + one upsert (mutable tables): a handful of round trips p
 from __future__ import annotations
 
 import json
+import time
 import zlib
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Iterable, Mapping, Sequence
@@ -98,72 +100,203 @@ def migrate(conn: psycopg.Connection, schema: str) -> list[str]:
 
 
 # --- row conversion ---------------------------------------------------------------------------
+# Rows are formatted here as COPY text lines (tab-separated, ``\\N`` for NULL) and written
+# one buffer per table: psycopg's per-value ``write_row`` dumpers cost more than the fold.
+def _e(s: str) -> str:
+    """Escape a string for COPY text format (backslash, tab, newline, carriage return)."""
+    if "\\" in s or "\t" in s or "\n" in s or "\r" in s:
+        return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return s
+
+
+def _en(s: str | None) -> str:
+    return "\\N" if s is None else _e(s)
+
+
+def _in(i: int | None) -> str:
+    return "\\N" if i is None else str(i)
+
+
+def _b(v: bool) -> str:
+    return "t" if v else "f"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_SECONDS: dict[int, str] = {}
+
+
+def _ts(us: int) -> str:
+    """A timestamptz literal for microseconds since the epoch (exact; per-second cache)."""
+    sec, frac = divmod(us, 1_000_000)
+    base = _SECONDS.get(sec)
+    if base is None:
+        if not 0 <= sec < 253402300800:  # outside 1970..9999: let datetime format (or refuse)
+            return (_EPOCH + timedelta(microseconds=us)).isoformat()
+        if len(_SECONDS) > 100_000:
+            _SECONDS.clear()
+        base = _SECONDS[sec] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sec))
+    return f"{base}.{frac:06d}+00"
+
+
+def _tsn(us: int | None) -> str:
+    return "\\N" if us is None else _ts(us)
+
+
+def _array_item(t: str) -> str:
+    return '"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class TextCache:
+    """COPY-ready text of values shared between rows (metadata, ACL, tags), computed once
+    per distinct value object rather than once per row. Keyed by identity: the fold never
+    mutates a value, it makes a new one, so an unchanged object keeps its text. Holding the
+    value keeps its id from being reused while the cache lives (one batch)."""
+
+    __slots__ = ("_m", "_states")
+
+    def __init__(self) -> None:
+        self._m: dict[int, tuple[Any, str]] = {}
+        self._states: dict[int, tuple[Any, str]] = {}
+
+    def put(self, value: Any, text: str) -> None:
+        self._m[id(value)] = (value, text)
+
+    def metadata(self, m: Mapping[str, Any]) -> str:
+        hit = self._m.get(id(m))
+        if hit is not None and hit[0] is m:
+            return hit[1]
+        # any valid JSON text will do: jsonb stores the parsed value (default encoder: fastest)
+        text = _e(json.dumps(m))
+        self._m[id(m)] = (m, text)
+        return text
+
+    def acl(self, acl: Mapping[str, frozenset[str]]) -> str:
+        hit = self._m.get(id(acl))
+        if hit is not None and hit[0] is acl:
+            return hit[1]
+        text = _e(_acl_json(acl))
+        self._m[id(acl)] = (acl, text)
+        return text
+
+    def tags(self, tags: Sequence[str]) -> str:
+        hit = self._m.get(id(tags))
+        if hit is not None and hit[0] is tags:
+            return hit[1]
+        text = _e("{" + ",".join(map(_array_item, tags)) + "}")
+        self._m[id(tags)] = (tags, text)
+        return text
+
+
 def _acl_json(acl: Mapping[str, frozenset[str]]) -> str:
     return json.dumps({p: sorted(perms) for p, perms in sorted(acl.items())}, separators=(",", ":"))
 
 
-def _state_columns(s: ObjectState) -> tuple[Any, ...]:
+def _state_text(s: ObjectState, texts: TextCache) -> str:
+    """The columns an object row and a version snapshot share, from ``key`` on (cached:
+    a batch's last version snapshot of an object is also its object row)."""
+    hit = texts._states.get(id(s))
+    if hit is not None and hit[0] is s:
+        return hit[1]
+    text = _state_text_uncached(s, texts)
+    texts._states[id(s)] = (s, text)
+    return text
+
+
+def _state_text_uncached(s: ObjectState, texts: TextCache) -> str:
     b = s.blob
-    return (
-        s.key,
-        json.dumps(s.metadata, separators=(",", ":"), sort_keys=True),
-        list(s.tags),
-        s.content_type,
-        s.deleted,
-        _acl_json(s.acl),
-        b.sha256 if b else None,
-        b.size if b else None,
-        b.key if b else None,
-        b.upload_id if b else None,
-        s.pending_upload_id,
-    )
+    blob = (f"{_e(b.sha256)}\t{b.size}\t{_e(b.key)}\t{_e(b.upload_id)}" if b is not None
+            else "\\N\t\\N\t\\N\t\\N")
+    return (f"{_e(s.key)}\t{texts.metadata(s.metadata)}\t{texts.tags(s.tags)}\t{_en(s.content_type)}\t"
+            f"{'t' if s.deleted else 'f'}\t{texts.acl(s.acl)}\t{blob}\t{_en(s.pending_upload_id)}")
 
 
-def object_row(s: ObjectState) -> tuple[Any, ...]:
-    c = _state_columns(s)
-    return (s.object_id, s.tenant, c[0], s.version, *c[1:], us_to_datetime(s.created_at),
-            us_to_datetime(s.updated_at))
+def object_line(s: ObjectState, texts: TextCache) -> str:
+    """OBJECT_COLUMNS as a COPY text line."""
+    return (f"{_e(s.object_id)}\t{_e(s.tenant)}\t{s.version}\t{_ts(s.created_at)}\t{_ts(s.updated_at)}\t"
+            f"{_state_text(s, texts)}\n")
 
 
-def state_from_row(r: Sequence[Any]) -> ObjectState:
-    (object_id, tenant, key, version, metadata, tags, content_type, deleted, acl, bsha, bsize,
-     bkey, bupload, pending, created_at, updated_at) = r
+def version_line(row: tuple[Any, ...], texts: TextCache) -> str:
+    """VERSION_COLUMNS as a COPY text line, from ``BatchWrite.versions`` entries."""
+    object_id, version, event_id, event_type, actor, occurred_at, correlation_id, s = row
+    return (f"{_e(object_id)}\t{version}\t{_e(event_id)}\t{event_type}\t{_e(actor)}\t"
+            f"{_ts(occurred_at)}\t{_e(correlation_id)}\t{_state_text(s, texts)}\n")
+
+
+def outcome_line(r: tuple[Any, ...]) -> str:
+    """OUTCOME_COLUMNS as a COPY text line, from ``BatchWrite.outcomes`` entries."""
+    (event_id, object_id, event_type, tenant, actor, status, reason, version, correlation_id,
+     occurred_at, partition, offset) = r
+    return (f"{_e(event_id)}\t{_e(object_id)}\t{event_type}\t{_e(tenant)}\t{_e(actor)}\t{status}\t"
+            f"{_en(reason)}\t{version}\t{_e(correlation_id)}\t{_ts(occurred_at)}\t{partition}\t{offset}\n")
+
+
+def upload_line(u: Upload) -> str:
+    """UPLOAD_COLUMNS as a COPY text line."""
+    return (f"{_e(u.upload_id)}\t{_e(u.object_id)}\t{u.state.value}\t{_e(u.source)}\t{u.requested_version}\t"
+            f"{_ts(u.requested_at)}\t{_ts(u.deadline)}\t{_en(u.declared_sha256)}\t{_in(u.declared_size)}\t"
+            f"{_en(u.sha256)}\t{_in(u.size)}\t{_en(u.key)}\t{_b(u.dedup)}\t{_en(u.reason)}\t"
+            f"{_tsn(u.finished_at)}\n")
+
+
+#: column order of the COPY lines above (objects: identity columns first, then state)
+OBJECT_COPY_COLUMNS = (
+    "object_id", "tenant", "version", "created_at", "updated_at", "key", "metadata", "tags",
+    "content_type", "deleted", "acl", "blob_sha256", "blob_size", "blob_key", "blob_upload_id",
+    "pending_upload_id",
+)
+UPLOAD_COPY_COLUMNS = UPLOAD_COLUMNS
+
+#: SELECT lists that load fold states without json/uuid/datetime conversions in the driver
+_OBJECT_SELECT = (
+    "object_id::text, tenant, key, version, metadata::text, tags, content_type, deleted, acl::text, "
+    "blob_sha256, blob_size, blob_key, blob_upload_id::text, pending_upload_id::text, "
+    "(extract(epoch FROM created_at) * 1000000)::bigint, (extract(epoch FROM updated_at) * 1000000)::bigint"
+)
+_UPLOAD_SELECT = (
+    "upload_id::text, object_id::text, state, source, requested_version, "
+    "(extract(epoch FROM requested_at) * 1000000)::bigint, (extract(epoch FROM deadline) * 1000000)::bigint, "
+    "declared_sha256, declared_size, sha256, size, key, dedup, reason, "
+    "(extract(epoch FROM finished_at) * 1000000)::bigint"
+)
+
+
+def state_from_row(r: Sequence[Any], texts: TextCache | None = None) -> ObjectState:
+    """An :class:`ObjectState` from a ``_OBJECT_SELECT`` row (text JSON, epoch-us times)."""
+    (object_id, tenant, key, version, metadata_text, tags, content_type, deleted, acl_text, bsha,
+     bsize, bkey, bupload, pending, created_at, updated_at) = r
+    metadata = json.loads(metadata_text)
+    acl = {p: frozenset(perms) for p, perms in json.loads(acl_text).items()}
+    tags_t = tuple(tags)
+    if texts is not None:
+        texts.put(metadata, _e(metadata_text))
+        texts.put(acl, _e(acl_text))
     return ObjectState(
-        object_id=str(object_id),
+        object_id=object_id,
         tenant=tenant,
         key=key,
         version=version,
-        created_at=int(created_at.timestamp() * 1_000_000),
-        updated_at=int(updated_at.timestamp() * 1_000_000),
+        created_at=created_at,
+        updated_at=updated_at,
         metadata=metadata,
-        tags=tuple(tags),
+        tags=tags_t,
         content_type=content_type,
         deleted=deleted,
-        acl={p: frozenset(perms) for p, perms in acl.items()},
-        blob=BlobRef(bsha, bsize, bkey, str(bupload)) if bsha else None,
-        pending_upload_id=str(pending) if pending else None,
-    )
-
-
-def upload_row(u: Upload) -> tuple[Any, ...]:
-    return (
-        u.upload_id, u.object_id, u.state.value, u.source, u.requested_version,
-        us_to_datetime(u.requested_at), us_to_datetime(u.deadline), u.declared_sha256,
-        u.declared_size, u.sha256, u.size, u.key, u.dedup, u.reason,
-        us_to_datetime(u.finished_at) if u.finished_at is not None else None,
+        acl=acl,
+        blob=BlobRef(bsha, bsize, bkey, bupload) if bsha else None,
+        pending_upload_id=pending,
     )
 
 
 def upload_from_row(r: Sequence[Any]) -> Upload:
+    """An :class:`Upload` from an ``_UPLOAD_SELECT`` row."""
     (upload_id, object_id, state, source, requested_version, requested_at, deadline, dsha, dsize,
      sha, size, key, dedup, reason, finished_at) = r
     return Upload(
-        upload_id=str(upload_id), object_id=str(object_id), state=UploadState(state),
-        source=source, requested_version=requested_version,
-        requested_at=int(requested_at.timestamp() * 1_000_000),
-        deadline=int(deadline.timestamp() * 1_000_000), declared_sha256=dsha,
-        declared_size=dsize, sha256=sha, size=size, key=key, dedup=dedup, reason=reason,
-        finished_at=int(finished_at.timestamp() * 1_000_000) if finished_at else None,
+        upload_id=upload_id, object_id=object_id, state=UploadState(state), source=source,
+        requested_version=requested_version, requested_at=requested_at, deadline=deadline,
+        declared_sha256=dsha, declared_size=dsize, sha256=sha, size=size, key=key, dedup=dedup,
+        reason=reason, finished_at=finished_at,
     )
 
 
@@ -173,28 +306,53 @@ class BatchWrite:
 
     objects: dict[str, ObjectState] = field(default_factory=dict)
     acl_changed: set[str] = field(default_factory=set)
+    #: (object_id, version, event_id, event_type, actor, occurred_at us, correlation_id, state)
     versions: list[tuple[Any, ...]] = field(default_factory=list)
+    #: OUTCOME_COLUMNS values (occurred_at in microseconds)
     outcomes: list[tuple[Any, ...]] = field(default_factory=list)
     uploads: dict[str, Upload] = field(default_factory=dict)
     ref_deltas: dict[str, int] = field(default_factory=dict)
     #: (topic, partition) -> next offset
     checkpoints: dict[tuple[str, int], int] = field(default_factory=dict)
+    texts: TextCache = field(default_factory=TextCache)
 
     def version_row(self, s: ObjectState, event_id: str, event_type: str, actor: str,
                     occurred_at: int, correlation_id: str) -> None:
-        c = _state_columns(s)
-        self.versions.append((s.object_id, s.version, event_id, event_type, actor,
-                              us_to_datetime(occurred_at), correlation_id, *c))
+        # the state is immutable: keep it and format the snapshot at write time
+        self.versions.append((s.object_id, s.version, event_id, event_type, actor, occurred_at,
+                              correlation_id, s))
 
 
 class ReadModel:
     """Read-model access for the fold, bound to one connection and one schema."""
 
-    def __init__(self, conn: psycopg.Connection, schema: str) -> None:
+    #: a memo larger than this is dropped (and refilled from Postgres as batches need it)
+    MEMO_LIMIT = 500_000
+
+    def __init__(self, conn: psycopg.Connection, schema: str, *, memo: bool = False,
+                 complete: bool = False) -> None:
+        """``memo``: keep the fold states this model wrote in memory so later batches need
+        not load them again. Only valid while nobody else writes the objects (the caller
+        resets it on rebalance, checkpoint mismatch or a failed batch: :meth:`memo_reset`).
+        ``complete``: the schema was empty when this model started and only this model
+        writes it (a replay's private rebuild schema): the memo then knows everything, so
+        no state or idempotency lookups go to Postgres at all. A failed batch must abort
+        the rebuild."""
         self.conn = conn
         self.schema = schema
         self._s = sql.Identifier(schema)
         self._temp_ready = False
+        self.memo = memo or complete
+        self.complete = complete
+        self._objects: dict[str, ObjectState] = {}
+        self._uploads: dict[str, Upload] = {}
+        self._seen: set[str] = set()
+
+    def memo_reset(self) -> None:
+        if self.complete:
+            raise RuntimeError("a complete memo cannot be reset: abort the rebuild instead")
+        self._objects.clear()
+        self._uploads.clear()
 
     def _q(self, text: str) -> sql.Composed:
         return sql.SQL(text).format(s=self._s)
@@ -209,46 +367,75 @@ class ReadModel:
             q += " FOR UPDATE"
         return dict(self.conn.execute(self._q(q), (topic,)).fetchall())
 
-    def load_objects(self, object_ids: Iterable[str]) -> dict[str, ObjectState]:
-        ids = list(object_ids)
+    def load_objects(self, object_ids: Iterable[str], texts: TextCache | None = None) -> dict[str, ObjectState]:
+        out: dict[str, ObjectState] = {}
+        if self.memo:
+            memo, ids = self._objects, []
+            for oid in object_ids:
+                hit = memo.get(oid)
+                if hit is not None:
+                    out[oid] = hit
+                elif not self.complete:
+                    ids.append(oid)
+        else:
+            ids = list(object_ids)
         if not ids:
-            return {}
-        cols = sql.SQL(", ").join(map(sql.Identifier, OBJECT_COLUMNS))
+            return out
         rows = self.conn.execute(
-            sql.SQL("SELECT {c} FROM {s}.objects WHERE object_id = ANY(%s::uuid[])").format(c=cols, s=self._s),
-            (ids,),
+            self._q(f"SELECT {_OBJECT_SELECT} FROM {{s}}.objects WHERE object_id = ANY(%s::uuid[])"), (ids,),
         ).fetchall()
-        return {str(r[0]): state_from_row(r) for r in rows}
+        for r in rows:
+            out[r[0]] = state_from_row(r, texts)
+        return out
 
     def load_uploads(self, upload_ids: Iterable[str]) -> dict[str, Upload]:
-        ids = list(upload_ids)
+        out: dict[str, Upload] = {}
+        if self.memo:
+            memo, ids = self._uploads, []
+            for uid in upload_ids:
+                hit = memo.get(uid)
+                if hit is not None:
+                    out[uid] = hit
+                elif not self.complete:
+                    ids.append(uid)
+        else:
+            ids = list(upload_ids)
         if not ids:
-            return {}
-        cols = sql.SQL(", ").join(map(sql.Identifier, UPLOAD_COLUMNS))
+            return out
         rows = self.conn.execute(
-            sql.SQL("SELECT {c} FROM {s}.uploads WHERE upload_id = ANY(%s::uuid[])").format(c=cols, s=self._s),
-            (ids,),
+            self._q(f"SELECT {_UPLOAD_SELECT} FROM {{s}}.uploads WHERE upload_id = ANY(%s::uuid[])"), (ids,),
         ).fetchall()
-        return {str(r[0]): upload_from_row(r) for r in rows}
+        for r in rows:
+            out[r[0]] = upload_from_row(r)
+        return out
 
     def applied(self, event_ids: Iterable[str]) -> set[str]:
+        if self.complete:
+            return self._seen.intersection(event_ids)
         ids = list(event_ids)
         if not ids:
             return set()
         rows = self.conn.execute(
-            self._q("SELECT event_id FROM {s}.event_outcomes WHERE event_id = ANY(%s::uuid[])"), (ids,)
+            self._q("SELECT event_id::text FROM {s}.event_outcomes WHERE event_id = ANY(%s::uuid[])"), (ids,)
         ).fetchall()
-        return {str(r[0]) for r in rows}
+        return {r[0] for r in rows}
 
     # --- the write -------------------------------------------------------------------------
-    def _copy(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], *, temp: bool = False) -> None:
+    def _copy_text(self, table: str, columns: Sequence[str], lines: Iterable[str], *, temp: bool = False) -> None:
+        """COPY pre-formatted text lines, written in large buffers (not row by row)."""
         target = sql.Identifier(table) if temp else sql.SQL("{}.{}").format(self._s, sql.Identifier(table))
         stmt = sql.SQL("COPY {t} ({c}) FROM STDIN").format(
             t=target, c=sql.SQL(", ").join(map(sql.Identifier, columns))
         )
         with self.conn.cursor().copy(stmt) as copy:
-            for row in rows:
-                copy.write_row(row)
+            buf: list[str] = []
+            for line in lines:
+                buf.append(line)
+                if len(buf) >= 4096:
+                    copy.write("".join(buf))
+                    buf.clear()
+            if buf:
+                copy.write("".join(buf))
 
     def _ensure_temp(self) -> None:
         if self._temp_ready:
@@ -277,36 +464,49 @@ class ReadModel:
 
     def write(self, batch: BatchWrite) -> None:
         """Write a folded batch and its checkpoints (inside the caller's transaction)."""
+        texts = batch.texts
         with translated():
             if batch.outcomes:
-                self._copy("event_outcomes", OUTCOME_COLUMNS, batch.outcomes)
+                self._copy_text("event_outcomes", OUTCOME_COLUMNS, map(outcome_line, batch.outcomes))
             if batch.versions:
-                self._copy("object_versions", VERSION_COLUMNS, batch.versions)
+                self._copy_text("object_versions", VERSION_COLUMNS,
+                                (version_line(v, texts) for v in batch.versions))
             if batch.objects or batch.uploads:
                 self._ensure_temp()
             if batch.objects:
-                self._copy("staging_objects", OBJECT_COLUMNS,
-                           (object_row(s) for s in batch.objects.values()), temp=True)
+                self._copy_text("staging_objects", OBJECT_COPY_COLUMNS,
+                                (object_line(s, texts) for s in batch.objects.values()), temp=True)
                 self._upsert_from_staging("objects", "object_id", OBJECT_COLUMNS)
             if batch.acl_changed:
                 self._write_acl_entries(batch)
             if batch.uploads:
-                self._copy("staging_uploads", UPLOAD_COLUMNS,
-                           (upload_row(u) for u in batch.uploads.values()), temp=True)
+                self._copy_text("staging_uploads", UPLOAD_COPY_COLUMNS,
+                                map(upload_line, batch.uploads.values()), temp=True)
                 self._upsert_from_staging("uploads", "upload_id", UPLOAD_COLUMNS)
                 self._write_blobs(batch)
             if batch.checkpoints:
-                with self.conn.cursor() as cur:
-                    cur.executemany(
-                        self._q(
-                            "INSERT INTO {s}.checkpoints (topic, partition, next_offset, updated_at) "
-                            "VALUES (%s, %s, %s, now()) ON CONFLICT (topic, partition) "
-                            "DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
-                        ),
-                        [(t, p, o) for (t, p), o in sorted(batch.checkpoints.items())],
-                    )
+                items = sorted(batch.checkpoints.items())
+                self.conn.execute(
+                    self._q(
+                        "INSERT INTO {s}.checkpoints (topic, partition, next_offset, updated_at) "
+                        "SELECT t, p, o, now() FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS x(t, p, o) "
+                        "ON CONFLICT (topic, partition) "
+                        "DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+                    ),
+                    ([t for (t, _), _ in items], [p for (_, p), _ in items], [o for _, o in items]),
+                )
                 # delivered at commit, so a woken waiter always finds the rows it waits for
                 self.conn.execute("SELECT pg_notify(%s, '')", (notify_channel(self.schema),))
+        if self.memo:
+            self._remember(batch)
+
+    def _remember(self, batch: BatchWrite) -> None:
+        if not self.complete and len(self._objects) + len(batch.objects) > self.MEMO_LIMIT:
+            self.memo_reset()
+        self._objects.update(batch.objects)
+        self._uploads.update(batch.uploads)
+        if self.complete:
+            self._seen.update(r[0] for r in batch.outcomes)
 
     def _write_acl_entries(self, batch: BatchWrite) -> None:
         ids = sorted(batch.acl_changed)
@@ -317,7 +517,8 @@ class ReadModel:
             for principal, perms in sorted(batch.objects[oid].acl.items())
             for perm in sorted(perms)
         ]
-        self._copy("acl_entries", ("object_id", "principal", "permission"), rows)
+        self._copy_text("acl_entries", ("object_id", "principal", "permission"),
+                        (f"{_e(o)}\t{_e(p)}\t{_e(m)}\n" for o, p, m in rows))
 
     def _write_blobs(self, batch: BatchWrite) -> None:
         """Blobs known to be stored (stored or orphaned uploads) and their ref counts."""

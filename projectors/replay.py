@@ -117,6 +117,9 @@ class Rebuilder:
     def start(self) -> None:
         stored = self.model.checkpoints(self.topic)
         self.conn.commit()
+        if not stored:
+            # a fresh private schema that only we write: fold from memory, no lookups
+            self.model = ReadModel(self.conn, self.target, complete=True)
         self.next = {p: stored.get(p, 0) for p in self.partitions()}
         self.consumer.assign([TopicPartition(self.topic, p, o) for p, o in self.next.items()])
 

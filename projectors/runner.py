@@ -64,7 +64,9 @@ class Projector:
         self.codec = codec or default_codec()
         self.conn: psycopg.Connection = connect(settings)
         migrate(self.conn, self.schema)
-        self.model = ReadModel(self.conn, self.schema)
+        # the memo keeps folded states between batches (reset on rebalance, checkpoint
+        # mismatch and failed batches), so a batch loads only objects it has not seen
+        self.model = ReadModel(self.conn, self.schema, memo=True)
         self.dlq = DeadLetters(make_producer(settings), settings.dlq_topic)
         self.consumer: Consumer = make_consumer(
             settings, group_id or settings.projector_group,
@@ -78,6 +80,7 @@ class Projector:
 
     # --- assignment: seek to the checkpoints stored in Postgres ----------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.model.memo_reset()
         stored = self._stored_checkpoints()
         for tp in partitions:
             offset = stored.get(tp.partition)
@@ -89,6 +92,7 @@ class Projector:
                  checkpoints={tp.partition: self.positions[tp.partition] for tp in partitions})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.model.memo_reset()
         for tp in partitions:
             self.positions.pop(tp.partition, None)
         consumer.unassign()
@@ -142,8 +146,15 @@ class Projector:
         try:
             with self.conn.transaction():
                 stats = apply_batch(self.model, self.topic, records, dict(self.positions))
-        except psycopg.Error as e:
-            raise pg_translate(e) from e
+        except BaseException as e:
+            # nothing of this batch is committed: forget what the memo learnt from it and
+            # re-read the batch (the consumer has moved past it; without the seek the next
+            # batch would be folded over a gap)
+            self.model.memo_reset()
+            self._rewind_to_positions({r.partition for r in records})
+            if isinstance(e, psycopg.Error):
+                raise pg_translate(e) from e
+            raise
         for rec in records:
             if rec.partition not in stats.rewind:
                 self.positions[rec.partition] = rec.offset + 1
@@ -153,6 +164,14 @@ class Projector:
             self.positions[partition] = offset
         self.totals.add(stats, dead)
         return stats
+
+    def _rewind_to_positions(self, partitions: set[int]) -> None:
+        for p in partitions:
+            if p in self.positions:
+                try:
+                    self.consumer.seek(TopicPartition(self.topic, p, self.positions[p]))
+                except Exception as e:  # e.g. revoked meanwhile: on_assign re-seeks anyway
+                    log.warning("could not rewind after a failed batch", partition=p, error=str(e))
 
     def run(self, stop: threading.Event, *, idle_exit: float | None = None) -> Totals:
         """Fold until ``stop`` is set (or, with ``idle_exit``, until nothing arrived for
@@ -180,7 +199,7 @@ class Projector:
         if self.conn.closed or self.conn.broken:
             try:
                 self.conn = connect(self.settings)
-                self.model = ReadModel(self.conn, self.schema)
+                self.model = ReadModel(self.conn, self.schema, memo=True)
                 # our consumer may have moved past what was committed: re-seek
                 stored = self._stored_checkpoints()
                 for p in list(self.positions):

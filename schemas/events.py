@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
 
@@ -33,14 +33,19 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US = timedelta(microseconds=1)
+
+
 def us_to_datetime(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
+    """Exact (integer arithmetic; ``fromtimestamp(us / 1e6)`` can be off by a microsecond)."""
+    return _EPOCH + timedelta(microseconds=us)
 
 
 def datetime_to_us(dt: datetime) -> int:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp() * 1_000_000)
+    return (dt - _EPOCH) // _US
 
 
 @dataclass(frozen=True, slots=True)
