@@ -165,8 +165,7 @@ class TextCache:
         hit = self._m.get(id(m))
         if hit is not None and hit[0] is m:
             return hit[1]
-        # any valid JSON text will do: jsonb stores the parsed value (default encoder: fastest)
-        text = _e(json.dumps(m))
+        text = _e(_dumps(m))
         self._m[id(m)] = (m, text)
         return text
 
@@ -187,8 +186,31 @@ class TextCache:
         return text
 
 
+def _json_dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+try:  # ~10x faster than the json module; measured: JSON text was ~30% of the apply CPU
+    import orjson
+
+    def _dumps(value: Any) -> str:
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        except TypeError:  # integers beyond 64 bits, lone surrogates: the json module copes
+            return _json_dumps(value)
+
+    def _loads(text: str) -> Any:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return json.loads(text)
+except ImportError:  # pragma: no cover - orjson is a dependency; keep working without it
+    _dumps = _json_dumps
+    _loads = json.loads
+
+
 def _acl_json(acl: Mapping[str, frozenset[str]]) -> str:
-    return json.dumps({p: sorted(perms) for p, perms in sorted(acl.items())}, separators=(",", ":"))
+    return _dumps({p: sorted(perms) for p, perms in sorted(acl.items())})
 
 
 def _state_text(s: ObjectState, texts: TextCache) -> str:
@@ -265,8 +287,8 @@ def state_from_row(r: Sequence[Any], texts: TextCache | None = None) -> ObjectSt
     """An :class:`ObjectState` from a ``_OBJECT_SELECT`` row (text JSON, epoch-us times)."""
     (object_id, tenant, key, version, metadata_text, tags, content_type, deleted, acl_text, bsha,
      bsize, bkey, bupload, pending, created_at, updated_at) = r
-    metadata = json.loads(metadata_text)
-    acl = {p: frozenset(perms) for p, perms in json.loads(acl_text).items()}
+    metadata = _loads(metadata_text)
+    acl = {p: frozenset(perms) for p, perms in _loads(acl_text).items()}
     tags_t = tuple(tags)
     if texts is not None:
         texts.put(metadata, _e(metadata_text))
