@@ -89,8 +89,12 @@ class Worker:
         transfer: Transfer,
         codec: Codec | None = None,
         clock_us: Callable[[], int] = now_us,
+        transfer_attempts: int = TRANSFER_ATTEMPTS,
+        max_backoff: float = MAX_BACKOFF_SECONDS,
     ) -> None:
         self.settings = settings
+        self.transfer_attempts = transfer_attempts
+        self.max_backoff = max_backoff
         self.consumer = consumer
         self.publisher = publisher
         self.transfer = transfer
@@ -100,9 +104,11 @@ class Worker:
         self._stop = threading.Event()
         self._busy: _Busy | None = None
         self.handled = 0
+        #: set once the group has given this worker partitions (tests, health checks)
+        self.assigned = threading.Event()
 
     @classmethod
-    def create(cls, settings: Settings, *, hash_cache: HashCache | None = None) -> Worker:
+    def create(cls, settings: Settings, *, hash_cache: HashCache | None = None, **kwargs: Any) -> Worker:
         """The one place that wires the adapters (bootstrap)."""
         s3 = make_s3_client(settings)
         transfer = Transfer(
@@ -119,7 +125,7 @@ class Worker:
             **{"max.poll.interval.ms": 600000},
         )
         return cls(settings, consumer=consumer, publisher=Publisher(settings, producer=make_producer(settings)),
-                   transfer=transfer)
+                   transfer=transfer, **kwargs)
 
     # --- lifecycle ---------------------------------------------------------------------
     def stop(self) -> None:
@@ -161,6 +167,8 @@ class Worker:
     # --- rebalance ---------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("worker.assigned", partitions=[p.partition for p in partitions])
+        if partitions:
+            self.assigned.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("worker.revoked", partitions=[p.partition for p in partitions])
@@ -225,8 +233,9 @@ class Worker:
                                 "the deadline passed before a worker picked the upload up")
         spec = UploadSpec.from_command(cmd)
         log.info("upload.started", source=cmd.source, declared_size=cmd.declared_size)
-        for attempt in range(1, TRANSFER_ATTEMPTS + 1):
-            final = attempt == TRANSFER_ATTEMPTS
+        attempts = self.transfer_attempts
+        for attempt in range(1, attempts + 1):
+            final = attempt == attempts
             busy = _Busy(msg.topic(), msg.partition())
             outcome = self._transfer(spec, busy, cmd.deadline, final)
             if isinstance(outcome, TransferResult):
@@ -244,12 +253,12 @@ class Worker:
                                         "the upload did not finish before its deadline")
                 log.info("upload.cancelled", revoked=busy.revoked, stopping=self._stop.is_set())
                 return None
-            log.warning("upload.attempt_failed", attempt=attempt, of=TRANSFER_ATTEMPTS, error=str(outcome),
+            log.warning("upload.attempt_failed", attempt=attempt, of=attempts, error=str(outcome),
                         error_type=type(outcome).__name__)
             if final:
                 return failed_event(cmd.envelope, cmd.upload_id, "retry_budget_exhausted",
-                                    f"{TRANSFER_ATTEMPTS} attempts failed; last: {outcome}")
-            self._sleep(random.uniform(0, min(MAX_BACKOFF_SECONDS, 2.0 ** attempt)))
+                                    f"{attempts} attempts failed; last: {outcome}")
+            self._sleep(random.uniform(0, min(self.max_backoff, 2.0 ** attempt)))
             if self._stop.is_set():
                 return None
         raise AssertionError("unreachable")

@@ -1,0 +1,189 @@
+"""Helpers for the blob-path integration tests: workers, an HTTP origin, an S3 proxy."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from blob_worker.hashcache import HashCache
+from blob_worker.runner import Worker
+from infra.s3 import make_s3_client
+from infra.settings import Settings
+
+MiB = 1024 * 1024
+
+
+def make_file(path: Path, size: int, seed: int = 0) -> str:
+    """A file of pseudo-random bytes (fast: one random MiB, varied per MiB), its sha256."""
+    block = os.urandom(MiB)
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        done = 0
+        i = seed
+        while done < size:
+            chunk = (i.to_bytes(8, "big") + block[8:])[: size - done]
+            f.write(chunk)
+            h.update(chunk)
+            done += len(chunk)
+            i += 1
+    return h.hexdigest()
+
+
+def sha256_file(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def isolated(settings: Settings) -> Settings:
+    """One worker group per test (its topic prefix is unique): the default group name is
+    shared by every test on the session's broker, and Tansu 0.6 stalls joins of a group
+    whose earlier members subscribed to other topics."""
+    return settings.with_(worker_group=f"{settings.topic_prefix}.blob-worker")
+
+
+class ThreadedWorker:
+    """A blob worker in a background thread of the test process."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        self.worker = Worker.create(isolated(settings), hash_cache=HashCache(), **kwargs)
+        self._thread = threading.Thread(target=self.worker.run, daemon=True, name="test-worker")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self._thread.join(60)
+        self.worker.close()
+
+
+def wait_terminal(client: Any, upload_id: str, timeout: float = 120.0) -> Any:
+    from infra.errors import NotFoundError
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            view = client.upload(upload_id)
+            if view.state != "pending":
+                return view
+        except NotFoundError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"upload {upload_id} still pending after {timeout}s")
+
+
+def open_multipart_uploads(settings: Settings) -> list[dict[str, Any]]:
+    s3 = make_s3_client(settings)
+    return s3.list_multipart_uploads(Bucket=settings.s3_bucket).get("Uploads", [])
+
+
+class Origin:
+    """An HTTP server on 127.0.0.1 serving ``root`` plus misbehaving paths:
+    /404, /500 (always), /truncate/<name> (announces the full length, sends half)."""
+
+    def __init__(self, root: Path) -> None:
+        outer = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                outer.hits[self.path] = outer.hits.get(self.path, 0) + 1
+                if self.path == "/500":
+                    self.send_error(500, "origin broken")
+                    return
+                if self.path.startswith("/truncate/"):
+                    data = (root / self.path.removeprefix("/truncate/")).read_bytes()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                super().do_GET()
+
+        self.hits: dict[str, int] = {}
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class TcpProxy:
+    """A TCP forwarder in front of S3 that a test can cut (an S3 outage as the worker sees
+    it) without stopping the SeaweedFS the broker may keep its log in."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.up = threading.Event()
+        self.up.set()
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(1 << 16):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        """Refuse new connections and reset the open ones."""
+        self.up.clear()
+        with self._lock:
+            for s in self._conns:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                    s.close()
+                except OSError:
+                    pass
+            self._conns.clear()
+
+    def restore(self) -> None:
+        self.up.set()
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
