@@ -1,0 +1,101 @@
+"""A worker SIGKILLed mid-upload: the redelivered command resumes the multipart upload
+(verifying the parts already there) and no multipart upload stays open."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from infra.s3 import make_s3_client
+from producers.client import Client
+
+from .blob_support import MiB, isolated, make_file, open_multipart_uploads, wait_terminal
+from .support import Proc, ThreadedProjector, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def projector(settings):
+    p = ThreadedProjector(settings)
+    yield p
+    p.stop()
+
+
+def _parts_done(settings) -> int:
+    s3 = make_s3_client(settings)
+    uploads = open_multipart_uploads(settings)
+    if not uploads:
+        return 0
+    u = uploads[0]
+    return len(s3.list_parts(Bucket=settings.s3_bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts", []))
+
+
+def test_worker_killed_mid_upload_resumes_on_redelivery(settings, projector, tmp_path):
+    # small parts and few in flight: the upload takes long enough to be caught mid-way
+    s = isolated(settings).with_(min_part_size=5 * MiB, max_in_flight_parts=2, data_dir=tmp_path / "w")
+    path = tmp_path / "big.bin"
+    sha = make_file(path, 300 * MiB)
+    first = Proc(s, ["worker"], str(tmp_path / "worker1.log"))
+    try:
+        with Client(s, actor="alice") as alice:
+            alice.create("resume/a")
+            r = alice.attach_blob("resume/a", str(path))
+            wait_for(lambda: _parts_done(s) >= 4, timeout=120, interval=0.05, what="parts uploaded")
+            first.kill()
+            assert len(open_multipart_uploads(s)) == 1  # left open by the dead worker
+            assert alice.upload(r.upload_id).state == "pending"
+
+            second = Proc(s, ["worker"], str(tmp_path / "worker2.log"))
+            try:
+                view = wait_terminal(alice, r.upload_id, timeout=300)
+            finally:
+                second.stop()
+            assert (view.state, view.sha256, view.size) == ("stored", sha, 300 * MiB)
+    finally:
+        first.stop()
+    assert open_multipart_uploads(s) == []
+    lines = [json.loads(line) for line in (tmp_path / "worker2.log").read_text().splitlines()
+             if line.startswith("{")]
+    resumed = [x for x in lines if x.get("event") == "multipart.resumed"]
+    stored = [x for x in lines if x.get("event") == "upload.stored"]
+    assert resumed and resumed[0]["parts"] >= 4
+    assert stored and stored[0]["resumed_parts"] >= 4 and stored[0]["bytes_sent"] < 300 * MiB
+    # the handling lines carry the command's ids
+    assert all(x.get("event_id") and x.get("correlation_id") for x in resumed + stored)
+
+
+def test_killed_worker_and_a_permanent_failure_leave_no_open_upload_after_the_reaper(settings, projector, tmp_path):
+    """If nobody redelivers (the command was compensated meanwhile), the reaper aborts the
+    abandoned multipart upload."""
+    from blob_worker.reaper import Reaper
+    from infra.postgres import connect
+    from producers.publisher import Publisher
+
+    s = isolated(settings).with_(min_part_size=5 * MiB, max_in_flight_parts=2, data_dir=tmp_path / "w",
+                                 upload_deadline_seconds=4)
+    path = tmp_path / "big.bin"
+    make_file(path, 200 * MiB)
+    worker = Proc(s, ["worker"], str(tmp_path / "worker.log"))
+    try:
+        with Client(s, actor="alice") as alice:
+            alice.create("resume/b")
+            r = alice.attach_blob("resume/b", str(path))
+            wait_for(lambda: _parts_done(s) >= 2, timeout=120, interval=0.05, what="parts uploaded")
+            worker.kill()
+            time.sleep(4.5)  # past the deadline
+            publisher = Publisher(s)
+            try:
+                with connect(s, autocommit=True) as conn:
+                    report = Reaper(s, conn=conn, s3=make_s3_client(s), publisher=publisher).run_once(
+                        multipart_older_than=0)
+            finally:
+                publisher.close()
+            assert report.compensated == 1 and report.aborted_multipart == 1
+            view = wait_terminal(alice, r.upload_id, timeout=30)
+            assert (view.state, view.reason) == ("compensated", "timeout")
+    finally:
+        worker.stop()
+    assert open_multipart_uploads(s) == []
