@@ -5,6 +5,7 @@ and deadlines, an S3 outage. (Kill -9 and resume: test_blob_resume.py.)"""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from urllib.parse import urlsplit
 
@@ -265,3 +266,18 @@ def test_s3_outage_retries_while_metadata_keeps_its_latency(settings, projector,
     finally:
         w.stop()
         proxy.close()
+
+
+def test_put_cli_follows_the_upload_to_completion(settings, worker, tmp_path, capsys):
+    path = tmp_path / "cli.bin"
+    sha = make_file(path, 60 * MiB)
+    with Client(settings, actor="alice") as alice:
+        alice.create("cli/a")
+    assert worker.worker.assigned.wait(60)
+    code = blob_cli.put_main(["cli/a", str(path), "--actor", "alice"], settings=settings)
+    out, err = capsys.readouterr()
+    assert code == 0 and sha in out and "stored" in out
+    assert "MB/s" in err  # the progress bar, fed by the worker's progress topic
+    code = blob_cli.put_main(["cli/a", str(tmp_path / "missing"), "--actor", "alice", "--json"], settings=settings)
+    body = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 1 and (body["state"], body["reason"]) == ("compensated", "source_not_found")
