@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -47,7 +47,7 @@ def _docker_available() -> bool:
         return False
     try:
         return bool(engine_available())
-    except Exception:
+    except Exception:  # noqa: BLE001 - an engine that errors is not available
         return False
 
 

@@ -7,7 +7,7 @@ producer that races it gets UNKNOWN_TOPIC_OR_PART.
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException

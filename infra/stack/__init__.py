@@ -6,4 +6,4 @@
 from infra.stack.base import ServiceStatus
 from infra.stack.launcher import Stack
 
-__all__ = ["Stack", "ServiceStatus"]
+__all__ = ["ServiceStatus", "Stack"]

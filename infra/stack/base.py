@@ -91,7 +91,7 @@ class Service(ABC):
         try:
             self.probe(timeout)
             return True
-        except Exception:  # any failure to answer counts as unhealthy
+        except Exception:  # noqa: BLE001 - any failure to answer counts as unhealthy
             return False
 
     def status(self) -> ServiceStatus:
@@ -139,7 +139,7 @@ class Service(ABC):
                 self.probe(min(5.0, max(0.5, deadline - time.monotonic())))
                 log.info("service.ready", service=self.name, seconds=round(time.monotonic() - started, 2))
                 return
-            except Exception as e:  # keep polling; remember why for the error message
+            except Exception as e:  # noqa: BLE001 - keep polling; remember why for the error message
                 last_error = e
             if self.pid() is None:
                 raise StackError(

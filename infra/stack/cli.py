@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from infra.errors import BlobledgerError
 from infra.logging import configure as configure_logging

@@ -7,8 +7,8 @@ service is left alone, so running it twice (or from the demo and the CLI) is saf
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable
 
 import structlog
 
@@ -80,7 +80,7 @@ class Stack:
             if wanted is None or svc.name in wanted:
                 try:
                     svc.stop()
-                except Exception as e:  # keep stopping the others
+                except Exception as e:  # noqa: BLE001 - keep stopping the others
                     errors.append(f"{svc.name}: {e}")
         if errors:
             raise StackError("could not stop cleanly: " + "; ".join(errors))

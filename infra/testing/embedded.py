@@ -9,9 +9,9 @@ import contextlib
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from infra.settings import Settings
 from infra.stack.launcher import Stack
