@@ -1,9 +1,10 @@
-"""pytest fixtures for every tier: ``stack`` (session) and ``settings`` (per test).
+"""pytest fixtures for every tier: ``stack`` (services) and ``settings`` (per test).
 
 ``BLOBLEDGER_TEST_STACK`` picks the services: ``embedded`` (a private embedded stack in a
 temp dir on free ports), ``docker`` (testcontainers, ``infra.testing.docker_stack``),
-``external`` (endpoints from ``BLOBLEDGER_*``), or ``auto`` = docker when a Docker-API
-engine answers, else embedded. ``BLOBLEDGER_TEST_BROKER_STORAGE`` (s3|memory, default s3)
+``external`` (endpoints from ``BLOBLEDGER_*``), or ``auto`` (the default): tests marked
+``container`` run on a Docker-API engine (skipped, with the reason, when none answers)
+and all others on the embedded stack. Each stack is started once per session. ``BLOBLEDGER_TEST_BROKER_STORAGE`` (s3|memory, default s3)
 sets the embedded broker's log storage. Registered as the ``blobledger`` pytest11 plugin.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
+from infra.errors import StackError
 from infra.settings import Settings
 from infra.testing import RunningStack, ServiceName
 
@@ -40,48 +42,86 @@ class ExternalStack:
         pytest.skip(f"external stack: cannot start {service}")
 
 
-def _docker_available() -> bool:
-    try:
-        from infra.testing.docker_stack import engine_available
-    except ImportError:
-        return False
-    try:
-        return bool(engine_available())
-    except Exception:  # noqa: BLE001 - an engine that errors is not available
-        return False
-
-
-def resolve_mode(base: Settings) -> str:
+def requested_mode(base: Settings) -> str:
     mode = (os.environ.get("BLOBLEDGER_TEST_STACK") or base.test_stack or "auto").lower()
-    if mode == "auto":
-        return "docker" if _docker_available() else "embedded"
-    if mode not in ("docker", "embedded", "external"):
+    if mode not in ("auto", "docker", "embedded", "external"):
         raise pytest.UsageError(
             f"BLOBLEDGER_TEST_STACK={mode!r}: use auto, docker, embedded or external"
         )
     return mode
 
 
-@pytest.fixture(scope="session")
-def stack() -> Iterator[RunningStack]:
-    """The services for this test session; whatever it started is stopped at the end."""
-    base = Settings.from_env()
-    mode = resolve_mode(base)
-    log.info("test_stack.mode", mode=mode)
-    if mode == "external":
-        yield ExternalStack(base)
-    elif mode == "docker":
-        from infra.testing.docker_stack import docker_stack
+def mode_for(requested: str, *, container_marked: bool) -> str:
+    """``auto`` sends tests marked ``container`` to a Docker-API engine and the rest to the
+    embedded stack; an explicit mode applies to every test."""
+    if requested == "auto":
+        return "docker" if container_marked else "embedded"
+    return requested
 
-        with docker_stack(base) as running:
-            yield running
-    else:
+
+class StackPool:
+    """Starts at most one stack per mode, on first use, and stops them at session end.
+    A docker stack that cannot start is remembered, so every test that needs it reports
+    the same reason instead of retrying for minutes."""
+
+    def __init__(self, exits: contextlib.ExitStack, base: Settings) -> None:
+        self.exits = exits
+        self.base = base
+        self.running: dict[str, RunningStack] = {}
+        self.failed: dict[str, str] = {}
+
+    def get(self, mode: str) -> RunningStack:
+        if mode in self.running:
+            return self.running[mode]
+        if mode in self.failed:
+            raise StackError(self.failed[mode], service=mode)
+        log.info("test_stack.start", mode=mode)
+        try:
+            self.running[mode] = self.exits.enter_context(self._start(mode))
+        except StackError as e:
+            self.failed[mode] = str(e)
+            raise
+        return self.running[mode]
+
+    def _start(self, mode: str) -> contextlib.AbstractContextManager[RunningStack]:
+        if mode == "external":
+            return contextlib.nullcontext(ExternalStack(self.base))
+        if mode == "docker":
+            from infra.testing.docker_stack import docker_stack
+
+            return docker_stack(self.base)
         from infra.testing.embedded import embedded_stack
 
         storage = os.environ.get("BLOBLEDGER_TEST_BROKER_STORAGE", "s3")
         # a private dir outside pytest's tmp tree (see infra.testing.embedded.private_dir)
-        with embedded_stack(base, broker_storage=storage) as running:
-            yield running
+        return embedded_stack(self.base, broker_storage=storage)
+
+
+@pytest.fixture(scope="session")
+def blobledger_stacks() -> Iterator[StackPool]:
+    """The stacks this session started, per mode; all stopped when the session ends."""
+    with contextlib.ExitStack() as exits:
+        yield StackPool(exits, Settings.from_env())
+
+
+@pytest.fixture
+def stack(request: pytest.FixtureRequest, blobledger_stacks: StackPool) -> RunningStack:
+    """The services for this test (see the module docstring for how the mode is chosen).
+    Without a reachable Docker-API engine, docker-mode tests SKIP and say why."""
+    requested = requested_mode(blobledger_stacks.base)
+    mode = mode_for(requested, container_marked=request.node.get_closest_marker("container") is not None)
+    if mode == "docker":
+        from infra.testing.docker_stack import engine_available, no_engine_reason
+
+        if not engine_available():
+            pytest.skip(no_engine_reason())
+        if requested == "auto":
+            try:
+                return blobledger_stacks.get(mode)
+            except StackError as e:
+                pytest.skip(f"docker stack could not start here: {e} "
+                            "(run infra/containers/engine.sh and export its --env output)")
+    return blobledger_stacks.get(mode)
 
 
 @pytest.fixture

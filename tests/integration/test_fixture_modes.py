@@ -47,8 +47,7 @@ def _require_engine() -> None:
         pytest.param("docker", id="docker", marks=pytest.mark.container),
     ],
 )
-def stack(request: pytest.FixtureRequest,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+def stack(request: pytest.FixtureRequest) -> Iterator[RunningStack]:
     """A private stack of the requested mode for this module (overrides the plugin's)."""
     base = Settings.from_env()
     if request.param == "docker":
@@ -59,8 +58,7 @@ def stack(request: pytest.FixtureRequest,
         from infra.testing.embedded import embedded_stack
 
         storage = os.environ.get("BLOBLEDGER_TEST_BROKER_STORAGE", "s3")
-        with embedded_stack(base, tmp_path_factory.mktemp("fixture-modes"),
-                            broker_storage=storage) as running:
+        with embedded_stack(base, broker_storage=storage) as running:
             yield running
 
 

@@ -1,0 +1,27 @@
+"""The container set: key flows re-run on a Docker-API engine (testcontainers).
+
+Under ``BLOBLEDGER_TEST_STACK=auto`` every test here gets the docker stack (tests marked
+``container``); their originals run on the embedded stack in their own modules. Without an
+engine they are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.test_demo import check, run_demo
+from tests.integration.test_blob_path import (  # noqa: F401 - fixtures used by the imported test
+    origin,
+    projector,
+    test_every_bad_input_is_compensated_with_its_reason as test_blob_bad_inputs_compensated_on_containers,
+    worker,
+)
+from tests.integration.test_metadata_path import (
+    test_projector_killed_mid_batch_equals_fresh_replay as test_projector_crash_safety_on_containers,
+)
+
+pytestmark = [pytest.mark.container, pytest.mark.integration]
+
+
+def test_demo_flow_on_containers(settings):
+    check(run_demo(settings), 16)
