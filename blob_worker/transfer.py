@@ -30,10 +30,13 @@ from __future__ import annotations
 import base64
 import contextvars
 import hashlib
+import mmap
+import os
 import re
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,7 +59,9 @@ log = structlog.get_logger(__name__)
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 STAGING_PREFIX = "staging/"
 S3_MAX_COPY_SIZE = 5 * 1024**3
-HASH_CHUNK = 8 * MiB
+HASH_CHUNK = 16 * MiB
+#: mapped windows in flight during pass 1 (bounds the file pages counted in RSS)
+HASH_WINDOWS = 3
 
 
 def content_key(sha256: str) -> str:
@@ -369,6 +374,24 @@ class _Pump:
         return [f.result() for f in self._futures]
 
 
+class _Window:
+    """A read-only mapping of ``length`` bytes of a file from ``offset`` (page-aligned
+    internally; ``view`` is exactly the requested bytes)."""
+
+    def __init__(self, src: LocalFileSource, offset: int, length: int) -> None:
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        try:
+            self._map = mmap.mmap(src.fd, length + offset - start, prot=mmap.PROT_READ,
+                                  flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), offset=start)
+        except (OSError, ValueError) as e:
+            raise UploadFailure("unreadable_source", f"cannot map {src.path} at {offset}: {e}") from e
+        self.view = memoryview(self._map)[offset - start:]
+
+    def close(self) -> None:
+        self.view.release()
+        self._map.close()
+
+
 class _Job:
     """One run of one upload; holds what cleanup needs to know."""
 
@@ -484,14 +507,14 @@ class _Job:
     def hash_file(self, src: LocalFileSource, plan: PartPlan) -> tuple[str, list[str]]:
         """Pass 1: whole-blob SHA-256 and one CRC32 per part, in one sequential read.
 
-        SHA-256 runs here and CRC32 on a helper thread over the same buffers (both release
-        the GIL), so the pass costs max(sha, crc) rather than their sum: ~0.8 s per GiB."""
+        The file is mapped a window at a time (no copy out of the page cache) and CRC32
+        runs on a helper thread over the same windows while SHA-256 runs here (both
+        release the GIL): the pass costs max(sha, crc), ~0.9 s per GiB on this machine
+        instead of ~1.6 s for read + sha + crc in series. At most ``len(ring)`` windows
+        are mapped at once, which bounds the file pages this adds to RSS."""
         self.meter.restart("hashing", src.size)
         sha = hashlib.sha256()
         crcs: list[str] = []
-        chunk = min(HASH_CHUNK, max(plan.base_part_size, 1))
-        ring = [memoryview(bytearray(chunk)) for _ in range(3)]
-        pending: list[Future[None] | None] = [None] * len(ring)
         state = {"crc": 0}
 
         def crc_step(view: memoryview, last_of_part: bool) -> None:
@@ -500,31 +523,34 @@ class _Job:
                 crcs.append(_b64_crc(state["crc"]))
                 state["crc"] = 0
 
+        windows: deque[tuple[Future[None], _Window]] = deque()
         with ThreadPoolExecutor(1, thread_name_prefix="crc") as crc_pool:
-            slot = 0
-            for part in plan.parts():
-                offset, remaining = part.offset, part.length
-                if remaining == 0:
-                    crcs.append(_b64_crc(0))
-                while remaining:
-                    if self.cancel.is_set():
-                        raise TransferCancelled()
-                    prev = pending[slot]
-                    if prev is not None:
-                        prev.result()  # the helper is done with this buffer
-                    view = ring[slot]
-                    n = src.readinto_at(view[: min(chunk, remaining)], offset)
-                    if n == 0:
-                        raise UploadFailure("truncated_source", f"{src.path} shrank while hashing")
-                    offset += n
-                    remaining -= n
-                    pending[slot] = crc_pool.submit(crc_step, view[:n], remaining == 0)
-                    sha.update(view[:n])
-                    self.meter.add(n)
-                    slot = (slot + 1) % len(ring)
-            for f in pending:
-                if f is not None:
-                    f.result()
+            try:
+                for part in plan.parts():
+                    if part.length == 0:
+                        crcs.append(_b64_crc(0))
+                    offset, remaining = part.offset, part.length
+                    while remaining:
+                        if self.cancel.is_set():
+                            raise TransferCancelled()
+                        if len(windows) >= HASH_WINDOWS:
+                            done, window = windows.popleft()
+                            done.result()
+                            window.close()
+                        n = min(HASH_CHUNK, remaining)
+                        window = _Window(src, offset, n)
+                        offset += n
+                        remaining -= n
+                        windows.append((crc_pool.submit(crc_step, window.view, remaining == 0), window))
+                        sha.update(window.view)
+                        self.meter.add(n)
+            finally:
+                while windows:
+                    done, window = windows.popleft()
+                    done.exception()
+                    window.close()
+        if os.fstat(src.fd).st_size != src.size:
+            raise UploadFailure("truncated_source", f"{src.path} changed size while hashing")
         return sha.hexdigest(), crcs
 
     def send_file_part(self, src: LocalFileSource, part: Part, crc: str,
