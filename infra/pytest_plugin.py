@@ -137,7 +137,11 @@ def settings(stack: RunningStack) -> Iterator[Settings]:
     dsn = resources.create_database(admin_dsn, db)
     try:
         resources.create_bucket(base, bucket)
-        test_settings = base.with_(topic_prefix=f"t{suffix}", postgres_dsn=dsn, s3_bucket=bucket)
+        # private consumer groups too: a SIGKILLed member of a shared group would stall
+        # the next test's join for a whole session timeout
+        test_settings = base.with_(topic_prefix=f"t{suffix}", postgres_dsn=dsn, s3_bucket=bucket,
+                                   projector_group=f"t{suffix}-projector",
+                                   worker_group=f"t{suffix}-worker")
         ensure_topics(test_settings)
         yield test_settings
     finally:
