@@ -35,6 +35,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from blob_worker.failures import UploadFailure
 from blob_worker.hashcache import HashCache
 from blob_worker.outcomes import failed_event, stored_event
+from blob_worker.promotion import promoter_for
 from blob_worker.transfer import (
     Progress,
     Transfer,
@@ -118,6 +119,7 @@ class Worker:
             hash_cache=hash_cache if hash_cache is not None
             else HashCache(settings.data_dir / "worker-hash-cache.sqlite"),
         )
+        transfer.promoter = promoter_for(settings, transfer)
         consumer = make_consumer(
             settings,
             settings.worker_group,

@@ -316,3 +316,17 @@ def test_unknown_size_stream_over_the_limit(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(UploadFailure) as e:
         _transfer(s3, max_blob_size=10 * MiB).run(UploadSpec("u1", "http://fake/blob"))
     assert e.value.reason == "size_limit" and not s3.uploads
+
+
+def test_promotion_falls_back_to_copy_when_the_rename_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from blob_worker.promotion import RenameOrCopy, SeaweedFilerRename
+    from blob_worker.transfer import ServerSideCopy
+
+    data = os.urandom(6 * MiB)
+    _stream(monkeypatch, BytesSource(data, None))
+    s3 = FakeS3()
+    t = _transfer(s3)
+    refusing = SeaweedFilerRename("http://127.0.0.1:9")  # nothing listens there
+    t.promoter = RenameOrCopy(refusing, ServerSideCopy(t))
+    r = t.run(UploadSpec("u1", "http://fake/blob"))
+    assert s3.objects == {r.key: data} and "copy_object" in s3.calls
