@@ -92,7 +92,7 @@ class StackPool:
             return docker_stack(self.base)
         from infra.testing.embedded import embedded_stack
 
-        storage = os.environ.get("BLOBLEDGER_TEST_BROKER_STORAGE", "s3")
+        storage = self.base.test_broker_storage
         # a private dir outside pytest's tmp tree (see infra.testing.embedded.private_dir)
         return embedded_stack(self.base, broker_storage=storage)
 

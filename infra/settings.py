@@ -75,8 +75,18 @@ class Settings:
     consumer_session_timeout_ms: int = 6000
 
     # --- test fixtures -------------------------------------------------------------------
-    #: auto | docker | embedded | external  (auto: docker when an engine answers)
+    #: auto | docker | embedded | external  (auto: tests marked ``container`` on Docker)
     test_stack: str = "auto"
+    #: broker log storage of stacks started for tests: s3 | memory
+    test_broker_storage: str = "s3"
+    #: images of the Docker-mode stack (what a Docker user expects by default); this
+    #: machine's CI points them at locally built ones (infra/containers/engine.sh --env)
+    docker_kafka_image: str = "apache/kafka:3.9.0"
+    docker_postgres_image: str = "postgres:16"
+    docker_s3_image: str = "chrislusf/seaweedfs:4.48"
+    #: apache (KRaft env config) | tansu; empty = guessed from the Kafka image name
+    docker_broker_flavor: str = ""
+    docker_ready_timeout: float = 120.0
 
     # ------------------------------------------------------------------------------------
     @property

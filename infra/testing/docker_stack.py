@@ -3,7 +3,7 @@
 Why: blobledger's users run testcontainers suites against whatever Docker-API engine they
 have, with public images. Our CI has no registry and no Docker, so the same code takes the
 images that ``infra/containers/engine.sh`` builds locally and talks to podman's Docker API.
-Images and broker flavor come from the environment (they become settings later):
+Images and broker flavor are settings (``infra.settings.Settings``), read from:
 
   BLOBLEDGER_DOCKER_KAFKA_IMAGE     default apache/kafka:3.9.0 (KRaft, single node)
   BLOBLEDGER_DOCKER_BROKER_FLAVOR   apache | tansu  (default: tansu if the image name says so)
@@ -12,7 +12,7 @@ Images and broker flavor come from the environment (they become settings later):
                                     an image named *minio* runs `minio server` instead
   BLOBLEDGER_DOCKER_READY_TIMEOUT   seconds each service may take to answer (default 120)
   BLOBLEDGER_TEST_BROKER_STORAGE    tansu only: s3 (log in the S3 container, durable across
-                                    a broker restart) or memory; default settings.broker_storage
+                                    a broker restart) or memory (default s3)
 
 Every host port is picked free and bound 1:1, so a stopped and restarted container keeps its
 endpoint and Kafka's advertised listener is exactly the address clients dial.
@@ -191,30 +191,24 @@ class DockerStackConfig:
     commands: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, settings: Settings, env: Mapping[str, str] | None = None) -> DockerStackConfig:
-        env = os.environ if env is None else env
-        d = cls()
-        kafka_image = env.get("BLOBLEDGER_DOCKER_KAFKA_IMAGE") or d.kafka_image
-        flavor = (env.get("BLOBLEDGER_DOCKER_BROKER_FLAVOR")
+    def from_settings(cls, settings: Settings) -> DockerStackConfig:
+        """Images, flavor and timeouts from settings (``BLOBLEDGER_DOCKER_*`` variables)."""
+        kafka_image = settings.docker_kafka_image
+        flavor = (settings.docker_broker_flavor
                   or ("tansu" if "tansu" in kafka_image.lower() else "apache")).lower()
         if flavor not in ("apache", "tansu"):
             raise StackError(f"BLOBLEDGER_DOCKER_BROKER_FLAVOR={flavor!r}: use apache or tansu",
                              service="kafka")
-        storage = (env.get("BLOBLEDGER_TEST_BROKER_STORAGE") or settings.broker_storage).lower()
+        storage = settings.test_broker_storage.lower()
         if storage not in ("s3", "memory"):
             raise StackError(f"broker storage {storage!r}: use s3 or memory", service="kafka")
-        try:
-            timeout = float(env.get("BLOBLEDGER_DOCKER_READY_TIMEOUT") or d.ready_timeout)
-        except ValueError as e:
-            raise StackError(f"BLOBLEDGER_DOCKER_READY_TIMEOUT is not a number: {e}",
-                             service="docker") from e
         return cls(
             kafka_image=kafka_image,
-            postgres_image=env.get("BLOBLEDGER_DOCKER_POSTGRES_IMAGE") or d.postgres_image,
-            s3_image=env.get("BLOBLEDGER_DOCKER_S3_IMAGE") or d.s3_image,
+            postgres_image=settings.docker_postgres_image,
+            s3_image=settings.docker_s3_image,
             broker_flavor=flavor,
             broker_storage=storage,
-            ready_timeout=timeout,
+            ready_timeout=settings.docker_ready_timeout,
         )
 
     def with_(self, **changes: Any) -> DockerStackConfig:
@@ -578,7 +572,7 @@ def docker_stack(settings: Settings,
     :class:`DockerRunningStack`; remove everything on exit, also when startup or a test
     failed. A container that fails readiness raises :class:`StackError` naming its image."""
     engine = configure_testcontainers()
-    config = config or DockerStackConfig.from_env(settings)
+    config = config or DockerStackConfig.from_settings(settings)
     kw = engine.client_kw
     with contextlib.suppress(Exception):
         reap_orphans(kw)

@@ -57,7 +57,7 @@ def stack(request: pytest.FixtureRequest) -> Iterator[RunningStack]:
     else:
         from infra.testing.embedded import embedded_stack
 
-        storage = os.environ.get("BLOBLEDGER_TEST_BROKER_STORAGE", "s3")
+        storage = base.test_broker_storage
         with embedded_stack(base, broker_storage=storage) as running:
             yield running
 
@@ -193,7 +193,7 @@ def test_teardown_leaves_no_container_even_when_the_test_fails() -> None:
 def test_a_container_that_exits_during_startup_names_its_image() -> None:
     _require_engine()
     base = Settings.from_env()
-    config = DockerStackConfig.from_env(base).with_(
+    config = DockerStackConfig.from_settings(base).with_(
         commands={"postgres": ["postgres", "--no-such-option=1"]}, ready_timeout=60
     )
     mine = {LABEL: "", LABEL_PID: str(os.getpid())}
@@ -212,7 +212,7 @@ def test_a_container_that_exits_during_startup_names_its_image() -> None:
 def test_a_container_that_never_answers_times_out_naming_its_image() -> None:
     _require_engine()
     base = Settings.from_env()
-    config = DockerStackConfig.from_env(base).with_(
+    config = DockerStackConfig.from_settings(base).with_(
         commands={"postgres": ["sleep", "600"]}, ready_timeout=4
     )
     mine = {LABEL: "", LABEL_PID: str(os.getpid())}
