@@ -7,10 +7,11 @@ with COPY together with the new checkpoints; see :mod:`projectors.readmodel`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterable, Sequence
 
 from projectors.fold import ObjectState, Upload, apply
+from infra.errors import InfrastructureError, PermanentError
 from projectors.readmodel import BatchWrite, ReadModel
 from schemas.events import BlobAttached, BlobStored, BlobUploadFailed, Event
 
@@ -32,6 +33,7 @@ class BatchStats:
     rejected: int = 0
     duplicates: int = 0
     stale: int = 0  # below the checkpoint: folded by someone else already
+    dead_letters: int = 0  # records whose write Postgres refused (isolated by bisection)
     #: partitions whose checkpoint is behind what we were handed (the caller must seek)
     rewind: dict[int, int] = field(default_factory=dict)
 
@@ -55,7 +57,8 @@ def apply_batch(
     requested instead of folding anything twice or leaving a gap."""
     stats = BatchStats()
     model.lock_for_batch()
-    stored = model.checkpoints(topic, lock=True)
+    mine = {r.partition for r in records}
+    stored = model.checkpoints(topic, lock=True, partitions=mine)
     write = BatchWrite()
     fresh: list[Record] = []
     for rec in records:
@@ -70,7 +73,7 @@ def apply_batch(
             continue
         fresh.append(rec)
     if model.memo and not model.complete and positions is not None and any(
-        stored.get(p, 0) != o for p, o in positions.items()
+        stored.get(p, 0) != positions.get(p, 0) for p in mine
     ):
         # someone else moved a checkpoint since our last batch: our memo may be stale
         model.memo_reset()
@@ -131,3 +134,101 @@ def fold_records(
             write.uploads[result.upload.upload_id] = result.upload
         for sha, delta in result.ref_deltas.items():
             write.ref_deltas[sha] = write.ref_deltas.get(sha, 0) + delta
+
+
+# --- poison isolation -----------------------------------------------------------------------------
+#: SQLSTATE classes that blame the data: data exceptions (bad text, out of range),
+#: integrity violations, program limits (e.g. an index row too large)
+POISON_SQLSTATE_CLASSES = ("22", "23", "54")
+
+
+def is_poison(exc: BaseException) -> bool:
+    """True when a batch failed because of what some record holds (retrying the same
+    records can never succeed), False for failures of the environment (connection lost,
+    deadlock, a missing table) that a retry or an operator fixes."""
+    e: BaseException | None = exc
+    while e is not None:
+        state = getattr(e, "sqlstate", None)
+        if state:
+            return state[:2] in POISON_SQLSTATE_CLASSES
+        e = e.__cause__
+    if isinstance(exc, (InfrastructureError, MemoryError)) or not isinstance(exc, Exception):
+        return False
+    # a Python error raised while folding or formatting a record (deep JSON, overflow...)
+    return True
+
+
+class UnstorableRecord(PermanentError):
+    """The read model refuses a record (its dead letter's ``dlq.error_code``)."""
+
+    code = "unstorable"
+
+
+def _root(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+#: called with a record that cannot be written and why; must make it durable (DLQ) before
+#: returning, since the checkpoint then moves past the record
+DeadLetter = Callable[[Record, BaseException], None]
+
+
+def apply_isolating(
+    model: ReadModel,
+    topic: str,
+    records: Sequence[Record],
+    positions: dict[int, int] | None,
+    dead_letter: DeadLetter,
+) -> BatchStats:
+    """:func:`apply_batch` in its own transaction(s). When the batch fails because of a
+    record (:func:`is_poison`), bisect it: each half is committed on its own, in log order,
+    until the offending record is alone; that one is dead-lettered and the checkpoint moves
+    past it, and everything else is folded. Other failures propagate (nothing of the failing
+    part is committed; the parts before it are).
+
+    ``positions`` (live projectors: partition -> next offset the consumer delivers) is
+    updated in place as parts commit, so a caller that rewinds after an error rewinds to
+    exactly what is committed."""
+    total = BatchStats()
+    _apply_part(model, topic, list(records), positions, dead_letter, total)
+    return total
+
+
+def _apply_part(model: ReadModel, topic: str, records: list[Record], positions: dict[int, int] | None,
+                dead_letter: DeadLetter, total: BatchStats) -> None:
+    if total.rewind:  # a partition was rewound by an earlier part: its later records wait
+        records = [r for r in records if r.partition not in total.rewind]
+    if not records:
+        return
+    try:
+        with model.conn.transaction():
+            stats = apply_batch(model, topic, records, None if positions is None else dict(positions))
+    except BaseException as e:
+        model.rolled_back()
+        if not is_poison(e) or all(r.event is None for r in records):
+            raise
+        if len(records) == 1:
+            root = _root(e)
+            why = UnstorableRecord(f"the read model refused this record: {type(root).__name__}: {root}")
+            why.__cause__ = e
+            dead_letter(records[0], why)
+            _apply_part(model, topic, [replace(records[0], event=None)], positions, dead_letter, total)
+            total.dead_letters += 1
+            return
+        mid = len(records) // 2
+        _apply_part(model, topic, records[:mid], positions, dead_letter, total)
+        _apply_part(model, topic, records[mid:], positions, dead_letter, total)
+        return
+    model.committed()
+    total.applied += stats.applied
+    total.rejected += stats.rejected
+    total.duplicates += stats.duplicates
+    total.stale += stats.stale
+    total.rewind.update(stats.rewind)
+    if positions is not None:
+        for rec in records:
+            if rec.partition not in stats.rewind:
+                positions[rec.partition] = rec.offset + 1
+        positions.update(stats.rewind)

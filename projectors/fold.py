@@ -153,12 +153,55 @@ def _check(state: ObjectState | None, event: Event, permission: str) -> str | No
     return None
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+#: strict JSON: NaN/Infinity are refused (jsonb cannot hold them)
+_decode_json = json.JSONDecoder(parse_constant=_no_constant).decode
+
+
+def _storable(value: Any) -> bool:
+    """False when a string (or key) in ``value`` holds U+0000 or a lone surrogate, which
+    Postgres jsonb refuses (``\\u0000`` is valid JSON, so the parser lets it through)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return False
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_storable(k) and _storable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_storable(v) for v in value)
+    if isinstance(value, float):
+        return value == value and value not in (float("inf"), float("-inf"))
+    return True
+
+
 def _parse_json_object(text: str) -> dict[str, Any] | None:
+    """The JSON object in ``text``, or None when it is not one the read model can store
+    (not JSON, not an object, too deep, NUL characters, lone surrogates, NaN/Infinity)."""
     try:
-        value = json.loads(text)
-    except ValueError:
+        value = _decode_json(text)
+    except (ValueError, RecursionError):
         return None
-    return value if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        return None
+    # a \\u escape is the only way to smuggle NUL or a lone surrogate past the parser (raw
+    # control characters are refused by it): walk the value only when the text has one
+    if "\\u" in text and not _storable_safe(value):
+        return None
+    return value
+
+
+def _storable_safe(value: Any) -> bool:
+    try:
+        return _storable(value)
+    except RecursionError:
+        return False
 
 
 def merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:

@@ -352,14 +352,20 @@ class ReadModel:
     MEMO_LIMIT = 500_000
 
     def __init__(self, conn: psycopg.Connection, schema: str, *, memo: bool = False,
-                 complete: bool = False) -> None:
+                 complete: bool = False, defer_blobs: bool = False) -> None:
         """``memo``: keep the fold states this model wrote in memory so later batches need
         not load them again. Only valid while nobody else writes the objects (the caller
         resets it on rebalance, checkpoint mismatch or a failed batch: :meth:`memo_reset`).
         ``complete``: the schema was empty when this model started and only this model
         writes it (a replay's private rebuild schema): the memo then knows everything, so
-        no state or idempotency lookups go to Postgres at all. A failed batch must abort
-        the rebuild."""
+        no state or idempotency lookups go to Postgres at all; after a failed batch it
+        degrades to a plain memo (lookups of what was committed).
+        ``defer_blobs``: collect the blobs table's rows and reference-count deltas in
+        :attr:`blob_rows` instead of writing them per batch (parallel rebuilds: workers on
+        disjoint partitions can share a blob; the rows are written once, merged, at the end).
+
+        The memo learns a batch only once its transaction has committed: the caller calls
+        :meth:`committed` after the commit and :meth:`rolled_back` after a failure."""
         self.conn = conn
         self.schema = schema
         self._s = sql.Identifier(schema)
@@ -369,12 +375,35 @@ class ReadModel:
         self._objects: dict[str, ObjectState] = {}
         self._uploads: dict[str, Upload] = {}
         self._seen: set[str] = set()
+        self._written: BatchWrite | None = None
+        self.defer_blobs = defer_blobs
+        #: sha256 -> [size, key, ref_count delta, first_stored_at us] (``defer_blobs``)
+        self.blob_rows: dict[str, list[Any]] = {}
 
     def memo_reset(self) -> None:
         if self.complete:
             raise RuntimeError("a complete memo cannot be reset: abort the rebuild instead")
         self._objects.clear()
         self._uploads.clear()
+
+    def committed(self) -> None:
+        """The batch last given to :meth:`write` is committed: remember it."""
+        batch, self._written = self._written, None
+        if batch is not None:
+            if self.memo:
+                self._remember(batch)
+            if self.defer_blobs:
+                _merge_blob_rows(self.blob_rows, batch)
+
+    def rolled_back(self) -> None:
+        """The batch transaction failed: forget what it taught (a complete memo becomes a
+        plain one: the schema holds exactly what was committed, so lookups are right)."""
+        self._written = None
+        self._temp_ready = False  # staging tables created in the failed transaction are gone
+        if self.complete:
+            self.complete = False
+            self._seen.clear()
+        self.memo_reset()
 
     def _q(self, text: str) -> sql.Composed:
         return sql.SQL(text).format(s=self._s)
@@ -383,11 +412,18 @@ class ReadModel:
     def lock_for_batch(self) -> None:
         self.conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (lock_key(self.schema),))
 
-    def checkpoints(self, topic: str, *, lock: bool = False) -> dict[int, int]:
+    def checkpoints(self, topic: str, *, lock: bool = False,
+                    partitions: Iterable[int] | None = None) -> dict[int, int]:
+        """Stored checkpoints of ``topic`` (only ``partitions`` when given: a batch locks
+        just its own rows, so projectors on other partitions are not serialized)."""
         q = "SELECT partition, next_offset FROM {s}.checkpoints WHERE topic = %s"
+        params: tuple[Any, ...] = (topic,)
+        if partitions is not None:
+            q += " AND partition = ANY(%s::int[])"
+            params = (topic, sorted(partitions))
         if lock:
-            q += " FOR UPDATE"
-        return dict(self.conn.execute(self._q(q), (topic,)).fetchall())
+            q += " ORDER BY partition FOR UPDATE"
+        return dict(self.conn.execute(self._q(q), params).fetchall())
 
     def load_objects(self, object_ids: Iterable[str], texts: TextCache | None = None) -> dict[str, ObjectState]:
         out: dict[str, ObjectState] = {}
@@ -505,7 +541,8 @@ class ReadModel:
                 self._copy_text("staging_uploads", UPLOAD_COPY_COLUMNS,
                                 map(upload_line, batch.uploads.values()), temp=True)
                 self._upsert_from_staging("uploads", "upload_id", UPLOAD_COLUMNS)
-                self._write_blobs(batch)
+                if not self.defer_blobs:
+                    self._write_blobs(batch)
             if batch.checkpoints:
                 items = sorted(batch.checkpoints.items())
                 self.conn.execute(
@@ -519,8 +556,7 @@ class ReadModel:
                 )
                 # delivered at commit, so a woken waiter always finds the rows it waits for
                 self.conn.execute("SELECT pg_notify(%s, '')", (notify_channel(self.schema),))
-        if self.memo:
-            self._remember(batch)
+        self._written = batch
 
     def _remember(self, batch: BatchWrite) -> None:
         if not self.complete and len(self._objects) + len(batch.objects) > self.MEMO_LIMIT:
@@ -544,27 +580,51 @@ class ReadModel:
 
     def _write_blobs(self, batch: BatchWrite) -> None:
         """Blobs known to be stored (stored or orphaned uploads) and their ref counts."""
-        rows: dict[str, tuple[Any, ...]] = {}
-        for u in batch.uploads.values():
-            if u.sha256 and u.state in (UploadState.STORED, UploadState.ORPHANED):
-                rows[u.sha256] = (u.sha256, u.size, u.key, 0, us_to_datetime(u.finished_at or u.requested_at))
-        for sha, delta in batch.ref_deltas.items():
-            if sha in rows:
-                r = rows[sha]
-                rows[sha] = (r[0], r[1], r[2], delta, r[4])
-        pure_deltas = [(d, sha) for sha, d in sorted(batch.ref_deltas.items()) if sha not in rows and d]
-        with self.conn.cursor() as cur:
-            if rows:
-                cur.executemany(
-                    self._q(
-                        "INSERT INTO {s}.blobs (sha256, size, key, ref_count, first_stored_at) "
-                        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (sha256) "
-                        "DO UPDATE SET ref_count = {s}.blobs.ref_count + EXCLUDED.ref_count"
-                    ),
-                    [rows[k] for k in sorted(rows)],
-                )
-            if pure_deltas:
-                cur.executemany(
-                    self._q("UPDATE {s}.blobs SET ref_count = ref_count + %s WHERE sha256 = %s"),
-                    pure_deltas,
-                )
+        rows: dict[str, list[Any]] = {}
+        _merge_blob_rows(rows, batch)
+        self.write_blob_rows(rows)
+
+    _BLOB_UPSERT = (
+        "INSERT INTO {s}.blobs (sha256, size, key, ref_count, first_stored_at) "
+        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (sha256) "
+        "DO UPDATE SET ref_count = {s}.blobs.ref_count + EXCLUDED.ref_count, "
+        "first_stored_at = LEAST({s}.blobs.first_stored_at, EXCLUDED.first_stored_at)"
+    )
+
+    def write_blob_rows(self, rows: Mapping[str, list[Any]]) -> None:
+        """Apply :func:`_merge_blob_rows` output: upserts for blobs with a known size and key,
+        plain ref-count updates for the rest, all in sha256 order in one pipeline, so two
+        transactions sharing blobs lock them in the same order (no deadlock). The earliest
+        first_stored_at wins whatever order partitions are folded in."""
+        if not rows:
+            return
+        upsert = self._q(self._BLOB_UPSERT)
+        update = self._q("UPDATE {s}.blobs SET ref_count = ref_count + %s WHERE sha256 = %s")
+        with self.conn.pipeline(), self.conn.cursor() as cur:
+            for sha in sorted(rows):
+                size, key, delta, first = rows[sha]
+                if key is not None:
+                    cur.execute(upsert, (sha, size, key, delta, us_to_datetime(first)))
+                elif delta:
+                    cur.execute(update, (delta, sha))
+
+
+def _merge_blob_rows(rows: dict[str, list[Any]], batch: BatchWrite) -> None:
+    """Accumulate a batch's blobs into ``rows``: sha256 -> [size, key, ref delta, first
+    stored (us)]; ``key`` None when only a reference-count change is known."""
+    for u in batch.uploads.values():
+        if u.sha256 and u.state in (UploadState.STORED, UploadState.ORPHANED):
+            at = u.finished_at or u.requested_at
+            r = rows.get(u.sha256)
+            if r is None:
+                rows[u.sha256] = [u.size, u.key, 0, at]
+            else:
+                if r[1] is None:
+                    r[0], r[1] = u.size, u.key
+                r[3] = at if r[3] is None else min(r[3], at)
+    for sha, delta in batch.ref_deltas.items():
+        r = rows.get(sha)
+        if r is None:
+            rows[sha] = [None, None, delta, None]
+        else:
+            r[2] += delta

@@ -25,7 +25,7 @@ from infra.errors import CodecError, StackError
 from infra.kafka import end_offsets, make_consumer, make_producer, translate
 from infra.postgres import connect, translated
 from infra.settings import Settings
-from projectors.applier import Record, apply_batch
+from projectors.applier import Record, apply_isolating
 from projectors.dlq import DeadLetters
 from projectors.readmodel import ReadModel, lock_key, migrate
 from schemas.codec import Codec, default_codec
@@ -131,6 +131,7 @@ class Rebuilder:
         while remaining:
             msgs = self.consumer.consume(self.batch_size, 1.0)
             records: list[Record] = []
+            by_position: dict[tuple[int, int], object] = {}
             for m in msgs:
                 err = m.error()
                 if err is not None:
@@ -155,10 +156,17 @@ class Rebuilder:
                     self.dead += 1
                     event = None
                 records.append(Record(m.topic(), p, off, event))
+                by_position[(p, off)] = m
             if records:
                 self.dlq.flush()
-                with translated(), self.conn.transaction():
-                    stats = apply_batch(self.model, self.topic, records)
+
+                def dead_letter(rec: Record, error: BaseException) -> None:
+                    self.dlq.send(by_position[(rec.partition, rec.offset)], error)  # type: ignore[arg-type]
+                    self.dlq.flush()
+                    self.dead += 1
+
+                with translated():
+                    stats = apply_isolating(self.model, self.topic, records, None, dead_letter)
                 self.events += stats.applied + stats.rejected + stats.duplicates
                 for r in records:
                     self.next[r.partition] = r.offset + 1

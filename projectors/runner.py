@@ -22,7 +22,7 @@ from infra.errors import CodecError, TransientError
 from infra.kafka import make_consumer, make_producer, translate
 from infra.postgres import connect, translate as pg_translate
 from infra.settings import Settings
-from projectors.applier import BatchStats, Record, apply_batch
+from projectors.applier import BatchStats, Record, apply_isolating
 from projectors.dlq import DeadLetters
 from projectors.readmodel import ReadModel, migrate
 from schemas.codec import Codec, default_codec
@@ -126,8 +126,11 @@ class Projector:
         return out
 
     def process(self, msgs: list[Message]) -> BatchStats:
-        """Decode, dead-letter what cannot be decoded, fold the rest, commit once."""
+        """Decode, dead-letter what cannot be decoded, fold the rest, commit once. A record
+        whose write Postgres refuses is isolated by bisection and dead-lettered too (see
+        :func:`projectors.applier.apply_isolating`): bad input never wedges the projector."""
         records: list[Record] = []
+        by_position: dict[tuple[int, int], Message] = {}
         dead = 0
         for m in msgs:
             try:
@@ -141,28 +144,30 @@ class Projector:
                 records.append(Record(m.topic(), m.partition(), m.offset(), None))
                 continue
             records.append(Record(m.topic(), m.partition(), m.offset(), event))
+            by_position[(m.partition(), m.offset())] = m
         # dead letters are acknowledged before the checkpoint moves past them
         self.dlq.flush()
+
+        def dead_letter(rec: Record, error: BaseException) -> None:
+            log.warning("dead-lettering a message the read model refused", partition=rec.partition,
+                        offset=rec.offset, error=str(error))
+            self.dlq.send(by_position[(rec.partition, rec.offset)], error)
+            self.dlq.flush()
+
         try:
-            with self.conn.transaction():
-                stats = apply_batch(self.model, self.topic, records, dict(self.positions))
+            stats = apply_isolating(self.model, self.topic, records, self.positions, dead_letter)
         except BaseException as e:
-            # nothing of this batch is committed: forget what the memo learnt from it and
-            # re-read the batch (the consumer has moved past it; without the seek the next
-            # batch would be folded over a gap)
-            self.model.memo_reset()
+            # the failing part is not committed (``positions`` covers what is): re-read from
+            # there (the consumer has moved past it; without the seek the next batch would be
+            # folded over a gap)
             self._rewind_to_positions({r.partition for r in records})
             if isinstance(e, psycopg.Error):
                 raise pg_translate(e) from e
             raise
-        for rec in records:
-            if rec.partition not in stats.rewind:
-                self.positions[rec.partition] = rec.offset + 1
         for partition, offset in stats.rewind.items():
             log.warning("checkpoint moved back; re-reading", partition=partition, offset=offset)
             self.consumer.seek(TopicPartition(self.topic, partition, offset))
-            self.positions[partition] = offset
-        self.totals.add(stats, dead)
+        self.totals.add(stats, dead + stats.dead_letters)
         return stats
 
     def _rewind_to_positions(self, partitions: set[int]) -> None:

@@ -6,6 +6,7 @@ knows about Avro. Each class's ``schema_name`` is its Avro full name.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass, field, fields
@@ -99,8 +100,16 @@ class Event:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "Event":
-        payload = {name: record[name] for name in _payload_fields(cls) if name in record}
-        return cls(Envelope(**record["envelope"]), **payload)
+        """The event of a decoded Avro record, refusing values the schema's types let
+        through but the read model cannot hold (:func:`check_record`): a
+        :class:`SchemaViolation` (a ``ValueError``) sends the message to the DLQ."""
+        e = record["envelope"]
+        _check_envelope(e)
+        env = Envelope(e["object_id"], e["actor"], e["tenant"], e["event_id"], e["occurred_at"],
+                       e["correlation_id"], e.get("causation_id"), e.get("expected_version"))
+        names = _payload_fields(cls)
+        _check_payload(cls, record, names)
+        return cls(env, *[record[n] for n in names])
 
 
 _ENVELOPE_FIELDS = tuple(f.name for f in fields(Envelope))
@@ -112,6 +121,63 @@ def _payload_fields(cls: type) -> tuple[str, ...]:
     if names is None:
         names = _PAYLOAD_FIELDS[cls] = tuple(f.name for f in fields(cls) if f.name != "envelope")
     return names
+
+
+# --- what a decoded record must satisfy beyond its Avro types --------------------------------
+# Avro says "string" and "long"; the read model stores ids as uuid, text without NUL (Postgres
+# text and jsonb refuse U+0000) and times as timestamptz. One such record would fail its whole
+# batch's COPY forever, so the decoder refuses it and the projector dead-letters it instead.
+class SchemaViolation(ValueError):
+    """A record that fits its Avro schema but breaks the event contract."""
+
+
+#: ids are canonical UUID text (lowercase, hyphenated: what ``str(uuid4())`` gives and what
+#: Postgres returns), so the fold's lookups by id string match the stored keys exactly
+_is_uuid = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z").match
+#: timestamps (microseconds since the epoch) must be representable: years 1..9999
+MIN_US = -62_135_596_800_000_000
+MAX_US = 253_402_300_800_000_000 - 1
+#: payload fields holding UUIDs / timestamps
+UUID_FIELDS = frozenset({"upload_id"})
+TIME_FIELDS = frozenset({"deadline"})
+
+
+def _check_envelope(e: dict[str, Any]) -> None:
+    for name in ("event_id", "object_id"):
+        v = e[name]
+        if not _is_uuid(v):
+            raise SchemaViolation(f"envelope.{name} {v[:64]!r} is not a canonical UUID")
+    for name in ("tenant", "actor", "correlation_id"):
+        if "\x00" in e[name]:
+            raise SchemaViolation(f"envelope.{name} contains a NUL character")
+    c = e.get("causation_id")
+    if c is not None and "\x00" in c:
+        raise SchemaViolation("envelope.causation_id contains a NUL character")
+    t = e["occurred_at"]
+    if not MIN_US <= t <= MAX_US:
+        raise SchemaViolation(f"envelope.occurred_at {t} is outside years 1..9999")
+
+
+def _check_payload(cls: type, record: dict[str, Any], names: tuple[str, ...]) -> None:
+    for name in names:
+        v = record[name]
+        if type(v) is str:
+            if "\x00" in v:
+                raise SchemaViolation(f"{cls.__name__}.{name} contains a NUL character")
+            if name in UUID_FIELDS and not _is_uuid(v):
+                raise SchemaViolation(f"{cls.__name__}.{name} {v[:64]!r} is not a canonical UUID")
+        elif type(v) is list:
+            for x in v:
+                if "\x00" in x:
+                    raise SchemaViolation(f"{cls.__name__}.{name} has an item with a NUL character")
+        elif name in TIME_FIELDS and not MIN_US <= v <= MAX_US:
+            raise SchemaViolation(f"{cls.__name__}.{name} {v} is outside years 1..9999")
+
+
+def check_event(event: "Event") -> None:
+    """Raise :class:`SchemaViolation` when ``event`` could not be decoded back (producers
+    call it before publishing, so nothing they send is dead-lettered for it)."""
+    type(event).from_record(event.to_record())
 
 
 @dataclass(frozen=True, slots=True)
