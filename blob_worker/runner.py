@@ -109,12 +109,15 @@ class Worker:
         self.assigned = threading.Event()
 
     @classmethod
-    def create(cls, settings: Settings, *, hash_cache: HashCache | None = None, **kwargs: Any) -> Worker:
-        """The one place that wires the adapters (bootstrap)."""
+    def create(cls, settings: Settings, *, hash_cache: HashCache | None = None,
+               local_files: str = "hash_first", **kwargs: Any) -> Worker:
+        """The one place that wires the adapters (bootstrap). ``local_files``: see
+        ``TransferOptions.local_files`` (hash_first keeps "a stored hash costs 0 bytes"
+        for every path; stream is one pass, ~8% faster on SeaweedFS, P3)."""
         s3 = make_s3_client(settings)
         transfer = Transfer(
             s3,
-            TransferOptions.from_settings(settings),
+            TransferOptions.from_settings(settings, local_files=local_files),
             breaker=CircuitBreaker("s3", failure_threshold=5, reset_timeout=5.0),
             hash_cache=hash_cache if hash_cache is not None
             else HashCache(settings.data_dir / "worker-hash-cache.sqlite"),
@@ -374,10 +377,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="Consume upload commands and stream blobs to S3.")
     parser.add_argument("--max-commands", type=int, default=None, help="exit after this many commands")
     parser.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
+    parser.add_argument("--local-files", choices=("hash_first", "stream"), default="hash_first",
+                        help="hash_first: hash, then upload to the content key (stored content "
+                             "costs 0 bytes); stream: hash while uploading to staging, then promote")
     args = parser.parse_args(argv)
     blog.configure()
     settings = Settings.from_env()
-    worker = Worker.create(settings)
+    worker = Worker.create(settings, local_files=args.local_files)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("worker.signal", signal=signal.Signals(signum).name)

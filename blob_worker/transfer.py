@@ -17,6 +17,11 @@ Two paths, chosen by what the source allows:
   parallel with its CRC32. With a declared hash the target is the content key and the
   hash is checked before completing; without one the bytes go to ``staging/<upload_id>``
   and are promoted (copy or a rename strategy) once the hash is known.
+* Local file, ``local_files="stream"`` (opt-in): the stream path for a file (one pass,
+  FileSlice bodies, staging + promotion). With SeaweedFS's filer rename it measured 1.08x
+  boto3 upload_file vs 0.93x for hash-first (P3, 1 GiB, same run), but content already
+  stored under another path is sent once before its hash is known: it breaks "a stored
+  hash costs 0 bytes", which is why hash-first stays the default.
 
 Per-part checksum: CRC32 (``x-amz-checksum-crc32``), verified by SeaweedFS and AWS. It
 is ~2x cheaper than MD5 and SHA-256 on the client and the server, and the whole blob is
@@ -37,7 +42,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -118,11 +123,14 @@ class TransferOptions:
     max_in_flight: int = 8
     retry_attempts: int = 6
     http_timeout: float = 30.0
+    #: "hash_first": hash, then upload straight to the content key (a stored hash costs
+    #: 0 bytes); "stream": hash while uploading to staging, then promote (one pass)
+    local_files: str = "hash_first"
 
     @classmethod
-    def from_settings(cls, s: Settings) -> TransferOptions:
+    def from_settings(cls, s: Settings, **overrides: Any) -> TransferOptions:
         return cls(s.s3_bucket, s.min_part_size, s.max_blob_size, max(1, s.max_in_flight_parts),
-                   s.s3_retry_attempts, s.http_timeout_seconds)
+                   s.s3_retry_attempts, s.http_timeout_seconds, **overrides)
 
 
 class TransferCancelled(BlobledgerError):
@@ -402,6 +410,7 @@ class _Job:
         self.key: str | None = None
         self.multipart_id: str | None = None
         self.staged: str | None = None  # a completed staging object to delete on failure
+        self.file_sha = ""  # set by scan_file when its pass is complete
 
     # --- helpers -------------------------------------------------------------------------
     def call(self, op: str, **kwargs: Any) -> Any:
@@ -478,7 +487,10 @@ class _Job:
             hit = self.dedup_hit(cached, size)
             if hit is not None:
                 return hit
-        sha, crcs = self.hash_file(src, plan)
+        if self.t.opts.local_files == "stream" and not plan.single_part and declared is None:
+            return self.run_local_streaming(src, plan)
+        crcs = [crc for _, crc in self.scan_file(src, plan)]
+        sha = self.file_sha
         self.check_declared(sha, size)
         if cache:
             cache.put(src.identity, sha)
@@ -504,54 +516,82 @@ class _Job:
         sent = self.complete(key, pump.drain(), size)
         return self.finish(key, sha, size, plan.part_count or 1, *sent)
 
-    def hash_file(self, src: LocalFileSource, plan: PartPlan) -> tuple[str, list[str]]:
-        """Pass 1: whole-blob SHA-256 and one CRC32 per part, in one sequential read.
+    def run_local_streaming(self, src: LocalFileSource, plan: PartPlan) -> TransferResult:
+        """``local_files="stream"``: hash while uploading (one pass, to the staging key),
+        then promote. Faster when promotion is a rename, but bytes of content that is
+        already stored under another path are sent before the hash shows it."""
+        assert src.size is not None
+        key = self.key = staging_key(self.spec.upload_id)
+        self.meter.restart("uploading", src.size)
+        listed = self.open_multipart(key)
+        pump = _Pump(self.t._pool, self.t.opts.max_in_flight, self.cancel)
+        try:
+            for part, crc in self.scan_file(src, plan, meter=False):
+                pump.acquire()
+                pump.start(self.send_file_part, src, part, crc, listed.get(part.number))
+            outcomes = pump.drain()
+        except BaseException:
+            pump.wait()
+            raise
+        sha = self.file_sha
+        self.check_declared(sha, src.size)
+        sent = self.complete(key, outcomes, src.size)
+        self.staged = key
+        if self.t.cache:
+            self.t.cache.put(src.identity, sha)
+        return self.promote_and_finish(key, sha, src.size, len(outcomes), *sent)
+
+    def scan_file(self, src: LocalFileSource, plan: PartPlan, *, meter: bool = True) -> Iterator[tuple[Part, str]]:
+        """One sequential pass: yields ``(part, CRC32)`` as each part is read and leaves the
+        whole-blob SHA-256 in ``self.file_sha`` when exhausted.
 
         The file is mapped a window at a time (no copy out of the page cache) and CRC32
         runs on a helper thread over the same windows while SHA-256 runs here (both
-        release the GIL): the pass costs max(sha, crc), ~0.9 s per GiB on this machine
-        instead of ~1.6 s for read + sha + crc in series. At most ``len(ring)`` windows
+        release the GIL): hashing costs max(sha, crc), ~0.9 s per GiB on this machine
+        instead of ~1.6 s for read + sha + crc in series. At most ``HASH_WINDOWS`` windows
         are mapped at once, which bounds the file pages this adds to RSS."""
-        self.meter.restart("hashing", src.size)
+        if meter:
+            self.meter.restart("hashing", src.size)
         sha = hashlib.sha256()
-        crcs: list[str] = []
         state = {"crc": 0}
 
-        def crc_step(view: memoryview, last_of_part: bool) -> None:
+        def crc_step(view: memoryview) -> None:
             state["crc"] = zlib.crc32(view, state["crc"])
-            if last_of_part:
-                crcs.append(_b64_crc(state["crc"]))
-                state["crc"] = 0
 
         windows: deque[tuple[Future[None], _Window]] = deque()
         with ThreadPoolExecutor(1, thread_name_prefix="crc") as crc_pool:
             try:
                 for part in plan.parts():
-                    if part.length == 0:
-                        crcs.append(_b64_crc(0))
                     offset, remaining = part.offset, part.length
+                    last: Future[None] | None = None
                     while remaining:
                         if self.cancel.is_set():
                             raise TransferCancelled()
                         if len(windows) >= HASH_WINDOWS:
-                            done, window = windows.popleft()
+                            done, old = windows.popleft()
                             done.result()
-                            window.close()
+                            old.close()
                         n = min(HASH_CHUNK, remaining)
                         window = _Window(src, offset, n)
                         offset += n
                         remaining -= n
-                        windows.append((crc_pool.submit(crc_step, window.view, remaining == 0), window))
+                        last = crc_pool.submit(crc_step, window.view)
+                        windows.append((last, window))
                         sha.update(window.view)
-                        self.meter.add(n)
+                        if meter:
+                            self.meter.add(n)
+                    if last is not None:
+                        last.result()
+                    yield part, _b64_crc(state["crc"])
+                    state["crc"] = 0
             finally:
                 while windows:
-                    done, window = windows.popleft()
+                    done, old = windows.popleft()
                     done.exception()
-                    window.close()
+                    old.close()
         if os.fstat(src.fd).st_size != src.size:
             raise UploadFailure("truncated_source", f"{src.path} changed size while hashing")
-        return sha.hexdigest(), crcs
+        self.file_sha = sha.hexdigest()
 
     def send_file_part(self, src: LocalFileSource, part: Part, crc: str,
                        listed: _Listed | None) -> tuple[int, dict[str, Any]]:

@@ -203,15 +203,14 @@ def test_spent_retries_leave_the_upload_open_for_resume_unless_final(tmp_path: P
 
 def test_file_changed_between_hash_and_upload_is_a_checksum_mismatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path, _ = _file(tmp_path, 11 * MiB)
-    real = tr._Job.hash_file
+    real = tr._Job.scan_file
 
-    def hash_then_modify(self: Any, src: Any, plan: Any) -> Any:
-        out = real(self, src, plan)
+    def hash_then_modify(self: Any, src: Any, plan: Any, **kw: Any) -> Any:
+        yield from real(self, src, plan, **kw)
         with open(path, "r+b") as f:
             f.write(b"tampered")
-        return out
 
-    monkeypatch.setattr(tr._Job, "hash_file", hash_then_modify)
+    monkeypatch.setattr(tr._Job, "scan_file", hash_then_modify)
     s3 = FakeS3()
     with pytest.raises(UploadFailure) as e:
         _transfer(s3).run(UploadSpec("u1", str(path)))
@@ -330,3 +329,26 @@ def test_promotion_falls_back_to_copy_when_the_rename_is_refused(monkeypatch: py
     t.promoter = RenameOrCopy(refusing, ServerSideCopy(t))
     r = t.run(UploadSpec("u1", "http://fake/blob"))
     assert s3.objects == {r.key: data} and "copy_object" in s3.calls
+
+
+@pytest.mark.parametrize("size", [12 * MiB + 3, 1000])
+def test_local_stream_mode_hashes_while_uploading_then_promotes(tmp_path: Path, size: int) -> None:
+    path, data = _file(tmp_path, size)
+    s3, cache = FakeS3(), HashCache()
+    t = _transfer(s3, cache, local_files="stream")
+    r = t.run(UploadSpec("u1", str(path)))
+    assert s3.objects == {content_key(hashlib.sha256(data).hexdigest()): data} and not s3.uploads
+    again = t.run(UploadSpec("u2", str(path)))
+    assert again.dedup and again.bytes_sent == 0 and again.key == r.key  # the stat cache still applies
+
+
+def test_local_stream_mode_dedups_after_sending(tmp_path: Path) -> None:
+    a, data = _file(tmp_path, 11 * MiB, "a")
+    b = tmp_path / "b"
+    b.write_bytes(data)
+    s3 = FakeS3()
+    t = _transfer(s3, local_files="stream")
+    first = t.run(UploadSpec("u1", str(a)))
+    second = t.run(UploadSpec("u2", str(b)))
+    assert second.dedup and second.key == first.key and list(s3.objects) == [first.key]
+    assert second.bytes_sent == len(data)  # the price of one pass: known only at the end
