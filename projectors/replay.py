@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 import psycopg
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -87,14 +90,19 @@ class Rebuilder:
     """Reads the events topic from the beginning and folds it into ``target`` schema."""
 
     def __init__(self, settings: Settings, target: str, *, codec: Codec | None = None,
-                 batch_size: int = 20000) -> None:
+                 batch_size: int = 20000, partitions: Iterable[int] | None = None,
+                 defer_blobs: bool = False) -> None:
+        """``partitions``: fold only these (a worker of a parallel rebuild); ``defer_blobs``:
+        collect blob rows instead of writing them (see :class:`ReadModel`)."""
         self.settings = settings
+        self.only = None if partitions is None else sorted(partitions)
+        self.defer_blobs = defer_blobs
         self.topic = settings.events_topic
         self.target = target
         self.codec = codec or default_codec()
         self.batch_size = batch_size
         self.conn = connect(settings)
-        self.model = ReadModel(self.conn, target)
+        self.model = ReadModel(self.conn, target, memo=True, defer_blobs=defer_blobs)
         self.dlq = DeadLetters(make_producer(settings), settings.dlq_topic)
         # a throwaway group: replay assigns partitions itself and never commits offsets
         self.consumer: Consumer = make_consumer(
@@ -115,12 +123,14 @@ class Rebuilder:
         return end_offsets(self.settings, self.topic)
 
     def start(self) -> None:
-        stored = self.model.checkpoints(self.topic)
+        parts = self.only if self.only is not None else self.partitions()
+        stored = self.model.checkpoints(self.topic, partitions=parts)
         self.conn.commit()
         if not stored:
-            # a fresh private schema that only we write: fold from memory, no lookups
-            self.model = ReadModel(self.conn, self.target, complete=True)
-        self.next = {p: stored.get(p, 0) for p in self.partitions()}
+            # a fresh private schema (or our disjoint share of it: partitions own their
+            # objects) that only we write: fold from memory, no lookups
+            self.model = ReadModel(self.conn, self.target, complete=True, defer_blobs=self.defer_blobs)
+        self.next = {p: stored.get(p, 0) for p in parts}
         self.consumer.assign([TopicPartition(self.topic, p, o) for p, o in self.next.items()])
 
     def fold_until(self, targets: dict[int, int], progress: Callable[[int], None] | None = None) -> None:
@@ -183,6 +193,122 @@ class Rebuilder:
         self.conn.close()
 
 
+# --- the parallel phase: partitions split across worker processes -------------------------------
+def _worker(settings: Settings, target: str, partitions: list[int], targets: dict[int, int],
+            progress: Any, slot: int, results: Any) -> None:
+    """A process of a parallel rebuild: folds its partitions up to ``targets`` into
+    ``target`` (disjoint partitions hold disjoint objects), deferring blob rows, and sends
+    back what the parent needs: counts and the blob rows to write once."""
+    try:
+        blog.configure()
+        r = Rebuilder(settings, target, partitions=partitions, defer_blobs=True)
+        try:
+            r.start()
+
+            def tick(done: int) -> None:
+                progress[slot] = done
+
+            r.fold_until({p: targets[p] for p in partitions}, tick)
+            progress[slot] = r.events
+            results.put((slot, None, r.events, r.dead, r.model.blob_rows))
+        finally:
+            r.close()
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which fails the rebuild
+        results.put((slot, f"{type(e).__name__}: {e}\n{traceback.format_exc()}", 0, 0, {}))
+
+
+def _split(partitions: dict[int, int], n: int) -> list[list[int]]:
+    """Partitions (with their event counts) dealt into ``n`` shares of similar size."""
+    shares: list[list[int]] = [[] for _ in range(n)]
+    load = [0] * n
+    for p, count in sorted(partitions.items(), key=lambda x: (-x[1], x[0])):
+        i = load.index(min(load))
+        shares[i].append(p)
+        load[i] += count
+    return [sorted(s) for s in shares if s]
+
+
+def parallel_fold(settings: Settings, target: str, targets: dict[int, int], workers: int,
+                  progress: Callable[[int], None] | None = None) -> tuple[int, int]:
+    """Fold ``targets`` (partition -> end offset) into the empty schema ``target`` with up
+    to ``workers`` processes; then write the merged blob rows. Returns (events, dead)."""
+    busy = {p: t for p, t in targets.items() if t > 0}
+    shares = _split(busy, max(1, min(workers, len(busy))))
+    ctx = multiprocessing.get_context("spawn")  # no librdkafka/psycopg state crosses a fork
+    counts = ctx.Array("q", len(shares), lock=False)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(settings, target, share, targets, counts, i, results),
+                         name=f"replay-worker-{i}", daemon=True) for i, share in enumerate(shares)]
+    for proc in procs:
+        proc.start()
+    got: dict[int, tuple[Any, ...]] = {}
+    try:
+        while len(got) < len(procs):
+            try:
+                slot, error, events, dead, blobs = results.get(timeout=0.5)
+                got[slot] = (error, events, dead, blobs)
+            except Exception:  # queue.Empty: check for workers that died without a word
+                if any(not p.is_alive() and p.exitcode not in (0, None) for i, p in enumerate(procs)
+                       if i not in got):
+                    raise StackError("a replay worker died; see its log", service="replay")
+            if progress:
+                progress(sum(counts))
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+    errors = [g[0] for g in got.values() if g[0]]
+    if errors:
+        raise StackError(f"replay worker failed: {errors[0]}", service="replay")
+    merged: dict[str, list[Any]] = {}
+    for _, _, _, blobs in got.values():
+        for sha, (size, key, delta, first) in blobs.items():
+            r = merged.get(sha)
+            if r is None:
+                merged[sha] = [size, key, delta, first]
+                continue
+            if r[1] is None:
+                r[0], r[1] = size, key
+            r[2] += delta
+            if first is not None:
+                r[3] = first if r[3] is None else min(r[3], first)
+    with connect(settings) as conn, translated(), conn.transaction():
+        ReadModel(conn, target).write_blob_rows(merged)
+    return sum(g[1] for g in got.values()), sum(g[2] for g in got.values())
+
+
+# --- secondary indexes: dropped for the bulk fold, rebuilt before the swap ---------------------
+def drop_secondary_indexes(conn: psycopg.Connection, schema: str) -> list[str]:
+    """Drop the indexes of ``schema`` that back no constraint (the fold's upserts need the
+    primary keys); returns their definitions for :func:`create_indexes`."""
+    rows = conn.execute(
+        "SELECT i.indexname, i.indexdef FROM pg_indexes i "
+        "WHERE i.schemaname = %s AND NOT EXISTS (SELECT 1 FROM pg_constraint c "
+        "JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = i.schemaname "
+        "AND c.conname = i.indexname) ORDER BY i.indexname", (schema,)).fetchall()
+    for name, _ in rows:
+        conn.execute(sql.SQL("DROP INDEX {}.{}").format(sql.Identifier(schema), sql.Identifier(name)))
+    return [d for _, d in rows]
+
+
+def create_indexes(settings: Settings, definitions: list[str], workers: int) -> None:
+    """Re-create indexes, up to ``workers`` at a time (one connection each)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def build(definition: str) -> None:
+        with connect(settings, autocommit=True) as conn, translated():
+            conn.execute("SET maintenance_work_mem = '256MB'")
+            conn.execute(definition.encode())
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        list(pool.map(build, definitions))
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
 # --- comparing two read models -----------------------------------------------------------------
 def _columns(conn: psycopg.Connection, schema: str, table: str) -> list[str]:
     rows = conn.execute(
@@ -224,8 +350,16 @@ def _schema_exists(conn: psycopg.Connection, schema: str) -> bool:
 
 
 def replay(settings: Settings, *, verify: bool = False, swap: bool = True, progress: bool = True,
-           codec: Codec | None = None) -> ReplayReport:
-    """Rebuild into ``<schema>_rebuild`` while the live schema serves, then swap."""
+           codec: Codec | None = None, workers: int | None = None,
+           drop_indexes: bool = True) -> ReplayReport:
+    """Rebuild into ``<schema>_rebuild`` while the live schema serves, then swap.
+
+    With ``workers`` > 1 (default: one per core) the partitions are split across that many
+    processes folding into the rebuild schema concurrently (partitions own disjoint objects;
+    checkpoints are per partition; blob reference counts, which partitions can share, are
+    merged and written once at the end). Secondary indexes are dropped for the bulk fold
+    and rebuilt before the catch-up and swap (``drop_indexes``)."""
+    workers = default_workers() if workers is None else workers
     live = settings.read_model_schema
     target = f"{live}_rebuild"
     report = ReplayReport()
@@ -235,13 +369,21 @@ def replay(settings: Settings, *, verify: bool = False, swap: bool = True, progr
         with translated():
             admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(target)))
             migrate(admin, target)
+            indexes = drop_secondary_indexes(admin, target) if drop_indexes else []
+        highs = end_offsets(settings, settings.events_topic)
+        bar = Progress(sum(highs.values()), enabled=progress)
+        parallel_events = 0
+        if workers > 1 and sum(1 for h in highs.values() if h) > 1:
+            parallel_events, report.dead_letters = parallel_fold(settings, target, highs, workers, bar.update)
         rebuilder = Rebuilder(settings, target, codec=codec)
         try:
             rebuilder.start()
-            highs = rebuilder.high_watermarks()
-            bar = Progress(sum(highs.values()), enabled=progress)
+            rebuilder.events = parallel_events
+            rebuilder.dead = report.dead_letters
             rebuilder.fold_until(highs, bar.update)
             bar.update(rebuilder.events, final=True)
+            if indexes:
+                create_indexes(settings, indexes, workers)
             with translated():
                 # exclusive: waits for the live projectors' in-flight batches, holds new ones
                 admin.execute("SELECT pg_advisory_lock(%s)", (lock_key(live),))
@@ -320,11 +462,13 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
                                 description="Rebuild the read model from the log into a fresh schema and swap it in.")
     p.add_argument("--verify", action="store_true", help="compare rebuilt and live models by digest; list differences")
     p.add_argument("--no-swap", action="store_true", help="rebuild (and verify) without replacing the live model")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes folding partitions in parallel (default: one per core)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     blog.configure()
     report = replay(settings or Settings.from_env(), verify=args.verify, swap=not args.no_swap,
-                    progress=not args.json)
+                    progress=not args.json, workers=args.workers)
     _print(report, args.json, "replay")
     return 0 if report.verified in (None, True) else 3
 
@@ -332,12 +476,14 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
 def recover_main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
     p = argparse.ArgumentParser(prog="blobledger recover",
                                 description="Rebuild a lost read model (dropped database or schema) from the log.")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes folding partitions in parallel (default: one per core)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     blog.configure()
     settings = settings or Settings.from_env()
     created = ensure_database(settings)
-    report = replay(settings, progress=not args.json)
+    report = replay(settings, progress=not args.json, workers=args.workers)
     if not args.json and created:
         print("recreated the read-model database")
     _print(report, args.json, "recover")

@@ -140,6 +140,16 @@ MAX_US = 253_402_300_800_000_000 - 1
 #: payload fields holding UUIDs / timestamps
 UUID_FIELDS = frozenset({"upload_id"})
 TIME_FIELDS = frozenset({"deadline"})
+#: UTF-8 byte limits of the text the read model indexes (a btree entry must stay under
+#: ~2.7 kB, a GIN entry likewise), generous next to what producers allow (keys 1024 bytes,
+#: tags 128, principals 256): an over-long value would fail its batch, or an index rebuild
+TEXT_LIMITS = {"tenant": 256, "actor": 512, "key": 2048, "principal": 512, "sha256": 128}
+#: ... and of each item of a list of text (tags, permissions)
+ITEM_LIMIT = 512
+
+
+def _too_long(v: str, limit: int) -> bool:
+    return len(v) > limit // 4 and len(v.encode("utf-8", "surrogatepass")) > limit
 
 
 def _check_envelope(e: dict[str, Any]) -> None:
@@ -150,6 +160,9 @@ def _check_envelope(e: dict[str, Any]) -> None:
     for name in ("tenant", "actor", "correlation_id"):
         if "\x00" in e[name]:
             raise SchemaViolation(f"envelope.{name} contains a NUL character")
+    for name in ("tenant", "actor"):
+        if _too_long(e[name], TEXT_LIMITS[name]):
+            raise SchemaViolation(f"envelope.{name} is longer than {TEXT_LIMITS[name]} bytes")
     c = e.get("causation_id")
     if c is not None and "\x00" in c:
         raise SchemaViolation("envelope.causation_id contains a NUL character")
@@ -166,10 +179,15 @@ def _check_payload(cls: type, record: dict[str, Any], names: tuple[str, ...]) ->
                 raise SchemaViolation(f"{cls.__name__}.{name} contains a NUL character")
             if name in UUID_FIELDS and not _is_uuid(v):
                 raise SchemaViolation(f"{cls.__name__}.{name} {v[:64]!r} is not a canonical UUID")
+            limit = TEXT_LIMITS.get(name)
+            if limit is not None and _too_long(v, limit):
+                raise SchemaViolation(f"{cls.__name__}.{name} is longer than {limit} bytes")
         elif type(v) is list:
             for x in v:
                 if "\x00" in x:
                     raise SchemaViolation(f"{cls.__name__}.{name} has an item with a NUL character")
+                if _too_long(x, ITEM_LIMIT):
+                    raise SchemaViolation(f"{cls.__name__}.{name} has an item longer than {ITEM_LIMIT} bytes")
         elif name in TIME_FIELDS and not MIN_US <= v <= MAX_US:
             raise SchemaViolation(f"{cls.__name__}.{name} {v} is outside years 1..9999")
 

@@ -11,7 +11,7 @@ from projectors import applier
 from projectors.applier import Record, apply_isolating, is_poison
 from schemas.codec import Codec
 from schemas.events import (
-    BlobAttached, BlobStored, Envelope, MetadataUpdated, ObjectCreated, TagsChanged, check_event, new_id,
+    AclChanged, BlobAttached, BlobStored, Envelope, MetadataUpdated, ObjectCreated, TagsChanged, check_event, new_id,
 )
 
 from .test_fold import outcomes, run
@@ -46,6 +46,12 @@ BAD = {
     "NUL in source": BlobAttached(env(), upload_id=new_id(), source="file:///\x00", deadline=1),
     "occurred_at beyond year 9999": ObjectCreated(env(occurred_at=2**62), key="k"),
     "deadline beyond year 9999": BlobAttached(env(), upload_id=new_id(), source="s", deadline=2**62),
+    "key too long for its index": ObjectCreated(env(), key="k" * 2049),
+    "multibyte key too long": ObjectCreated(env(), key="\u00e9" * 1025),
+    "actor too long": ObjectCreated(env(actor="a" * 513), key="k"),
+    "tag too long": TagsChanged(env(), added=["t" * 513]),
+    "principal too long": AclChanged(env(), principal="p" * 513, permissions=["read"]),
+    "sha256 too long": BlobStored(env(actor="system:w"), upload_id=new_id(), sha256="a" * 129, key="k"),
 }
 
 
