@@ -130,8 +130,8 @@ def run_demo(settings: Settings, *, size: int, quiet: bool, timeout: float) -> d
             attached = client.attach_blob(key, str(path), expected_version=created.version)
             say(f"attached it: upload {attached.upload_id} pending at version {attached.version}")
             t0 = time.monotonic()
-            upload = wait_until(
-                lambda: _terminal(client, attached.upload_id), timeout, "the upload to finish", children)
+            upload = wait_until(lambda: _terminal(client, attached.upload_id), timeout,
+                                "the upload to finish", children)
             if upload.state != "stored":
                 raise BlobledgerError(f"demo upload ended {upload.state}: {upload.reason}")
             seconds = time.monotonic() - t0
@@ -180,13 +180,11 @@ def run_demo(settings: Settings, *, size: int, quiet: bool, timeout: float) -> d
 
 
 def _terminal(client: Any, upload_id: str) -> Any:
-    from infra.errors import NotFoundError
-
+    """The upload once terminal, else None (short waits, so dead children are noticed)."""
     try:
-        up = client.upload(upload_id)
-    except NotFoundError:
+        return client.wait_upload(upload_id, timeout=0.5)
+    except TimeoutExpired:
         return None
-    return up if up.state != "pending" else None
 
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:

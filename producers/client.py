@@ -9,15 +9,17 @@ gives callers read-your-writes.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from infra.errors import (
     AuthorizationError,
     ConflictError,
     NotFoundError,
     RejectedError,
+    TimeoutExpired,
     ValidationError,
 )
 from infra.postgres import connect
@@ -41,6 +43,9 @@ from schemas.events import (
     now_us,
     object_id_for,
 )
+
+if TYPE_CHECKING:
+    from blob_worker.reader import ByteRange, ObjectBlob
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class Client:
         self._publisher: Publisher | None = None
         self._waiter: OutcomeWaiter | None = None
         self._conn = None
+        self._s3: Any = None
 
     # --- lazily created adapters ------------------------------------------------------------
     @property
@@ -267,6 +273,50 @@ class Client:
 
     def upload(self, upload_id: str) -> UploadView:
         return self.queries.upload(upload_id)
+
+    def wait_upload(self, upload_id: str, timeout: float | None = None) -> UploadView:
+        """Block until an upload is terminal (stored, compensated or orphaned) in the read
+        model and return it; blob transfers take as long as they take, so this is separate
+        from the metadata call that started them."""
+        deadline = time.monotonic() + (timeout or self.settings.upload_deadline_seconds)
+        while True:
+            try:
+                view = self.queries.upload(upload_id)
+                if view.state != "pending":
+                    return view
+            except NotFoundError:
+                pass  # the attach itself is not folded yet
+            if time.monotonic() > deadline:
+                raise TimeoutExpired(
+                    f"upload {upload_id} is still pending; is a blob worker running (`blobledger worker`)? "
+                    "The reaper compensates it once its deadline passes")
+            time.sleep(0.1)
+
+    @property
+    def s3(self) -> Any:
+        if self._s3 is None:
+            from infra.s3 import make_s3_client
+
+            self._s3 = make_s3_client(self.settings)
+        return self._s3
+
+    def open_blob(self, ref: str, version: int | None = None,
+                  byte_range: "ByteRange | None" = None) -> "ObjectBlob":
+        """A streaming reader of the object's committed blob (at ``version``, default the
+        current one), with range support; a full read verifies the SHA-256. While a newer
+        upload is pending the last committed blob is served and ``.notice`` says so."""
+        from blob_worker.reader import open_object_blob
+
+        return open_object_blob(self, ref, s3=self.s3, version=version, byte_range=byte_range)
+
+    def presigned_url(self, ref: str, *, expires_seconds: int = 3600) -> str:
+        """A presigned GET URL of the object's committed blob."""
+        from blob_worker.reader import presigned_get_url
+
+        view = self.get(ref)
+        if view.blob is None:
+            raise NotFoundError(f"object {view.key} has no committed blob yet")
+        return presigned_get_url(self.s3, self.settings.s3_bucket, view.blob.key, expires=expires_seconds)
 
 
 def _normalize_source(source: str) -> str:

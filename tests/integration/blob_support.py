@@ -12,10 +12,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from blob_worker.hashcache import HashCache
-from blob_worker.runner import Worker
 from infra.s3 import make_s3_client
 from infra.settings import Settings
+from infra.testing.services import ThreadedWorker  # noqa: F401 - re-exported for the tests
 
 MiB = 1024 * 1024
 
@@ -42,27 +41,6 @@ def sha256_file(path: Path | str) -> str:
         while chunk := f.read(4 * MiB):
             h.update(chunk)
     return h.hexdigest()
-
-
-def isolated(settings: Settings) -> Settings:
-    """One worker group per test (its topic prefix is unique): the default group name is
-    shared by every test on the session's broker, and Tansu 0.6 stalls joins of a group
-    whose earlier members subscribed to other topics."""
-    return settings.with_(worker_group=f"{settings.topic_prefix}.blob-worker")
-
-
-class ThreadedWorker:
-    """A blob worker in a background thread of the test process."""
-
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
-        self.worker = Worker.create(isolated(settings), hash_cache=HashCache(), **kwargs)
-        self._thread = threading.Thread(target=self.worker.run, daemon=True, name="test-worker")
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.worker.stop()
-        self._thread.join(60)
-        self.worker.close()
 
 
 def wait_terminal(client: Any, upload_id: str, timeout: float = 120.0) -> Any:

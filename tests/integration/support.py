@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator, Sequence
@@ -16,6 +15,7 @@ from psycopg import sql
 
 from infra.kafka import headers_for, make_producer
 from infra.settings import Settings
+from infra.testing.services import ThreadedProjector  # noqa: F401 - re-exported for the tests
 from projectors.replay import VERIFIED_TABLES, _columns
 from schemas.codec import default_codec
 from schemas.events import Event
@@ -60,24 +60,6 @@ def projector_process(settings: Settings, log_path: str) -> Iterator[Proc]:
         yield proc
     finally:
         proc.stop()
-
-
-class ThreadedProjector:
-    """A projector folding in a background thread of the test process."""
-
-    def __init__(self, settings: Settings) -> None:
-        from projectors.runner import Projector
-
-        self.projector = Projector(settings)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.projector.run, args=(self._stop,), daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        if not self._stop.is_set():
-            self._stop.set()
-            self._thread.join(15)
-            self.projector.close()
 
 
 def publish_all(settings: Settings, events: Sequence[Event], topic: str | None = None) -> None:

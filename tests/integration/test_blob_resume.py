@@ -11,7 +11,7 @@ import pytest
 from infra.s3 import make_s3_client
 from producers.client import Client
 
-from .blob_support import MiB, isolated, make_file, open_multipart_uploads, wait_terminal
+from .blob_support import MiB, make_file, open_multipart_uploads, wait_terminal
 from .support import Proc, ThreadedProjector, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,7 +35,7 @@ def _parts_done(settings) -> int:
 
 def test_worker_killed_mid_upload_resumes_on_redelivery(settings, projector, tmp_path):
     # small parts and few in flight: the upload takes long enough to be caught mid-way
-    s = isolated(settings).with_(min_part_size=5 * MiB, max_in_flight_parts=2, data_dir=tmp_path / "w")
+    s = settings.with_(min_part_size=5 * MiB, max_in_flight_parts=2, data_dir=tmp_path / "w")
     path = tmp_path / "big.bin"
     sha = make_file(path, 300 * MiB)
     first = Proc(s, ["worker"], str(tmp_path / "worker1.log"))
@@ -74,7 +74,7 @@ def test_killed_worker_and_a_permanent_failure_leave_no_open_upload_after_the_re
     from infra.postgres import connect
     from producers.publisher import Publisher
 
-    s = isolated(settings).with_(min_part_size=5 * MiB, max_in_flight_parts=2, data_dir=tmp_path / "w",
+    s = settings.with_(min_part_size=5 * MiB, max_in_flight_parts=2, data_dir=tmp_path / "w",
                                  upload_deadline_seconds=4)
     path = tmp_path / "big.bin"
     make_file(path, 200 * MiB)
