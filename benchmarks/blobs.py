@@ -16,8 +16,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Self
 
 from benchmarks.common import percentile
 from infra.settings import Settings
@@ -182,7 +183,8 @@ class Services:
     def check(self) -> None:
         for p in self.procs:
             if p.poll() is not None:
-                raise RuntimeError(f"{' '.join(map(str, p.args[3:]))} exited with {p.returncode}; "
+                name = "projector" if p is not self.worker else "worker"
+                raise RuntimeError(f"the {name} process exited with {p.returncode}; "
                                    f"see {self.logs}")
 
     def completed(self) -> dict[str, dict[str, Any]]:
@@ -203,7 +205,7 @@ class Services:
                 p.wait(10)
         return peak
 
-    def __enter__(self) -> Services:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -238,6 +240,7 @@ def warm_up(client: Any, services: Services, scratch: Path, key: str) -> None:
     try:
         client.create(key, wait=True)
         r = client.attach_blob(key, str(small), wait=False)
+        assert r.upload_id is not None
         view, _ = wait_terminal(client, r.upload_id, timeout=180, services=services)
         if view.state != "stored":
             raise RuntimeError(f"warm-up upload ended {view.state}: {view.reason}")

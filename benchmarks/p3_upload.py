@@ -41,12 +41,12 @@ from typing import Any
 
 from benchmarks.blobs import (
     MiB,
+    RssWatch,
     child_env,
     completed_uploads,
     delete_keys,
     freshen,
     make_blob_file,
-    RssWatch,
     mb,
     median,
     peak_rss_of,
@@ -117,7 +117,7 @@ def _child(mode: str, path: str, key: str) -> dict[str, Any]:
 def _upload(settings: Settings, mode: str, path: Path, key: str) -> dict[str, Any]:
     env = child_env(settings, BLOBLEDGER_LOG_LEVEL="WARNING")
     out = subprocess.run([sys.executable, "-m", "benchmarks.p3_upload", mode, str(path), key],
-                         capture_output=True, text=True, env=env, timeout=1800)
+                         capture_output=True, text=True, env=env, timeout=1800, check=False)
     if out.returncode:
         raise RuntimeError(f"P3 {mode} upload failed ({out.returncode}): {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
