@@ -51,6 +51,12 @@ class Settings:
     #: "s3" keeps the broker's log in SeaweedFS (durable); "memory" is fast but volatile
     broker_storage: str = "s3"
     broker_bucket: str = "blobledger-log"
+    #: the broker's log gets its own SeaweedFS (the "log-store" service), so stopping the
+    #: blob store never stops the metadata path; only run when broker_storage is "s3"
+    log_s3_port: int = 58334
+    log_weed_master_port: int = 59334
+    log_weed_volume_port: int = 58081
+    log_weed_filer_port: int = 58889
 
     # --- write-side limits ---------------------------------------------------------------
     max_metadata_bytes: int = 64 * 1024
@@ -132,6 +138,16 @@ class Settings:
     @property
     def s3_url(self) -> str:
         return self.s3_endpoint or f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def log_s3_url(self) -> str:
+        """The embedded broker's log store (its own SeaweedFS, never the blob store)."""
+        return f"http://127.0.0.1:{self.log_s3_port}"
+
+    @property
+    def embedded_log_store(self) -> bool:
+        """The embedded broker keeps its log in S3, so the stack runs its log store."""
+        return self.embedded_kafka and self.broker_storage == "s3"
 
     def with_(self, **changes: Any) -> "Settings":
         """A copy with some fields replaced (used by fixtures that start their own services)."""

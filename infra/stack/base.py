@@ -38,7 +38,7 @@ class ServiceStatus:
 
 
 class Service(ABC):
-    #: "postgres" | "s3" | "kafka" (the names the fixtures and the CLI use)
+    #: "postgres" | "s3" | "log-store" | "kafka" (the names the fixtures and the CLI use)
     name: ClassVar[str]
     #: seconds to wait for the probe to pass after launching
     start_timeout: ClassVar[float] = 30.0

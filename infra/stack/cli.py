@@ -17,11 +17,12 @@ from infra.stack.launcher import Stack
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="blobledger stack",
-        description="Run the embedded PostgreSQL, S3 (SeaweedFS) and Kafka (Tansu) services. "
+        description="Run the embedded PostgreSQL, S3 (SeaweedFS) and Kafka (Tansu) services; "
+        "the broker's log has its own SeaweedFS (log-store). "
         "Data and logs live in BLOBLEDGER_DATA_DIR (default ./.blobledger).",
     )
     p.add_argument("action", choices=["up", "down", "status"])
-    p.add_argument("services", nargs="*", help="postgres, s3, kafka (default: all embedded)")
+    p.add_argument("services", nargs="*", help="postgres, s3, log-store, kafka (default: all embedded)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait per service")
     return p

@@ -16,14 +16,19 @@ from infra.errors import StackError
 from infra.settings import Settings
 from infra.stack.base import Service, ServiceStatus
 from infra.stack.postgres import EmbeddedPostgres
-from infra.stack.seaweed import SeaweedS3
+from infra.stack.seaweed import SeaweedLogStore, SeaweedS3
 from infra.stack.tansu import TansuKafka
 
 log = structlog.get_logger(__name__)
 
-#: start order: the broker keeps its log in S3, so S3 comes before Kafka
-ORDER = ("postgres", "s3", "kafka")
-ALIASES = {"seaweed": "s3", "seaweedfs": "s3", "tansu": "kafka", "pg": "postgres"}
+#: start order: the broker keeps its log in its own S3 (the log store), which comes first.
+#: "s3" is the blob store only: stopping it leaves the broker (the metadata path) running.
+ORDER = ("postgres", "s3", "log-store", "kafka")
+ALIASES = {"seaweed": "s3", "seaweedfs": "s3", "blob-store": "s3", "tansu": "kafka",
+           "pg": "postgres", "broker-s3": "log-store", "log-s3": "log-store",
+           "seaweed-log": "log-store"}
+#: what a service needs running first (started with it by ``up``)
+NEEDS = {"kafka": ("log-store",)}
 
 
 class Stack:
@@ -35,6 +40,7 @@ class Stack:
         self._services: dict[str, Service] = {
             "postgres": EmbeddedPostgres(settings),
             "s3": SeaweedS3(settings),
+            "log-store": SeaweedLogStore(settings),
             "kafka": TansuKafka(settings),
         }
 
@@ -49,15 +55,25 @@ class Stack:
         """The services this stack runs, in start order."""
         return [self._services[n] for n in ORDER if self._services[n].embedded]
 
+    def _wanted(self, services: Iterable[str] | None) -> set[str] | None:
+        if not services:
+            return None
+        wanted = {self.service(n).name for n in services}  # unknown names fail here
+        for name in list(wanted):
+            wanted.update(NEEDS.get(name, ()))
+        return wanted
+
     def up(self, services: Iterable[str] | None = None) -> list[ServiceStatus]:
         """Start what is not healthy yet and wait until each really answers.
 
-        Postgres depends on nothing, so it starts in a thread beside the S3 -> Kafka chain
-        (saves its ~1-2 s of initdb/startup on a cold ``up``)."""
-        wanted = {ALIASES.get(n, n) for n in services} if services else None
+        Only the broker depends on anything (its log store), so three chains start side
+        by side: Postgres, the blob store, and log store -> broker (a cold ``up`` then
+        takes as long as its slowest chain)."""
+        wanted = self._wanted(services)
         todo = [s for s in self.embedded if wanted is None or s.name in wanted]
-        chains = [[s for s in todo if s.name == "postgres"], [s for s in todo if s.name != "postgres"]]
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="stack-up") as pool:
+        chains = [[s for s in todo if s.name == "postgres"], [s for s in todo if s.name == "s3"],
+                  [s for s in todo if s.name in ("log-store", "kafka")]]
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="stack-up") as pool:
             futures = [pool.submit(self._start_chain, chain) for chain in chains if chain]
             errors = [f.exception() for f in futures]
         for e in errors:
@@ -73,11 +89,13 @@ class Stack:
                      seconds=round(time.monotonic() - t0, 2))
 
     def down(self, services: Iterable[str] | None = None) -> None:
-        """Stop our services in reverse order (the broker before its S3 goes away)."""
-        wanted = {ALIASES.get(n, n) for n in services} if services else None
+        """Stop our services in reverse order (the broker before its log store goes away).
+        A process of ours that settings no longer call for (e.g. the log store after a
+        switch to broker_storage=memory) is stopped too."""
+        wanted = {self.service(n).name for n in services} if services else None
         errors: list[str] = []
-        for svc in reversed(self.embedded):
-            if wanted is None or svc.name in wanted:
+        for svc in reversed([self._services[n] for n in ORDER]):
+            if (wanted is None or svc.name in wanted) and (svc.embedded or svc.pid() is not None):
                 try:
                     svc.stop()
                 except Exception as e:  # noqa: BLE001 - keep stopping the others
@@ -86,20 +104,26 @@ class Stack:
             raise StackError("could not stop cleanly: " + "; ".join(errors))
 
     def status(self) -> list[ServiceStatus]:
-        return [self._services[n].status() for n in ORDER]
+        """Every service the settings call for (the log store only when the embedded broker
+        logs to S3), external ones included."""
+        return [self._services[n].status() for n in ORDER
+                if n != "log-store" or self._services[n].embedded]
 
     def healthy(self) -> bool:
         return all(s.healthy for s in self.status())
 
     def stop_service(self, name: str) -> None:
-        """Stop one embedded service (outage tests); the others keep running."""
+        """Stop one embedded service (outage tests); the others keep running. ``s3`` is the
+        blob store only; ``log-store`` is the broker's storage."""
         svc = self.service(name)
         if not svc.embedded:
-            raise StackError("is external; this stack does not run it", service=svc.name)
+            raise StackError("is not run by this stack (external, or not needed with these "
+                             "settings)", service=svc.name)
         svc.stop()
 
     def start_service(self, name: str) -> None:
         svc = self.service(name)
         if not svc.embedded:
-            raise StackError("is external; this stack does not run it", service=svc.name)
+            raise StackError("is not run by this stack (external, or not needed with these "
+                             "settings)", service=svc.name)
         svc.start(self.timeout)

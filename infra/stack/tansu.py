@@ -1,5 +1,7 @@
 """Tansu, the Kafka-protocol broker, with its log in SeaweedFS S3 (durable) or in memory.
 
+The S3 it logs to is the stack's ``log-store`` (its own SeaweedFS), never the blob store:
+stopping or flooding the blob store must not stall the metadata path.
 With ``broker_storage == "s3"`` every produce is acked only once it is in the S3 bucket,
 so the log and the committed group offsets survive broker restarts; ``memory`` is ~30x
 faster per ack but forgets everything when the broker stops.
@@ -73,7 +75,7 @@ class TansuKafka(Service):
         env.setdefault("RUST_LOG", "warn")
         if s.broker_storage == "s3":
             env.update(
-                AWS_ENDPOINT=s.s3_url,
+                AWS_ENDPOINT=s.log_s3_url,
                 AWS_ALLOW_HTTP="true",
                 AWS_ACCESS_KEY_ID=s.s3_access_key,
                 AWS_SECRET_ACCESS_KEY=s.s3_secret_key,

@@ -11,7 +11,9 @@ from typing import Literal, Protocol, runtime_checkable
 
 from infra.settings import Settings
 
-ServiceName = Literal["kafka", "postgres", "s3"]
+#: "s3" is the blob store (in every mode); "log-store" is the embedded broker's own S3,
+#: so stopping "s3" never stops the broker (the metadata path)
+ServiceName = Literal["kafka", "postgres", "s3", "log-store"]
 
 
 @runtime_checkable
@@ -22,7 +24,8 @@ class RunningStack(Protocol):
     settings: Settings
 
     def stop(self, service: ServiceName) -> None:
-        """Stop one service (outage tests). External stacks call ``pytest.skip``."""
+        """Stop one service (outage tests); the others keep running. ``"s3"`` is the blob
+        store: the broker's log never lives there. External stacks call ``pytest.skip``."""
 
     def start(self, service: ServiceName) -> None:
         """Start it again and return once it answers."""

@@ -54,7 +54,8 @@ def free_ports(count: int, *, with_grpc: int = 0) -> list[int]:
 
 def embedded_settings(base: Settings, data_dir: Path, *, broker_storage: str = "s3") -> Settings:
     """``base`` pointed at an embedded stack in ``data_dir`` on free ports."""
-    s3, master, volume, filer, pg, kafka = free_ports(6, with_grpc=4)
+    (s3, master, volume, filer, log_s3, log_master, log_volume, log_filer,
+     pg, kafka) = free_ports(10, with_grpc=8)
     return base.with_(
         data_dir=data_dir,
         kafka_bootstrap=None,
@@ -64,6 +65,10 @@ def embedded_settings(base: Settings, data_dir: Path, *, broker_storage: str = "
         weed_master_port=master,
         weed_volume_port=volume,
         weed_filer_port=filer,
+        log_s3_port=log_s3,
+        log_weed_master_port=log_master,
+        log_weed_volume_port=log_volume,
+        log_weed_filer_port=log_filer,
         pg_port=pg,
         kafka_port=kafka,
         broker_storage=broker_storage,

@@ -56,6 +56,10 @@ def _env_for(s: Settings) -> dict[str, str]:
         BLOBLEDGER_WEED_MASTER_PORT=str(s.weed_master_port),
         BLOBLEDGER_WEED_VOLUME_PORT=str(s.weed_volume_port),
         BLOBLEDGER_WEED_FILER_PORT=str(s.weed_filer_port),
+        BLOBLEDGER_LOG_S3_PORT=str(s.log_s3_port),
+        BLOBLEDGER_LOG_WEED_MASTER_PORT=str(s.log_weed_master_port),
+        BLOBLEDGER_LOG_WEED_VOLUME_PORT=str(s.log_weed_volume_port),
+        BLOBLEDGER_LOG_WEED_FILER_PORT=str(s.log_weed_filer_port),
         BLOBLEDGER_BROKER_STORAGE=s.broker_storage,
     )
     return env
@@ -81,7 +85,8 @@ def test_cli_up_is_idempotent_and_status_is_healthy(stack_dir: Path) -> None:
         assert status.returncode == 0, status.stderr
         report = json.loads(status.stdout)
         assert report["healthy"] is True
-        assert set(report["services"]) == {"postgres", "s3", "kafka"}
+        assert set(report["services"]) == {"postgres", "s3", "log-store", "kafka"}
+        assert report["services"]["log-store"]["endpoint"] == s.log_s3_url
 
         # and each endpoint answers a real client
         with psycopg.connect(s.dsn) as conn:
@@ -240,3 +245,39 @@ def test_settings_fixture_gives_a_fresh_database_bucket_and_topics(
     metadata = make_admin(settings).list_topics(timeout=10)
     for name in topic_names(settings):
         assert len(metadata.topics[name].partitions) == settings.partitions
+
+
+def test_stopping_the_blob_store_leaves_the_broker_and_its_log_running(stack_dir: Path) -> None:
+    """The broker logs to its own SeaweedFS: ``stop_service("s3")`` stops the blob store
+    only, produce and consume keep working, and the log store comes back with ``up``."""
+    s = embedded_settings(Settings(), stack_dir / "stack", broker_storage="s3").with_(
+        topic_prefix="apart", partitions=1
+    )
+    stack = Stack(s)
+    try:
+        stack.up()
+        assert [st.name for st in stack.status()] == ["postgres", "s3", "log-store", "kafka"]
+        assert (stack_dir / "stack" / "seaweed-log").is_dir()
+        ensure_topics(s)
+        stack.stop_service("s3")
+        health = {st.name: st.healthy for st in stack.status()}
+        assert health == {"postgres": True, "s3": False, "log-store": True, "kafka": True}
+
+        producer = make_producer(s)
+        t0 = time.monotonic()
+        for i in range(20):
+            producer.produce(s.events_topic, key=b"k", value=f"m{i}".encode())
+        assert producer.flush(30) == 0
+        assert time.monotonic() - t0 < 10
+        consumer = make_consumer(s, "apart-reader")
+        consumer.subscribe([s.events_topic])
+        got = _consume(consumer, 20, timeout=60)
+        consumer.close()
+        assert [m.value().decode() for m in got] == [f"m{i}" for i in range(20)]
+        del producer, consumer
+
+        stack.up()  # brings back only what is down
+        assert stack.healthy()
+    finally:
+        stack.down()
+    assert not any(st.pid for st in stack.status())

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from infra.errors import ConfigurationError
+from infra.errors import ConfigurationError, StackError
 from infra.settings import Settings
 from infra.stack.launcher import Stack
-from infra.stack.seaweed import SeaweedS3, grpc_port
+from infra.stack.seaweed import LOG_STORE_FLAGS, SeaweedLogStore, SeaweedS3, grpc_port
 from infra.stack.tansu import TansuKafka
 from infra.testing.embedded import free_ports
 
@@ -26,22 +26,54 @@ def test_weed_binds_loopback_only_with_every_port_from_settings(tmp_path: Path) 
     for flag in ("-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"):
         assert flag in argv
     assert f"-s3.port={s.s3_port}" in argv and f"-master.port={s.weed_master_port}" in argv
-    assert f"-bucket={s.s3_bucket},{s.broker_bucket}" in argv
+    assert f"-bucket={s.s3_bucket}" in argv  # blobs only: the broker's log has its own store
     ports = [int(a.split("=")[1]) for a in argv if ".port" in a and a.split("=")[1].isdigit()]
     assert all(0 < p <= 65535 for p in ports if p)
 
 
-def test_broker_bucket_only_when_the_broker_logs_to_s3(tmp_path: Path) -> None:
+def _ports(argv: list[str]) -> set[int]:
+    """Every fixed port a weed argv listens on (HTTP and gRPC; admin ports are picked free)."""
+    return {int(a.split("=")[1]) for a in argv
+            if ".port" in a and not a.startswith("-admin") and a.split("=")[1].isdigit()
+            and int(a.split("=")[1])}
+
+
+def test_the_broker_log_has_its_own_seaweed_apart_from_the_blob_store(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path)
+    blobs, log = SeaweedS3(s), SeaweedLogStore(s)
+    argv = log.argv()
+    assert log.name == "log-store" and log.embedded
+    assert f"-dir={tmp_path.absolute() / 'seaweed-log'}" in argv and log.identity in argv
+    assert f"-bucket={s.broker_bucket}" in argv
+    assert "-ip.bind=127.0.0.1" in argv and "-admin.ui=false" in argv
+    for flag in LOG_STORE_FLAGS:  # small volumes, bounded count: a modest footprint
+        assert flag in argv
+    assert f"-s3.port={s.log_s3_port}" in argv and f"-master.port={s.log_weed_master_port}" in argv
+    assert f"-volume.port={s.log_weed_volume_port}" in argv
+    assert f"-filer.port={s.log_weed_filer_port}" in argv
+    assert log.endpoint == f"http://127.0.0.1:{s.log_s3_port}" != blobs.endpoint
+    # separate processes: no shared data dir, no shared port (HTTP or gRPC)
+    assert blobs.identity != log.identity and blobs.dir != log.dir
+    assert not _ports(blobs.argv()) & _ports(argv)
+    assert all(0 < p <= 65535 for p in _ports(argv))
+
+
+def test_log_store_only_when_the_embedded_broker_logs_to_s3() -> None:
     assert SeaweedS3(Settings(broker_storage="memory")).buckets == ["blobledger-blobs"]
+    assert not SeaweedLogStore(Settings(broker_storage="memory")).embedded
+    assert not SeaweedLogStore(Settings(kafka_bootstrap="broker:9092")).embedded
+    assert [svc.name for svc in Stack(Settings(broker_storage="memory")).embedded] == [
+        "postgres", "s3", "kafka"]
 
 
 def test_tansu_storage_and_environment(tmp_path: Path) -> None:
-    s = Settings(data_dir=tmp_path, kafka_port=1234, s3_port=4321)
+    s = Settings(data_dir=tmp_path, kafka_port=1234, s3_port=4321, log_s3_port=4322)
     kafka = TansuKafka(s)
     assert "--storage-engine=s3://blobledger-log/" in kafka.argv()
     assert "--advertised-listener-url=tcp://127.0.0.1:1234" in kafka.argv()
     env = kafka.env()
-    assert env["AWS_ENDPOINT"] == "http://127.0.0.1:4321" and env["AWS_ALLOW_HTTP"] == "true"
+    # the log store, not the blob store
+    assert env["AWS_ENDPOINT"] == "http://127.0.0.1:4322" and env["AWS_ALLOW_HTTP"] == "true"
     assert env["AWS_ACCESS_KEY_ID"] == s.s3_access_key
     memory = TansuKafka(s.with_(broker_storage="memory"))
     assert "--storage-engine=memory://tansu/" in memory.argv()
@@ -53,11 +85,30 @@ def test_tansu_storage_and_environment(tmp_path: Path) -> None:
 def test_only_services_without_an_external_endpoint_are_managed() -> None:
     s = Settings(kafka_bootstrap="broker:9092", s3_endpoint="https://s3.example")
     assert [svc.name for svc in Stack(s).embedded] == ["postgres"]
-    assert [svc.name for svc in Stack(Settings()).embedded] == ["postgres", "s3", "kafka"]
+    assert [svc.name for svc in Stack(Settings()).embedded] == ["postgres", "s3", "log-store", "kafka"]
     assert Stack(Settings()).service("tansu").name == "kafka"
+    assert Stack(Settings()).service("broker-s3").name == "log-store"
+    with pytest.raises(StackError, match="unknown service"):
+        Stack(Settings()).service("nope")
+
+
+def test_up_of_the_broker_brings_its_log_store_and_stop_s3_means_the_blob_store() -> None:
+    stack = Stack(Settings())
+    assert stack._wanted(["kafka"]) == {"kafka", "log-store"}
+    assert stack._wanted(["s3"]) == {"s3"}
+    assert stack.service("s3").endpoint == Settings().s3_url
+    assert stack.service("log-store").endpoint == Settings().log_s3_url
+
+
+def test_default_ports_do_not_collide() -> None:
+    s = Settings()
+    weed = [s.s3_port, s.weed_master_port, s.weed_volume_port, s.weed_filer_port,
+            s.log_s3_port, s.log_weed_master_port, s.log_weed_volume_port, s.log_weed_filer_port]
+    every = weed + [grpc_port(p) for p in weed] + [s.pg_port, s.kafka_port]
+    assert len(set(every)) == len(every)
 
 
 def test_free_ports_are_distinct_and_leave_grpc_partners_free() -> None:
-    ports = free_ports(6, with_grpc=4)
-    partners = {grpc_port(p) for p in ports[:4]}
-    assert len(set(ports)) == 6 and not partners & set(ports)
+    ports = free_ports(10, with_grpc=8)
+    partners = {grpc_port(p) for p in ports[:8]}
+    assert len(set(ports)) == 10 and len(partners) == 8 and not partners & set(ports)
