@@ -62,6 +62,8 @@ log = structlog.get_logger(__name__)
 #: retries every S3 call ``s3_retry_attempts`` times with jittered backoff)
 TRANSFER_ATTEMPTS = 4
 MAX_BACKOFF_SECONDS = 30.0
+#: how long a transfer may run before the consumer is paused and polled meanwhile
+QUICK_TRANSFER_SECONDS = 1.0
 
 
 def progress_topic(settings: Settings) -> str:
@@ -104,6 +106,7 @@ class Worker:
         self.dead_letters = DeadLetters(publisher.producer, settings.dlq_topic)
         self._stop = threading.Event()
         self._busy: _Busy | None = None
+        self._paused = False
         self.handled = 0
         #: set once the group has given this worker partitions (tests, health checks)
         self.assigned = threading.Event()
@@ -182,9 +185,17 @@ class Worker:
             busy.revoked = True
             busy.cancel.set()
 
+    def _pause(self) -> None:
+        """Pause every assigned partition, once per command. Lazily: a resume costs
+        ~0.5 s before Tansu delivers again, which a dedup hit (tens of ms) need not pay."""
+        if not self._paused:
+            self.consumer.pause(self.consumer.assignment())
+            self._paused = True
+
     def _poll_while_busy(self) -> None:
         """Serve the group protocol while a transfer runs. The consumer is paused, but a
         partition assigned meanwhile may still deliver: put such a message back."""
+        self._pause()
         msg = self.consumer.poll(0)
         if msg is not None and not msg.error():
             tp = TopicPartition(msg.topic(), msg.partition(), msg.offset())
@@ -213,8 +224,6 @@ class Worker:
             self._commit(msg)
             return
         with blog.bound_to(cmd, upload_id=cmd.upload_id):
-            assignment = self.consumer.assignment()
-            self.consumer.pause(assignment)
             try:
                 event = self.execute(msg, cmd)
                 if event is None:  # cancelled: the command goes to whoever owns it next
@@ -224,10 +233,12 @@ class Worker:
                 self._commit(msg)
                 self.handled += 1
             finally:
-                try:
-                    self.consumer.resume(self.consumer.assignment())
-                except KafkaException as e:
-                    log.warning("worker.resume_failed", error=str(e))
+                if self._paused:
+                    self._paused = False
+                    try:
+                        self.consumer.resume(self.consumer.assignment())
+                    except KafkaException as e:
+                        log.warning("worker.resume_failed", error=str(e))
 
     def execute(self, msg: Message, cmd: UploadRequested) -> Event | None:
         """Run the transfer with its retry budget; the outcome event, or None if cancelled."""
@@ -285,9 +296,12 @@ class Worker:
         self._busy = busy
         thread.start()
         try:
+            # a quick transfer (dedup, small blob) finishes before the consumer needs
+            # serving; only a longer one pauses the consumer and keeps polling it
+            thread.join(QUICK_TRANSFER_SECONDS)
             while thread.is_alive():
-                thread.join(0.2)
                 self._poll_while_busy()
+                thread.join(0.2)
                 if deadline_us and self.clock_us() >= deadline_us and not busy.cancel.is_set():
                     busy.deadline_hit = True
                     busy.cancel.set()
