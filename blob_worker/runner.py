@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextvars
 import json
+import os
 import random
 import signal
 import threading
@@ -397,6 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     blog.configure()
     settings = Settings.from_env()
+    if settings.worker_niceness:
+        # bulk transfer yields the CPU to latency-sensitive metadata work on the same host
+        os.nice(settings.worker_niceness)
     worker = Worker.create(settings, local_files=args.local_files)
 
     def on_signal(signum: int, _frame: Any) -> None:
