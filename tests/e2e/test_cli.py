@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.integration.support import ThreadedProjector, child_env
+from tests.integration.support import child_env
 
 pytestmark = pytest.mark.e2e
 
@@ -19,13 +19,6 @@ def cli(settings, *args: str, check: bool = True, timeout: float = 120) -> subpr
     if check and p.returncode != 0:
         raise AssertionError(f"blobledger {' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
     return p
-
-
-@pytest.fixture
-def projector(settings):
-    p = ThreadedProjector(settings)
-    yield p
-    p.stop()
 
 
 def test_help_and_unknown_command(settings):

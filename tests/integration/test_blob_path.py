@@ -31,16 +31,9 @@ from .blob_support import (
     sha256_file,
     wait_terminal,
 )
-from .support import ThreadedProjector, wait_for
+from .support import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def projector(settings):
-    p = ThreadedProjector(settings)
-    yield p
-    p.stop()
 
 
 @pytest.fixture

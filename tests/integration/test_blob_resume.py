@@ -12,16 +12,9 @@ from infra.s3 import make_s3_client
 from producers.client import Client
 
 from .blob_support import MiB, make_file, open_multipart_uploads, wait_terminal
-from .support import Proc, ThreadedProjector, wait_for
+from .support import Proc, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture
-def projector(settings):
-    p = ThreadedProjector(settings)
-    yield p
-    p.stop()
 
 
 def _parts_done(settings) -> int:

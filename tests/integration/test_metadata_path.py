@@ -17,17 +17,9 @@ from projectors.lag import projection_lag, wait_caught_up
 from projectors.replay import ensure_database, replay
 from schemas.events import Envelope, MetadataUpdated, ObjectCreated, TagsChanged, object_id_for
 
-from .support import ThreadedProjector, checkpoint_total, digests, projector_process, publish_all, wait_for
+from .support import checkpoint_total, digests, projector_process, publish_all, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def projector(settings):
-    """A projector running in a thread of the test process."""
-    p = ThreadedProjector(settings)
-    yield p
-    p.stop()
 
 
 def workload(n_objects: int, n_updates: int, seed: int = 1) -> list:
@@ -99,10 +91,10 @@ def test_projector_killed_mid_batch_equals_fresh_replay(settings, tmp_path):
     events = workload(2000, 18000)
     publish_all(settings, events)
     total = len(events)
-    for round_ in range(3):
+    for _ in range(3):
         with projector_process(settings, str(tmp_path / "projector.log")) as proc:
             start = checkpoint_total(settings)
-            wait_for(lambda: checkpoint_total(settings) > start + 500 or checkpoint_total(settings) >= total,
+            wait_for(lambda start=start: checkpoint_total(settings) > start + 500 or checkpoint_total(settings) >= total,
                      timeout=120, what="projector progress")
             time.sleep(random.uniform(0.0, 0.3))
             proc.kill()  # SIGKILL, somewhere inside a batch

@@ -2,7 +2,8 @@
 
 Under ``BLOBLEDGER_TEST_STACK=auto`` every test here gets the docker stack (tests marked
 ``container``); their originals run on the embedded stack in their own modules. Without an
-engine they are skipped with the reason.
+engine they are skipped with the reason. Importing a test function collects it here too,
+under this module's marks.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.test_demo import check, run_demo
-from tests.integration.test_blob_path import (  # noqa: F401 - fixtures used by the imported test
+from tests.integration.test_blob_path import (  # noqa: F401 - fixtures the imported test uses
     origin,
-    projector,
-    test_every_bad_input_is_compensated_with_its_reason as test_blob_bad_inputs_compensated_on_containers,
     worker,
 )
-from tests.integration.test_metadata_path import (
+from tests.integration.test_blob_path import (  # noqa: F401 - collected here, on containers
+    test_every_bad_input_is_compensated_with_its_reason as test_blob_bad_inputs_compensated_on_containers,
+)
+from tests.integration.test_metadata_path import (  # noqa: F401 - collected here, on containers
     test_projector_killed_mid_batch_equals_fresh_replay as test_projector_crash_safety_on_containers,
 )
 
