@@ -54,6 +54,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--events", type=int, default=200_000,
                    help="P1: events on the topic for the projector and the floor (default 200000)")
+    p.add_argument("--projectors", type=int, default=None,
+                   help="P1: projector processes in one consumer group (default: os.cpu_count())")
     p.add_argument("--replay-events", type=int, default=200_000,
                    help="P2: events to replay (default 200000; the target is stated for --replay-events 1000000)")
     p.add_argument("--rate", type=float, default=1000.0, help="P5: commands per second (default 1000)")

@@ -44,7 +44,7 @@ EVERYONE = "*"
 SYSTEM_PREFIX = "system:"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class BlobRef:
     sha256: str
     size: int
@@ -52,7 +52,7 @@ class BlobRef:
     upload_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ObjectState:
     object_id: str
     tenant: str
@@ -69,7 +69,7 @@ class ObjectState:
     pending_upload_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Upload:
     upload_id: str
     object_id: str
@@ -88,7 +88,7 @@ class Upload:
     finished_at: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Outcome:
     status: str  # "accepted" | "rejected"
     reason: str | None
@@ -99,7 +99,7 @@ class Outcome:
         return self.status == "accepted"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Result:
     state: ObjectState | None
     outcome: Outcome

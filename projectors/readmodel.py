@@ -181,7 +181,11 @@ class TextCache:
         hit = self._m.get(id(tags))
         if hit is not None and hit[0] is tags:
             return hit[1]
-        text = _e("{" + ",".join(map(_array_item, tags)) + "}")
+        joined = '","'.join(tags)
+        if "\\" in joined or '"' in joined:
+            text = _e("{" + ",".join(map(_array_item, tags)) + "}")
+        else:
+            text = _e('{"' + joined + '"}') if tags else "{}"
         self._m[id(tags)] = (tags, text)
         return text
 
@@ -225,23 +229,25 @@ def _state_text(s: ObjectState, texts: TextCache) -> str:
 
 
 def _state_text_uncached(s: ObjectState, texts: TextCache) -> str:
+    # ids are canonical UUID text (the decoder refuses anything else): nothing to escape
     b = s.blob
-    blob = (f"{_e(b.sha256)}\t{b.size}\t{_e(b.key)}\t{_e(b.upload_id)}" if b is not None
+    blob = (f"{_e(b.sha256)}\t{b.size}\t{_e(b.key)}\t{b.upload_id}" if b is not None
             else "\\N\t\\N\t\\N\t\\N")
+    pending = s.pending_upload_id or "\\N"
     return (f"{_e(s.key)}\t{texts.metadata(s.metadata)}\t{texts.tags(s.tags)}\t{_en(s.content_type)}\t"
-            f"{'t' if s.deleted else 'f'}\t{texts.acl(s.acl)}\t{blob}\t{_en(s.pending_upload_id)}")
+            f"{'t' if s.deleted else 'f'}\t{texts.acl(s.acl)}\t{blob}\t{pending}")
 
 
 def object_line(s: ObjectState, texts: TextCache) -> str:
     """OBJECT_COLUMNS as a COPY text line."""
-    return (f"{_e(s.object_id)}\t{_e(s.tenant)}\t{s.version}\t{_ts(s.created_at)}\t{_ts(s.updated_at)}\t"
+    return (f"{s.object_id}\t{_e(s.tenant)}\t{s.version}\t{_ts(s.created_at)}\t{_ts(s.updated_at)}\t"
             f"{_state_text(s, texts)}\n")
 
 
 def version_line(row: tuple[Any, ...], texts: TextCache) -> str:
     """VERSION_COLUMNS as a COPY text line, from ``BatchWrite.versions`` entries."""
     object_id, version, event_id, event_type, actor, occurred_at, correlation_id, s = row
-    return (f"{_e(object_id)}\t{version}\t{_e(event_id)}\t{event_type}\t{_e(actor)}\t"
+    return (f"{object_id}\t{version}\t{event_id}\t{event_type}\t{_e(actor)}\t"
             f"{_ts(occurred_at)}\t{_e(correlation_id)}\t{_state_text(s, texts)}\n")
 
 
@@ -249,13 +255,13 @@ def outcome_line(r: tuple[Any, ...]) -> str:
     """OUTCOME_COLUMNS as a COPY text line, from ``BatchWrite.outcomes`` entries."""
     (event_id, object_id, event_type, tenant, actor, status, reason, version, correlation_id,
      occurred_at, partition, offset) = r
-    return (f"{_e(event_id)}\t{_e(object_id)}\t{event_type}\t{_e(tenant)}\t{_e(actor)}\t{status}\t"
+    return (f"{event_id}\t{object_id}\t{event_type}\t{_e(tenant)}\t{_e(actor)}\t{status}\t"
             f"{_en(reason)}\t{version}\t{_e(correlation_id)}\t{_ts(occurred_at)}\t{partition}\t{offset}\n")
 
 
 def upload_line(u: Upload) -> str:
     """UPLOAD_COLUMNS as a COPY text line."""
-    return (f"{_e(u.upload_id)}\t{_e(u.object_id)}\t{u.state.value}\t{_e(u.source)}\t{u.requested_version}\t"
+    return (f"{u.upload_id}\t{u.object_id}\t{u.state.value}\t{_e(u.source)}\t{u.requested_version}\t"
             f"{_ts(u.requested_at)}\t{_ts(u.deadline)}\t{_en(u.declared_sha256)}\t{_in(u.declared_size)}\t"
             f"{_en(u.sha256)}\t{_in(u.size)}\t{_en(u.key)}\t{_b(u.dedup)}\t{_en(u.reason)}\t"
             f"{_tsn(u.finished_at)}\n")

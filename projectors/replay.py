@@ -373,6 +373,7 @@ def replay(settings: Settings, *, verify: bool = False, swap: bool = True, progr
         highs = end_offsets(settings, settings.events_topic)
         bar = Progress(sum(highs.values()), enabled=progress)
         parallel_events = 0
+        t_fold = time.monotonic()
         if workers > 1 and sum(1 for h in highs.values() if h) > 1:
             parallel_events, report.dead_letters = parallel_fold(settings, target, highs, workers, bar.update)
         rebuilder = Rebuilder(settings, target, codec=codec)
@@ -382,8 +383,12 @@ def replay(settings: Settings, *, verify: bool = False, swap: bool = True, progr
             rebuilder.dead = report.dead_letters
             rebuilder.fold_until(highs, bar.update)
             bar.update(rebuilder.events, final=True)
+            t_index = time.monotonic()
             if indexes:
                 create_indexes(settings, indexes, workers)
+            log.info("replay phases", setup_seconds=round(t_fold - started, 2),
+                     fold_seconds=round(t_index - t_fold, 2),
+                     index_seconds=round(time.monotonic() - t_index, 2), workers=workers)
             with translated():
                 # exclusive: waits for the live projectors' in-flight batches, holds new ones
                 admin.execute("SELECT pg_advisory_lock(%s)", (lock_key(live),))
