@@ -56,9 +56,8 @@ def apply_batch(
     moved ahead, or a swap/recovery moved it back), records are skipped or a rewind is
     requested instead of folding anything twice or leaving a gap."""
     stats = BatchStats()
-    model.lock_for_batch()
     mine = {r.partition for r in records}
-    stored = model.checkpoints(topic, lock=True, partitions=mine)
+    stored = model.begin_batch(topic, mine)
     write = BatchWrite()
     fresh: list[Record] = []
     for rec in records:
@@ -81,9 +80,11 @@ def apply_batch(
         return stats
 
     events = [r for r in fresh if r.event is not None]
-    objects = model.load_objects({r.event.object_id for r in events}, write.texts)  # type: ignore[union-attr]
-    uploads = model.load_uploads({u for r in events if (u := _upload_id(r.event))})  # type: ignore[arg-type]
-    seen = model.applied({r.event.event_id for r in events})  # type: ignore[union-attr]
+    objects, uploads, seen = model.load_all(
+        {r.event.object_id for r in events},  # type: ignore[union-attr]
+        {u for r in events if (u := _upload_id(r.event))},  # type: ignore[arg-type]
+        [r.event.event_id for r in events],  # type: ignore[union-attr]
+        write.texts)
     fold_records(events, objects, uploads, seen, write, stats)
     for rec in fresh:
         write.checkpoints[(rec.topic, rec.partition)] = rec.offset + 1

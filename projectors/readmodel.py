@@ -431,6 +431,62 @@ class ReadModel:
             q += " ORDER BY partition FOR UPDATE"
         return dict(self.conn.execute(self._q(q), params).fetchall())
 
+    def begin_batch(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+        """:meth:`lock_for_batch` and the locked :meth:`checkpoints` of ``partitions`` in
+        one round trip (pipeline mode)."""
+        parts = sorted(partitions)
+        with self.conn.pipeline():
+            self.conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (lock_key(self.schema),))
+            cur = self.conn.execute(self._q(
+                "SELECT partition, next_offset FROM {s}.checkpoints WHERE topic = %s "
+                "AND partition = ANY(%s::int[]) ORDER BY partition FOR UPDATE"), (topic, parts))
+        return dict(cur.fetchall())
+
+    def load_all(self, object_ids: Iterable[str], upload_ids: Iterable[str], event_ids: Iterable[str],
+                 texts: TextCache | None = None) -> tuple[dict[str, ObjectState], dict[str, Upload], set[str]]:
+        """:meth:`load_objects`, :meth:`load_uploads` and :meth:`applied` with the queries
+        the memo cannot answer sent together (one round trip)."""
+        objects: dict[str, ObjectState] = {}
+        uploads: dict[str, Upload] = {}
+        if self.memo:
+            miss_o, miss_u = [], []
+            for oid in object_ids:
+                hit = self._objects.get(oid)
+                if hit is not None:
+                    objects[oid] = hit
+                elif not self.complete:
+                    miss_o.append(oid)
+            for uid in upload_ids:
+                hitu = self._uploads.get(uid)
+                if hitu is not None:
+                    uploads[uid] = hitu
+                elif not self.complete:
+                    miss_u.append(uid)
+        else:
+            miss_o, miss_u = list(object_ids), list(upload_ids)
+        if self.complete:
+            return objects, uploads, self._seen.intersection(event_ids)
+        ev = list(event_ids)
+        c_o = c_u = c_e = None
+        with self.conn.pipeline():
+            if miss_o:
+                c_o = self.conn.execute(self._q(
+                    f"SELECT {_OBJECT_SELECT} FROM {{s}}.objects WHERE object_id = ANY(%s::uuid[])"), (miss_o,))
+            if miss_u:
+                c_u = self.conn.execute(self._q(
+                    f"SELECT {_UPLOAD_SELECT} FROM {{s}}.uploads WHERE upload_id = ANY(%s::uuid[])"), (miss_u,))
+            if ev:
+                c_e = self.conn.execute(self._q(
+                    "SELECT event_id::text FROM {s}.event_outcomes WHERE event_id = ANY(%s::uuid[])"), (ev,))
+        if c_o is not None:
+            for r in c_o.fetchall():
+                objects[r[0]] = state_from_row(r, texts)
+        if c_u is not None:
+            for r in c_u.fetchall():
+                uploads[r[0]] = upload_from_row(r)
+        seen = {r[0] for r in c_e.fetchall()} if c_e is not None else set()
+        return objects, uploads, seen
+
     def load_objects(self, object_ids: Iterable[str], texts: TextCache | None = None) -> dict[str, ObjectState]:
         out: dict[str, ObjectState] = {}
         if self.memo:
@@ -551,17 +607,18 @@ class ReadModel:
                     self._write_blobs(batch)
             if batch.checkpoints:
                 items = sorted(batch.checkpoints.items())
-                self.conn.execute(
-                    self._q(
-                        "INSERT INTO {s}.checkpoints (topic, partition, next_offset, updated_at) "
-                        "SELECT t, p, o, now() FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS x(t, p, o) "
-                        "ON CONFLICT (topic, partition) "
-                        "DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
-                    ),
-                    ([t for (t, _), _ in items], [p for (_, p), _ in items], [o for _, o in items]),
-                )
-                # delivered at commit, so a woken waiter always finds the rows it waits for
-                self.conn.execute("SELECT pg_notify(%s, '')", (notify_channel(self.schema),))
+                with self.conn.pipeline():  # checkpoints and the notification: one round trip
+                    self.conn.execute(
+                        self._q(
+                            "INSERT INTO {s}.checkpoints (topic, partition, next_offset, updated_at) "
+                            "SELECT t, p, o, now() FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS x(t, p, o) "
+                            "ON CONFLICT (topic, partition) "
+                            "DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+                        ),
+                        ([t for (t, _), _ in items], [p for (_, p), _ in items], [o for _, o in items]),
+                    )
+                    # delivered at commit, so a woken waiter always finds the rows it waits for
+                    self.conn.execute("SELECT pg_notify(%s, '')", (notify_channel(self.schema),))
         self._written = batch
 
     def _remember(self, batch: BatchWrite) -> None:

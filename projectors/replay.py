@@ -358,7 +358,9 @@ def replay(settings: Settings, *, verify: bool = False, swap: bool = True, progr
     processes folding into the rebuild schema concurrently (partitions own disjoint objects;
     checkpoints are per partition; blob reference counts, which partitions can share, are
     merged and written once at the end). Secondary indexes are dropped for the bulk fold
-    and rebuilt before the catch-up and swap (``drop_indexes``)."""
+    and rebuilt before the catch-up and swap (``drop_indexes``: measured ~7% faster at 200k
+    events). Unlogged tables made logged before the swap were measured too: the fold gained
+    what ``SET LOGGED`` (a rewrite) then cost, so the rebuild stays logged."""
     workers = default_workers() if workers is None else workers
     live = settings.read_model_schema
     target = f"{live}_rebuild"

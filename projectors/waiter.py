@@ -38,6 +38,10 @@ class EventOutcome:
 
 
 class OutcomeWaiter:
+    #: while receipts are pending, the longest a receipt whose batch was already notified
+    #: waits before the checkpoints are read again
+    POLL = 0.02
+
     def __init__(self, settings: Settings, *, schema: str | None = None, tick: float = 0.5) -> None:
         self.settings = settings
         self.schema = schema or settings.read_model_schema
@@ -83,14 +87,19 @@ class OutcomeWaiter:
                 if conn is None or conn.closed:
                     conn = psycopg.connect(self.settings.dsn, autocommit=True, connect_timeout=10)
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(notify_channel(self.schema))))
+                self._wake.clear()
                 self._resolve(conn)
                 with self._lock:
                     idle = not self._pending
                 if idle:
                     self._wake.wait(self.tick)
-                    self._wake.clear()
                     continue
-                for _ in conn.notifies(timeout=self.tick, stop_after=1):
+                if self._wake.is_set():
+                    continue  # receipts arrived while we resolved: look again right away
+                # a receipt added while we sleep here may already be folded (its batch's
+                # notification came before the broker's ack reached the publisher): wake
+                # every POLL seconds too, not only on the next notification
+                for _ in conn.notifies(timeout=min(self.tick, self.POLL), stop_after=1):
                     pass
             except psycopg.Error as e:
                 log.warning("outcome waiter lost postgres; reconnecting", error=str(translate(e)))
