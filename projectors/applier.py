@@ -7,11 +7,13 @@ with COPY together with the new checkpoints; see :mod:`projectors.readmodel`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Sequence
 
-from projectors.fold import ObjectState, Upload, apply
+import psycopg
+
 from infra.errors import InfrastructureError, PermanentError
+from projectors.fold import ObjectState, Upload, apply
 from projectors.readmodel import BatchWrite, ReadModel
 from schemas.events import BlobAttached, BlobStored, BlobUploadFailed, Event
 
@@ -150,8 +152,10 @@ def is_poison(exc: BaseException) -> bool:
     e: BaseException | None = exc
     while e is not None:
         state = getattr(e, "sqlstate", None)
-        if state:
+        if state:  # first: some OperationalErrors blame the data (54000: index row too large)
             return state[:2] in POISON_SQLSTATE_CLASSES
+        if isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return False  # the connection went away (no SQLSTATE): not the record's fault
         e = e.__cause__
     if isinstance(exc, (InfrastructureError, MemoryError)) or not isinstance(exc, Exception):
         return False

@@ -122,6 +122,16 @@ def test_is_poison_blames_data_not_the_environment():
     assert not is_poison(_translated("40P01"))  # deadlock: retry
     assert not is_poison(TransientError("connection lost"))
     assert not is_poison(KeyboardInterrupt())
+    import psycopg
+
+    lost = psycopg.OperationalError("server closed the connection unexpectedly")
+    assert not is_poison(lost)  # no SQLSTATE: the connection, not the record
+    assert not is_poison(psycopg.InterfaceError("the connection is closed"))
+    try:
+        raise TransientError("postgres: lost") from lost
+    except TransientError as e:
+        assert not is_poison(e)
+    assert is_poison(psycopg.errors.ProgramLimitExceeded("index row requires 32016 bytes"))
 
 
 class _FakeConn:
