@@ -153,7 +153,7 @@ class Worker:
     def run(self, *, max_commands: int | None = None, idle_exit: float | None = None) -> int:
         """Process commands until stopped (or ``max_commands`` / ``idle_exit`` seconds idle)."""
         self.consumer.subscribe([self.settings.commands_topic], on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
         log.info("worker.started", topic=self.settings.commands_topic, group=self.settings.worker_group)
         idle_since = time.monotonic()
         while not self._stop.is_set():
@@ -176,8 +176,21 @@ class Worker:
     # --- rebalance ---------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("worker.assigned", partitions=[p.partition for p in partitions])
+        if partitions and self._busy is None and not self._paused:
+            # librdkafka keeps a partition's pause flag across a lost-and-reassigned cycle
+            # (librdkafka#1849): a partition paused by an earlier command must not stay mute
+            try:
+                consumer.resume(partitions)
+            except KafkaException as e:
+                log.warning("worker.resume_failed", error=str(e))
         if partitions:
             self.assigned.set()
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The broker was unreachable past the session timeout. The running transfer only
+        needs S3, so let it finish: its outcome has a deterministic event id, so even if
+        another worker redoes the command meanwhile, the fold applies it once."""
+        log.warning("worker.partitions_lost", partitions=[p.partition for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("worker.revoked", partitions=[p.partition for p in partitions])
@@ -398,9 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     blog.configure()
     settings = Settings.from_env()
-    if settings.worker_niceness:
+    if settings.blob_niceness:
         # bulk transfer yields the CPU to latency-sensitive metadata work on the same host
-        os.nice(settings.worker_niceness)
+        os.nice(settings.blob_niceness)
     worker = Worker.create(settings, local_files=args.local_files)
 
     def on_signal(signum: int, _frame: Any) -> None:

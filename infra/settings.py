@@ -70,9 +70,9 @@ class Settings:
     max_in_flight_parts: int = 8
     upload_deadline_seconds: int = 3600
     s3_retry_attempts: int = 6
-    #: `blobledger worker` lowers its CPU priority by this much (0 = leave it): blob
-    #: throughput gives way to metadata latency when they share a host (P4)
-    worker_niceness: int = 10
+    #: blob workers and the embedded blob store lower their CPU priority by this much
+    #: (0 = leave it): blob throughput gives way to metadata latency on a shared host (P4)
+    blob_niceness: int = 10
     http_timeout_seconds: float = 30.0
 
     # --- projector -------------------------------------------------------------------------

@@ -138,9 +138,15 @@ class _WeedMini(Service):
         # weed mini turns these into its admin identity, which boto3 then signs with
         env["AWS_ACCESS_KEY_ID"] = self.settings.s3_access_key
         env["AWS_SECRET_ACCESS_KEY"] = self.settings.s3_secret_key
-        _process.spawn(
-            self.argv(), log_file=self.log_file, pid_file=self.pid_file, env=env, cwd=self.dir,
-        )
+        argv = self.argv()
+        if self.niceness and shutil.which("nice"):
+            argv = ["nice", "-n", str(self.niceness), *argv]  # exec's: the pid stays weed's
+        _process.spawn(argv, log_file=self.log_file, pid_file=self.pid_file, env=env, cwd=self.dir)
+
+    @property
+    def niceness(self) -> int:
+        """How much lower than ours the process's CPU priority is."""
+        return 0
 
     def client(self, timeout: float = 5.0):  # type: ignore[no-untyped-def]
         s = self.settings
@@ -182,6 +188,11 @@ class SeaweedS3(_WeedMini):
         s = self.settings
         return {"master": s.weed_master_port, "volume": s.weed_volume_port,
                 "filer": s.weed_filer_port, "s3": s.s3_port}
+
+    @property
+    def niceness(self) -> int:
+        # bulk blob bytes yield the CPU to Postgres and the broker (P4)
+        return self.settings.blob_niceness
 
 
 #: The log store only ever holds the broker's small record batches: 64 MiB volumes (not
