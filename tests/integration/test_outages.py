@@ -298,15 +298,6 @@ def _broker_outage_mid_upload(embedded, settings, projector, *, down_for: float,
         origin.close()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "intermittent stall: blob_worker/runner.py Worker.process pauses the whole assignment "
-    "while a command runs and resumes only consumer.assignment() at the end; when the broker "
-    "outage makes librdkafka declare the partitions lost (on_lost -> _on_revoke cancels the "
-    "transfer), that resume covers nothing, and librdkafka keeps a partition's pause flag "
-    "across re-assignment (librdkafka#1849), so after the broker is back the worker is "
-    "assigned but paused and never redelivers the command (seen: pending > 180 s). Fix: "
-    "remember what was paused and resume it, and resume newly assigned partitions in "
-    "_on_assign when not busy"))
 def test_broker_outage_mid_upload_the_upload_and_the_projector_resume(embedded, settings, projector):
     """A few seconds without the broker (longer than the consumer session, as any real
     restart of Tansu is): the upload ends stored, its outcome folded once, nothing lost."""
@@ -314,13 +305,7 @@ def test_broker_outage_mid_upload_the_upload_and_the_projector_resume(embedded, 
                                                 transfer_must_finish_while_down=False))
 
 
-# --- known gaps (strict xfail: they turn into failures once fixed, so drop the marker) ----------
-@pytest.mark.xfail(strict=True, reason=(
-    "projectors/applier.py is_poison(): a psycopg.OperationalError without SQLSTATE "
-    "(connection lost/closed) falls through to 'a Python error while folding' and counts as "
-    "poison, so _apply_part bisects the failing batch and dead-letters a valid record on every "
-    "retry while Postgres is down (it is folded again after reconnect: nothing lost, but the "
-    "DLQ holds valid events)"))
+# --- gaps these tests found (fixed); they keep them fixed ------------------------------------
 def test_a_postgres_outage_dead_letters_nothing(embedded, settings, projector):
     with Client(settings, actor="alice") as alice:
         alice.create("dlq/first")
@@ -334,11 +319,6 @@ def test_a_postgres_outage_dead_letters_nothing(embedded, settings, projector):
     assert dead == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "producers/client.py Client._authorize() opens/queries Postgres (Client.queries) before "
-    "publishing update/tag/set_acl/delete/attach_blob, so with Postgres down those writes "
-    "raise TransientError instead of being published; only create() publishes. The fold "
-    "enforces the same rule, so the early check could be skipped when Postgres is unreachable"))
 def test_a_postgres_outage_does_not_stop_updates_being_published(embedded, settings, projector):
     with Client(settings, actor="alice") as alice:
         alice.create("pg-upd/obj")
@@ -348,11 +328,6 @@ def test_a_postgres_outage_does_not_stop_updates_being_published(embedded, setti
         wait_for(lambda: outcome_count(settings) == 2, timeout=90, what="the update folded")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "blob_worker/runner.py Worker.run subscribes with on_lost=self._on_revoke: when the broker "
-    "is unreachable for longer than session.timeout.ms (6 s; a Tansu SIGTERM alone takes ~5 s) "
-    "librdkafka declares the assignment lost and _on_revoke cancels the running transfer, "
-    "although S3 is fine; the command is redone from its multipart parts after the broker is back"))
 def test_broker_outage_does_not_cancel_a_running_transfer(embedded, settings, projector):
     # 240 MiB at 8 MiB/s: ~30 s, so the loss of the assignment (~10 s after the stop)
     # always comes first
