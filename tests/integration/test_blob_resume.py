@@ -26,6 +26,20 @@ def _parts_done(settings) -> int:
     return len(s3.list_parts(Bucket=settings.s3_bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts", []))
 
 
+def _assigned(log_path) -> bool:
+    """The worker process has joined its group and holds partitions (its JSON log says so)."""
+    try:
+        lines = log_path.read_text().splitlines()
+    except FileNotFoundError:
+        return False
+    for line in lines:
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry.get("event") == "worker.assigned" and entry.get("partitions"):
+                return True
+    return False
+
+
 def test_worker_killed_mid_upload_resumes_on_redelivery(settings, projector, tmp_path):
     # small parts and few in flight: the upload takes long enough to be caught mid-way
     s = settings.with_(min_part_size=5 * MiB, max_in_flight_parts=2, data_dir=tmp_path / "w")
@@ -67,18 +81,23 @@ def test_killed_worker_and_a_permanent_failure_leave_no_open_upload_after_the_re
     from infra.postgres import connect
     from producers.publisher import Publisher
 
+    deadline_s = 10
     s = settings.with_(min_part_size=5 * MiB, max_in_flight_parts=2, data_dir=tmp_path / "w",
-                                 upload_deadline_seconds=4)
+                       upload_deadline_seconds=deadline_s)
     path = tmp_path / "big.bin"
     make_file(path, 200 * MiB)
     worker = Proc(s, ["worker"], str(tmp_path / "worker.log"))
     try:
+        # the short deadline runs from the attach: only attach once the worker is ready,
+        # or a slow group join on a loaded machine eats it before any part is sent
+        wait_for(lambda: _assigned(tmp_path / "worker.log"), timeout=60, what="worker assigned")
         with Client(s, actor="alice") as alice:
             alice.create("resume/b")
+            attached_at = time.monotonic()
             r = alice.attach_blob("resume/b", str(path))
-            wait_for(lambda: _parts_done(s) >= 2, timeout=120, interval=0.05, what="parts uploaded")
+            wait_for(lambda: _parts_done(s) >= 2, timeout=deadline_s, interval=0.05, what="parts uploaded")
             worker.kill()
-            time.sleep(4.5)  # past the deadline
+            time.sleep(max(0.0, attached_at + deadline_s + 0.5 - time.monotonic()))  # past the deadline
             publisher = Publisher(s)
             try:
                 with connect(s, autocommit=True) as conn:
