@@ -150,7 +150,8 @@ def open_context(*, broker_storage: str | None = None, keep: bool = False) -> It
         return
     bench = settings.with_(data_dir=settings.data_dir / "bench")
     ports = (bench.pg_port, bench.s3_port, bench.kafka_port, bench.weed_master_port,
-             bench.weed_volume_port, bench.weed_filer_port)
+             bench.weed_volume_port, bench.weed_filer_port, bench.log_s3_port,
+             bench.log_weed_master_port, bench.log_weed_volume_port, bench.log_weed_filer_port)
     if any(_port_busy(p) for p in ports):
         bench = embedded_settings(bench, bench.data_dir, broker_storage=bench.broker_storage)
     stack = Stack(bench)
