@@ -42,21 +42,23 @@ class Settings:
     tenant: str = "default"
 
     # --- embedded stack ports and broker storage ---------------------------------------
-    pg_port: int = 55432
-    s3_port: int = 58333
-    kafka_port: int = 59092
-    weed_master_port: int = 59333
-    weed_volume_port: int = 58080
-    weed_filer_port: int = 58888
+    # below Linux's ephemeral range (32768-60999), gRPC pairs (+10000) included: a port
+    # in that range can be taken at random by any outgoing connection and fail a start
+    pg_port: int = 15432
+    s3_port: int = 18333
+    kafka_port: int = 19092
+    weed_master_port: int = 19333
+    weed_volume_port: int = 18080
+    weed_filer_port: int = 18888
     #: "s3" keeps the broker's log in SeaweedFS (durable); "memory" is fast but volatile
     broker_storage: str = "s3"
     broker_bucket: str = "blobledger-log"
     #: the broker's log gets its own SeaweedFS (the "log-store" service), so stopping the
     #: blob store never stops the metadata path; only run when broker_storage is "s3"
-    log_s3_port: int = 58334
-    log_weed_master_port: int = 59334
-    log_weed_volume_port: int = 58081
-    log_weed_filer_port: int = 58889
+    log_s3_port: int = 18334
+    log_weed_master_port: int = 19334
+    log_weed_volume_port: int = 18081
+    log_weed_filer_port: int = 18889
 
     # --- write-side limits ---------------------------------------------------------------
     max_metadata_bytes: int = 64 * 1024
