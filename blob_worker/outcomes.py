@@ -10,9 +10,12 @@ state machine (``lifecycle``).
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
-from blob_worker.transfer import TransferResult
 from schemas.events import BlobStored, BlobUploadFailed, Envelope
+
+if TYPE_CHECKING:  # the transfer's result type only; this module stays free of I/O
+    from blob_worker.transfer import TransferResult
 
 #: fixed namespace for outcome ids (uuid5 of the DNS name, so it is reproducible)
 OUTCOME_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "outcomes.blob-worker.blobledger")
