@@ -102,12 +102,13 @@ class BenchContext:
     stack: str
 
     def fresh(self, name: str) -> Settings:
-        """Settings with a topic prefix and read-model schema of their own (topics created)."""
+        """Settings with a topic prefix, read-model schema and consumer groups of their own
+        (topics created)."""
         from infra.topics import ensure_topics
 
         tag = f"{name.lower()}_{uuid.uuid4().hex[:8]}"
         s = self.settings.with_(topic_prefix=f"bench.{tag}", read_model_schema=f"bench_{tag}",
-                                projector_group=f"bench-{tag}")
+                                projector_group=f"bench-{tag}", worker_group=f"bench-{tag}-worker")
         ensure_topics(s)
         return s
 

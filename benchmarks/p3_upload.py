@@ -168,7 +168,6 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
     mib = args.blob_mib
     rounds = max(1, int(getattr(args, "blob_rounds", None) or DEFAULT_ROUNDS))
     s = ctx.fresh("p3")
-    s = s.with_(worker_group=f"{s.topic_prefix}.blob-worker")
     size = mib * MiB
     path = scratch_dir(s) / f"{s.topic_prefix}.bin"
     print(f"bench P3: writing a {mib} MiB file...", file=sys.stderr)

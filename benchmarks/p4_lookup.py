@@ -92,7 +92,6 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
     rounds = max(1, int(getattr(args, "blob_rounds", None) or DEFAULT_ROUNDS))
     rate = float(getattr(args, "lookup_rate", None) or RATE)
     s = ctx.fresh("p4")
-    s = s.with_(worker_group=f"{s.topic_prefix}.blob-worker")
     tag = uuid.uuid4().hex[:6]
     scratch = scratch_dir(s)
     path = scratch / f"{s.topic_prefix}.bin"

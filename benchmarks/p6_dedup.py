@@ -50,7 +50,6 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
     mib = args.blob_mib
     rounds = max(1, int(getattr(args, "blob_rounds", None) or DEFAULT_ROUNDS))
     s = ctx.fresh("p6")
-    s = s.with_(worker_group=f"{s.topic_prefix}.blob-worker")
     tag = uuid.uuid4().hex[:6]
     scratch = scratch_dir(s)
     path = scratch / f"{s.topic_prefix}.bin"

@@ -13,12 +13,12 @@ import re
 from typing import Any, Iterable, Mapping
 
 from infra.errors import ValidationError
+from projectors.fold import PERMISSIONS
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/=-]{0,127}$")
 _PRINCIPAL = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9._@:+-]{0,255})$")
-PERMISSIONS = ("read", "write", "admin")
 
 
 def validate_key(key: str, *, max_length: int) -> str:
@@ -115,7 +115,7 @@ def validate_permissions(perms: Iterable[str]) -> list[str]:
     out = sorted(set(perms))
     bad = [p for p in out if p not in PERMISSIONS]
     if bad:
-        raise ValidationError(f"unknown permissions {bad}; allowed: {list(PERMISSIONS)}")
+        raise ValidationError(f"unknown permissions {bad}; allowed: {sorted(PERMISSIONS)}")
     return out
 
 

@@ -19,7 +19,7 @@ from infra.errors import TimeoutExpired, TransientError
 from infra.postgres import translate
 from infra.settings import Settings
 from producers.publisher import Receipt
-from projectors.readmodel import notify_channel
+from projectors.readmodel import ReadModel, notify_channel
 
 log = blog.get_logger(__name__)
 
@@ -118,10 +118,7 @@ class OutcomeWaiter:
         topic = pending[0][0].topic
         s = sql.Identifier(self.schema)
         try:
-            stored = dict(conn.execute(
-                sql.SQL("SELECT partition, next_offset FROM {}.checkpoints WHERE topic = %s").format(s),
-                (topic,),
-            ).fetchall())
+            stored = ReadModel(conn, self.schema).checkpoints(topic)
         except psycopg.errors.UndefinedTable:
             return  # no projector has created the read model yet
         ready = [(r, f) for r, f in pending if stored.get(r.partition, 0) > r.offset]
