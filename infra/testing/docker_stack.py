@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from infra.errors import StackError
+from infra.ports import free_ports
 from infra.settings import Settings
 from infra.testing import ServiceName
 
@@ -224,20 +225,6 @@ class DockerStackConfig:
 
 
 # --- helpers --------------------------------------------------------------------------------
-def _free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (held together so the kernel does not repeat one)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _logs_tail(container: DockerContainer, lines: int = 30) -> str:
     try:
         raw = container.get_wrapped_container().logs(tail=lines)
@@ -587,7 +574,7 @@ def docker_stack(settings: Settings,
     bind_ip = "127.0.0.1" if host in ("127.0.0.1", "localhost") else None
     if host == "localhost":
         host = "127.0.0.1"  # librdkafka and psycopg would try ::1 first
-    pg_port, s3_port, kafka_port = _free_ports(3)
+    pg_port, s3_port, kafka_port = free_ports(3)
 
     network: Network | None = None
     started: list[_Service] = []

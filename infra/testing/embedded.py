@@ -7,55 +7,28 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from infra.ports import free_ports
 from infra.settings import Settings
 from infra.stack.launcher import Stack
 from infra.stack.seaweed import grpc_port
 from infra.testing import ServiceName
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def free_ports(count: int, *, with_grpc: int = 0) -> list[int]:
-    """``count`` distinct free ports; the first ``with_grpc`` also have a free gRPC partner
-    (SeaweedFS needs both). Another process may still grab one before we bind it; the
-    stack then fails fast with a StackError naming the port."""
-    chosen: list[int] = []
-    socks: list[socket.socket] = []
-    try:
-        while len(chosen) < count:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-            socks.append(s)  # held open so the kernel does not hand it out twice
-            needs_grpc = len(chosen) < with_grpc
-            partner = grpc_port(port)
-            taken = set(chosen) | {grpc_port(p) for p in chosen[:with_grpc]}
-            if port in taken or (needs_grpc and (partner in taken or not _bindable(partner))):
-                continue
-            chosen.append(port)
-    finally:
-        for s in socks:
-            s.close()
-    return chosen
-
-
 def embedded_settings(base: Settings, data_dir: Path, *, broker_storage: str = "s3") -> Settings:
     """``base`` pointed at an embedded stack in ``data_dir`` on free ports."""
+    d = Settings()
+    defaults = [d.s3_port, d.weed_master_port, d.weed_volume_port, d.weed_filer_port,
+                d.log_s3_port, d.log_weed_master_port, d.log_weed_volume_port,
+                d.log_weed_filer_port, d.pg_port, d.kafka_port]
+    # a developer's default-port stack may be down now and started later: keep clear of it
     (s3, master, volume, filer, log_s3, log_master, log_volume, log_filer,
-     pg, kafka) = free_ports(10, with_grpc=8)
+     pg, kafka) = free_ports(10, partner=grpc_port, with_partner=8,
+                             avoid=defaults + [grpc_port(p) for p in defaults[:8]])
     return base.with_(
         data_dir=data_dir,
         kafka_bootstrap=None,

@@ -11,7 +11,7 @@ from infra.settings import Settings
 from infra.stack.launcher import Stack
 from infra.stack.seaweed import LOG_STORE_FLAGS, SeaweedLogStore, SeaweedS3, grpc_port
 from infra.stack.tansu import TansuKafka
-from infra.testing.embedded import free_ports
+from infra.ports import ephemeral_range, free_ports
 
 
 def test_grpc_ports_stay_in_range() -> None:
@@ -109,6 +109,17 @@ def test_default_ports_do_not_collide() -> None:
 
 
 def test_free_ports_are_distinct_and_leave_grpc_partners_free() -> None:
-    ports = free_ports(10, with_grpc=8)
+    ports = free_ports(10, partner=grpc_port, with_partner=8)
     partners = {grpc_port(p) for p in ports[:8]}
     assert len(set(ports)) == 10 and len(partners) == 8 and not partners & set(ports)
+
+
+def test_free_ports_stay_below_the_ephemeral_range_and_clear_of_avoided_ones() -> None:
+    # an outgoing connection may take any ephemeral port between pick and bind
+    low = ephemeral_range()[0]
+    avoid = set(range(10000, 20000))
+    for _ in range(20):
+        ports = free_ports(10, partner=grpc_port, with_partner=8, avoid=avoid)
+        every = set(ports) | {grpc_port(p) for p in ports[:8]}
+        assert all(p < low for p in every), every
+        assert not every & avoid
