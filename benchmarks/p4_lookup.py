@@ -12,13 +12,16 @@ window and one idle window, in alternating order (idle first in even rounds):
   the last busy window lasted.
 
 A lookup is ``Client.get(object_id)`` (``Queries.get``: one indexed row + ACL check) of
-an object chosen round-robin, paced at ``RATE`` per second from one thread (open loop: a
-late call does not delay the schedule of the next). ratio = busy p99 / idle p99.
+an object chosen round-robin, paced at ``RATE`` per second from one thread of a process
+of its own (open loop: a late call does not delay the schedule of the next); the
+benchmark's process attaches and follows the upload. ratio = busy p99 / idle p99.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import multiprocessing
 import sys
 import threading
 import time
@@ -85,6 +88,71 @@ def lookups(client: Any, ids: list[str], stop: threading.Event, rate: float, sta
     return lat
 
 
+class Prober:
+    """The lookups run in a process of their own, as a service reading the model would:
+    in the benchmark's process they would share its GIL with the threads following the
+    upload, and the busy windows would measure the harness instead of the system."""
+
+    def __init__(self, settings: Settings, ids: list[str], rate: float) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_probe, args=(settings, ids, rate, child), daemon=True)
+        self._proc.start()
+        self._offset = 0
+        self._expect("ready", 180)
+
+    def _expect(self, what: str, timeout: float) -> Any:
+        if not self._conn.poll(timeout):
+            raise RuntimeError(f"the lookup process did not answer ({what}) in {timeout:.0f} s "
+                               f"(exit code {self._proc.exitcode})")
+        reply = self._conn.recv()
+        if isinstance(reply, BaseException):
+            raise RuntimeError(f"the lookup process failed: {reply!r}") from reply  # noqa: TRY004
+        return reply
+
+    def start(self) -> None:
+        self._conn.send(self._offset)
+
+    def stop(self) -> list[float]:
+        self._conn.send("stop")
+        lat: list[float] = self._expect("latencies", 60)
+        self._offset += len(lat)
+        return lat
+
+    def close(self) -> None:
+        try:
+            self._conn.send(None)
+        except OSError:
+            pass
+        self._proc.join(30)
+        if self._proc.is_alive():
+            self._proc.kill()
+
+
+def _stop_on_message(conn: Any, stop: threading.Event) -> None:
+    conn.recv()
+    stop.set()
+
+
+def _probe(settings: Settings, ids: list[str], rate: float, conn: Any) -> None:
+    """The lookup process: warm up, then one paced window per start/stop pair."""
+    from producers.client import Client
+
+    try:
+        with Client(settings, actor="bench") as client:
+            lookups(client, ids, threading.Event(), rate, limit=WARM_LOOKUPS)  # warm, discarded
+            conn.send("ready")
+            while (start_at := conn.recv()) is not None:
+                stop = threading.Event()
+                waiter = threading.Thread(target=_stop_on_message, args=(conn, stop), daemon=True)
+                waiter.start()
+                lat = lookups(client, ids, stop, rate, start_at=start_at)
+                waiter.join()
+                conn.send(lat)
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(e)
+
+
 def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
     from producers.client import Client
 
@@ -103,57 +171,39 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
     stored_keys: list[str] = []
     services = Services(s, s.topic_prefix)
     try:
-        with Client(s, actor="bench") as client, Client(s, actor="bench") as watcher:
+        with Client(s, actor="bench") as client, contextlib.ExitStack() as cleanup:
             warm_up(client, services, scratch, f"p4/{tag}/warm")
             ids = create_objects(client, s, OBJECTS, tag)
-            lookups(client, ids, threading.Event(), rate, limit=WARM_LOOKUPS)  # warm, discarded
+            prober = Prober(s, ids, rate)
+            cleanup.callback(prober.close)
             upload_key = f"p4/{tag}/upload"
             client.create(upload_key, wait=True)
             last_busy = 10.0
-            offset = 0
 
             def idle_window() -> None:
-                nonlocal offset
-                stop = threading.Event()
-                timer = threading.Timer(last_busy, stop.set)
-                timer.start()
                 t0 = time.perf_counter()
-                lat = lookups(client, ids, stop, rate, start_at=offset)
-                offset += len(lat)
+                prober.start()
+                time.sleep(last_busy)
+                lat = prober.stop()
                 idle.extend(lat)
                 windows.append({"kind": "idle", "s": round(time.perf_counter() - t0, 2), "lookups": len(lat)})
 
             def busy_window() -> None:
-                nonlocal last_busy, offset
+                nonlocal last_busy
                 freshen(path)
                 r = client.attach_blob(upload_key, str(path), wait=False)
                 upload_id = r.upload_id
                 assert upload_id is not None
-                stop = threading.Event()
-                box: dict[str, Any] = {}
-
-                def follow() -> None:
-                    try:
-                        box["view"], _ = wait_terminal(watcher, upload_id, timeout=1800, poll=0.05,
-                                                       services=services)
-                    except BaseException as e:  # noqa: BLE001 - re-raised below
-                        box["error"] = e
-                    finally:
-                        stop.set()
-
                 t0 = time.perf_counter()
-                follower = threading.Thread(target=follow, daemon=True)
-                follower.start()
-                lat = lookups(client, ids, stop, rate, start_at=offset)
-                follower.join()
+                prober.start()
+                try:
+                    view, _ = wait_terminal(client, upload_id, timeout=1800, poll=0.05, services=services)
+                finally:
+                    lat = prober.stop()
                 elapsed = time.perf_counter() - t0
-                if "error" in box:
-                    raise box["error"]
-                view = box["view"]
                 if view.state != "stored" or view.dedup:
                     raise RuntimeError(f"the busy upload ended {view.state} (dedup={view.dedup}): {view.reason}")
                 stored_keys.append(view.key)
-                offset += len(lat)
                 busy.extend(lat)
                 last_busy = elapsed
                 done = services.completed().get(upload_id, {})
