@@ -23,9 +23,17 @@ def translate(e: psycopg.Error) -> TransientError | PermanentError:
     return PermanentError(f"postgres: {e}")
 
 
-def connect(settings: Settings, *, autocommit: bool = False, dsn: str | None = None) -> psycopg.Connection:
+def connect(settings: Settings, *, autocommit: bool = False, dsn: str | None = None,
+            synchronous_commit: bool = True) -> psycopg.Connection:
+    """A connection; ``synchronous_commit=False`` for writers whose every commit can be
+    redone from the log (projections): see ``Settings.projector_synchronous_commit``."""
     try:
-        return psycopg.connect(dsn or settings.dsn, autocommit=autocommit, connect_timeout=10)
+        conn = psycopg.connect(dsn or settings.dsn, autocommit=autocommit, connect_timeout=10)
+        if not synchronous_commit:
+            conn.execute("SET synchronous_commit = off")
+            if not autocommit:
+                conn.commit()
+        return conn
     except psycopg.Error as e:
         raise translate(e) from e
 

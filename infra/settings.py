@@ -81,6 +81,11 @@ class Settings:
     #: Postgres schema holding the read model (a replay builds a sibling and swaps names)
     read_model_schema: str = "blobledger"
     projector_batch_size: int = 5000
+    #: False: the projector's and replay's commits return before their WAL reaches disk.
+    #: Safe for a projection: a Postgres crash loses at most the newest whole transactions,
+    #: checkpoints included, and the projector folds those events again from the log into
+    #: the same rows. The fsync wait left every batch's latency (P5) and disk contention.
+    projector_synchronous_commit: bool = False
     projector_group: str = "blobledger-projector"
     worker_group: str = "blobledger-blob-worker"
     consumer_session_timeout_ms: int = 6000

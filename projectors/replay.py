@@ -101,7 +101,7 @@ class Rebuilder:
         self.target = target
         self.codec = codec or default_codec()
         self.batch_size = batch_size
-        self.conn = connect(settings)
+        self.conn = connect(settings, synchronous_commit=settings.projector_synchronous_commit)
         self.model = ReadModel(self.conn, target, memo=True, defer_blobs=defer_blobs)
         self.dlq = DeadLetters(make_producer(settings), settings.dlq_topic)
         # a throwaway group: replay assigns partitions itself and never commits offsets

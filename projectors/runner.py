@@ -62,7 +62,7 @@ class Projector:
         self.topic = settings.events_topic
         self.schema = schema or settings.read_model_schema
         self.codec = codec or default_codec()
-        self.conn: psycopg.Connection = connect(settings)
+        self.conn: psycopg.Connection = connect(settings, synchronous_commit=settings.projector_synchronous_commit)
         migrate(self.conn, self.schema)
         # the memo keeps folded states between batches (reset on rebalance, checkpoint
         # mismatch and failed batches), so a batch loads only objects it has not seen
@@ -203,7 +203,7 @@ class Projector:
     def _reconnect_if_broken(self) -> None:
         if self.conn.closed or self.conn.broken:
             try:
-                self.conn = connect(self.settings)
+                self.conn = connect(self.settings, synchronous_commit=self.settings.projector_synchronous_commit)
                 self.model = ReadModel(self.conn, self.schema, memo=True)
                 # our consumer may have moved past what was committed: re-seek
                 stored = self._stored_checkpoints()

@@ -30,7 +30,7 @@ TUNING = {
     "work_mem": "'16MB'",
     "maintenance_work_mem": "'128MB'",
     "effective_cache_size": "'1GB'",
-    "synchronous_commit": "on",  # the read model's checkpoint must survive a crash
+    "synchronous_commit": "on",  # durable by default; projector sessions opt out (see Settings)
     "wal_compression": "on",
     "max_wal_size": "'2GB'",  # fewer forced checkpoints during replays
     "checkpoint_timeout": "'15min'",
