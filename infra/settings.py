@@ -209,6 +209,10 @@ class Settings:
         return out
 
 
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False}
+
+
 def _coerce(name: str, type_name: Any, value: Any) -> Any:
     """Turn a string (env) or TOML value into the field's type, with a clear error."""
     t = str(type_name)
@@ -223,6 +227,13 @@ def _coerce(name: str, type_name: Any, value: Any) -> Any:
             return dict(p.split("=", 1) for p in pairs)
         if t == "Path":
             return Path(str(value))
+        if t == "bool":
+            if isinstance(value, bool):
+                return value
+            word = str(value).strip().lower()
+            if word not in _BOOLS:
+                raise ValueError(word)
+            return _BOOLS[word]
         if t == "int":
             return int(value)
         if t == "float":

@@ -140,3 +140,10 @@ def test_to_env_round_trips_through_from_env() -> None:
         partitions=2, wait_timeout_seconds=1.5,
     )
     assert Settings.from_env(s.to_env()) == s
+
+
+def test_boolean_settings_take_the_usual_spellings_and_refuse_others() -> None:
+    for word, value in (("on", True), ("TRUE", True), ("1", True), ("off", False), ("no", False)):
+        assert Settings.from_env({"BLOBLEDGER_PROJECTOR_SYNCHRONOUS_COMMIT": word}).projector_synchronous_commit is value
+    with pytest.raises(ConfigurationError, match="PROJECTOR_SYNCHRONOUS_COMMIT"):
+        Settings.from_env({"BLOBLEDGER_PROJECTOR_SYNCHRONOUS_COMMIT": "maybe"})
