@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from benchmarks.common import percentile
+from infra.randfile import write_random_file
 from infra.settings import Settings
 
 MiB = 1024 * 1024
@@ -74,17 +75,8 @@ def mb(size: int) -> float:
 
 # --- the test file --------------------------------------------------------------------------------
 def make_blob_file(path: Path, size: int) -> Path:
-    """``size`` bytes of incompressible content (one random MiB varied per MiB); fast."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    block = bytearray(os.urandom(MiB))
-    with open(path, "wb") as f:
-        done, i = 0, 0
-        while done < size:
-            block[:8] = i.to_bytes(8, "big")
-            n = min(MiB, size - done)
-            f.write(block[:n])
-            done += n
-            i += 1
+    """``size`` bytes of incompressible content at ``path``."""
+    write_random_file(path, size)
     return path
 
 

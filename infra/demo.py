@@ -17,12 +17,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from infra import logging as blog
 from infra.errors import BlobledgerError, StackError, TimeoutExpired
+from infra.randfile import write_random_file
 from infra.settings import Settings
 
 MiB = 1024 * 1024
@@ -31,22 +33,6 @@ MiB = 1024 * 1024
 def _say(quiet: bool, text: str) -> None:
     if not quiet:
         print(text, file=sys.stderr, flush=True)
-
-
-def generate_file(path: Path, size: int) -> str:
-    """Write ``size`` pseudo-random bytes in 1 MiB pieces (never all in memory); return
-    their SHA-256. Random, so the blob neither compresses nor dedups by accident."""
-    digest = hashlib.sha256()
-    seed = os.urandom(32)
-    with path.open("wb") as f:
-        left, counter = size, 0
-        while left:
-            block = hashlib.shake_256(seed + counter.to_bytes(8, "little")).digest(min(MiB, left))
-            f.write(block)
-            digest.update(block)
-            left -= len(block)
-            counter += 1
-    return digest.hexdigest()
 
 
 @dataclass
@@ -105,7 +91,7 @@ def run_demo(settings: Settings, *, size: int, quiet: bool, timeout: float) -> d
     from projectors.lag import projection_lag
 
     started = time.monotonic()
-    say = lambda text: _say(quiet, text)  # noqa: E731
+    say = lambda text: _say(quiet, text)
     if settings.uses_embedded_stack:
         say(f"starting the embedded stack in {settings.data_dir} ...")
         Stack(settings).up()
@@ -124,7 +110,7 @@ def run_demo(settings: Settings, *, size: int, quiet: bool, timeout: float) -> d
             blob_dir = settings.data_dir / "demo"
             blob_dir.mkdir(parents=True, exist_ok=True)
             path = blob_dir / "blob.bin"
-            sha = generate_file(path, size)
+            sha = write_random_file(path, size)
             say(f"generated {size / MiB:.0f} MiB file, sha256 {sha[:16]}...")
 
             attached = client.attach_blob(key, str(path), expected_version=created.version)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 import threading
-import time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from infra.randfile import write_random_file
 from infra.s3 import make_s3_client
 from infra.settings import Settings
 from infra.testing.services import ThreadedWorker  # noqa: F401 - re-exported for the tests
@@ -19,20 +18,9 @@ from infra.testing.services import ThreadedWorker  # noqa: F401 - re-exported fo
 MiB = 1024 * 1024
 
 
-def make_file(path: Path, size: int, seed: int = 0) -> str:
-    """A file of pseudo-random bytes (fast: one random MiB, varied per MiB), its sha256."""
-    block = os.urandom(MiB)
-    h = hashlib.sha256()
-    with open(path, "wb") as f:
-        done = 0
-        i = seed
-        while done < size:
-            chunk = (i.to_bytes(8, "big") + block[8:])[: size - done]
-            f.write(chunk)
-            h.update(chunk)
-            done += len(chunk)
-            i += 1
-    return h.hexdigest()
+def make_file(path: Path, size: int) -> str:
+    """A file of incompressible bytes, unlike any other; its sha256."""
+    return write_random_file(path, size)
 
 
 def sha256_file(path: Path | str) -> str:

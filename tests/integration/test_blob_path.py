@@ -122,7 +122,7 @@ def test_http_source_and_reading_while_a_newer_upload_is_pending(settings, proje
         finally:
             w.stop()
         # no worker now: the next upload stays pending, readers keep the committed blob
-        make_file(tmp_path / "web2.bin", MiB, seed=99)
+        make_file(tmp_path / "web2.bin", MiB)
         pending = _attach(alice, "web/a", f"{origin.url}/web2.bin")
         assert alice.upload(pending.upload_id).state == "pending"
         blob = open_object_blob(alice, "web/a", s3=make_s3_client(settings))
@@ -134,7 +134,7 @@ def test_http_source_and_reading_while_a_newer_upload_is_pending(settings, proje
 def test_every_bad_input_is_compensated_with_its_reason(settings, worker, origin, tmp_path):
     good = tmp_path / "good.bin"
     good_sha = make_file(good, 6 * MiB)
-    make_file(tmp_path / "half.bin", 6 * MiB, seed=5)
+    make_file(tmp_path / "half.bin", 6 * MiB)
     cases = {
         "missing": (str(tmp_path / "nope.bin"), {}, "source_not_found"),
         "unreadable": (str(tmp_path), {}, "unreadable_source"),  # a directory
@@ -183,7 +183,7 @@ def test_two_workers_share_the_load(settings, projector, tmp_path):
             ids = []
             for i in range(12):
                 path = tmp_path / f"f{i}.bin"
-                make_file(path, 3 * MiB, seed=i * 1000)
+                make_file(path, 3 * MiB)
                 ids.append(_attach(alice, f"share/{i}", str(path), wait=False).upload_id)
             views = [wait_terminal(alice, u) for u in ids]
             assert all(v.state == "stored" for v in views)
