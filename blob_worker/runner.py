@@ -3,8 +3,9 @@
 Order per command (consume-transform-produce, at-least-once, idempotent):
 
 1. poll an ``UploadRequested`` (several workers share the partitions in one group);
-2. run the transfer on a background thread while this thread keeps polling the paused
-   consumer, so a long upload neither blocks rebalances nor exceeds
+2. run the transfer on a background thread; once it has run for
+   ``UNPOLLED_TRANSFER_SECONDS`` this thread pauses the consumer and keeps polling it, so
+   a long upload neither holds rebalances up for long nor exceeds
    ``max.poll.interval.ms``; a revoked partition or shutdown cancels the transfer and
    leaves its multipart upload open for whoever gets the command next (resume);
 3. produce the outcome (deterministic event id) and wait for the broker's ack;
@@ -63,8 +64,13 @@ log = structlog.get_logger(__name__)
 #: retries every S3 call ``s3_retry_attempts`` times with jittered backoff)
 TRANSFER_ATTEMPTS = 4
 MAX_BACKOFF_SECONDS = 30.0
-#: how long a transfer may run before the consumer is paused and polled meanwhile
-QUICK_TRANSFER_SECONDS = 1.0
+#: how long a transfer runs before the consumer is paused and polled meanwhile. Pausing
+#: is not free: a resumed partition delivers again only after ~0.5-0.9 s (librdkafka
+#: restarts its fetcher; measured on Tansu), which the command right behind a 1 GiB
+#: upload would pay (P6: a dedup re-upload took 0.6-1 s instead of ~0.15 s). Until then
+#: librdkafka's own thread keeps heartbeating; a rebalance waits for the next poll, so
+#: this bounds how long one worker can hold a rebalance up.
+UNPOLLED_TRANSFER_SECONDS = 20.0
 
 
 def progress_topic(settings: Settings) -> str:
@@ -95,8 +101,10 @@ class Worker:
         clock_us: Callable[[], int] = now_us,
         transfer_attempts: int = TRANSFER_ATTEMPTS,
         max_backoff: float = MAX_BACKOFF_SECONDS,
+        unpolled_seconds: float = UNPOLLED_TRANSFER_SECONDS,
     ) -> None:
         self.settings = settings
+        self.unpolled_seconds = unpolled_seconds
         self.transfer_attempts = transfer_attempts
         self.max_backoff = max_backoff
         self.consumer = consumer
@@ -310,11 +318,12 @@ class Worker:
         self._busy = busy
         thread.start()
         try:
-            # a quick transfer (dedup, small blob) finishes before the consumer needs
-            # serving; only a longer one pauses the consumer and keeps polling it
-            thread.join(QUICK_TRANSFER_SECONDS)
+            # most transfers (dedup, anything up to a few GiB) finish before the consumer
+            # needs serving; only a longer one pauses the consumer and keeps polling it
+            serve_from = time.monotonic() + self.unpolled_seconds
             while thread.is_alive():
-                self._poll_while_busy()
+                if time.monotonic() >= serve_from:
+                    self._poll_while_busy()
                 thread.join(0.2)
                 if deadline_us and self.clock_us() >= deadline_us and not busy.cancel.is_set():
                     busy.deadline_hit = True

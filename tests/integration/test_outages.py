@@ -253,7 +253,9 @@ def _broker_outage_mid_upload(embedded, settings, projector, *, down_for: float,
     # 8 MiB/s, ~12 s for 96 MiB: Tansu takes ~5 s to exit on SIGTERM, and the transfer must
     # still be running once it is really down
     origin = SlowOrigin(blob_mib * MiB, 8 * MiB)
-    w = ThreadedWorker(s, transfer_attempts=4, max_backoff=2.0)
+    # the consumer is paused and served from the start, so the outage hits that path
+    # (pause flags across a lost-and-reassigned cycle) rather than an unpolled consumer
+    w = ThreadedWorker(s, transfer_attempts=4, max_backoff=2.0, unpolled_seconds=0.0)
     probe = ProgressProbe(w)
     try:
         with Client(s, actor="alice") as alice:
