@@ -104,16 +104,34 @@ ping_host() {  # $1 = DOCKER_HOST-style URL
 }
 
 ENGINE_HOST=""
+# A podman service of ours whose working directory was deleted still answers pings but
+# cannot start a container: stop it so a healthy one is started below.
+retire_orphaned_service() {
+  local pid
+  for pid in $(pgrep -f "podman system service .*unix://$SOCK" || true); do
+    if readlink "/proc/$pid/cwd" 2>/dev/null | grep -q ' (deleted)$'; then
+      log "engine: podman service (pid $pid) runs in a deleted directory; restarting it"
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+  done
+}
+
 ensure_engine() {
   local candidates=()
   [ -n "${DOCKER_HOST:-}" ] && candidates+=("$DOCKER_HOST")
   candidates+=("unix:///var/run/docker.sock" "unix://$SOCK")
+  retire_orphaned_service
   for h in "${candidates[@]}"; do
     if ping_host "$h"; then ENGINE_HOST="$h"; log "engine: $h answers"; return; fi
   done
   log "engine: no Docker API answers; starting podman system service on $SOCK"
   rm -f "$SOCK"
-  setsid nohup podman system service --time=0 "unix://$SOCK" >"$SERVICE_LOG" 2>&1 < /dev/null &
+  # started from /: conmon inherits the service's working directory, and once that is
+  # deleted (a removed checkout) every container start fails ("write child: broken pipe")
+  ( cd / && exec setsid nohup podman system service --time=0 "unix://$SOCK" ) \
+    >"$SERVICE_LOG" 2>&1 < /dev/null &
   local i
   for i in $(seq 1 60); do
     if ping_host "unix://$SOCK"; then
