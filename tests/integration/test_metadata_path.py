@@ -88,8 +88,7 @@ def test_racing_writers_exactly_one_wins(settings, projector):
 
 
 def test_projector_killed_mid_batch_equals_fresh_replay(settings, tmp_path):
-    settings = settings.with_(projector_batch_size=2000)  # several batches per kill round
-    events = workload(1200, 10800)  # 12k events
+    events = workload(1200, 10800)  # 12k events: several batches per kill round
     publish_all(settings, events)
     total = len(events)
     for _ in range(3):
