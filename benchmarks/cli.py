@@ -61,6 +61,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=1000.0, help="P5: commands per second (default 1000)")
     p.add_argument("--seconds", type=float, default=15.0, help="P5: seconds of load per side (default 15)")
     p.add_argument("--blob-mib", type=int, default=1024, help="P3/P4/P6: blob size in MiB (default 1024)")
+    p.add_argument("--fold-rounds", type=int, default=None,
+                   help="P1: alternating floor/ours rounds, medians compared (default 3)")
     p.add_argument("--latency-rounds", type=int, default=None,
                    help="P5: alternating raw/ours windows, --seconds split between them (default 3)")
     p.add_argument("--blob-rounds", type=int, default=None,
