@@ -40,6 +40,7 @@ from infra.kafka import end_offsets, make_consumer
 from infra.settings import Settings
 from projectors import readmodel as rm
 from projectors.applier import BatchStats, Record, fold_records
+from projectors.replay import deal_partitions
 from schemas.codec import default_codec
 
 ABS_TARGET = 20_000.0
@@ -98,16 +99,6 @@ def partition_map(settings: Settings, total: int) -> dict[int, list[bytes]]:
     finally:
         consumer.close()
     return out
-
-
-def _deal(counts: dict[int, int], n: int) -> list[list[int]]:
-    shares: list[list[int]] = [[] for _ in range(n)]
-    load = [0] * n
-    for p, c in sorted(counts.items(), key=lambda x: (-x[1], x[0])):
-        i = load.index(min(load))
-        shares[i].append(p)
-        load[i] += c
-    return [s for s in shares if s]
 
 
 # --- the floor -----------------------------------------------------------------------------------
@@ -207,7 +198,7 @@ def floor(settings: Settings, lines: dict[str, tuple[str, ...]], parts: dict[int
                 s=sql.Identifier(schema), r=sql.Identifier(raw), t=sql.Identifier(src)))
     codec = default_codec()
     argsets = []
-    for share in _deal({p: len(v) for p, v in parts.items()}, n):
+    for share in deal_partitions({p: len(v) for p, v in parts.items()}, n):
         ids = [codec.decode(v).event_id for p in share for v in parts[p]]
         argsets.append((settings, schema, share, {i: lines[i] for i in ids}, len(ids), batch))
     seconds, count, _ = _spawn_timed(_floor_child, argsets)

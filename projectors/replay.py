@@ -217,7 +217,7 @@ def _worker(settings: Settings, target: str, partitions: list[int], targets: dic
         results.put((slot, f"{type(e).__name__}: {e}\n{traceback.format_exc()}", 0, 0, {}))
 
 
-def _split(partitions: dict[int, int], n: int) -> list[list[int]]:
+def deal_partitions(partitions: dict[int, int], n: int) -> list[list[int]]:
     """Partitions (with their event counts) dealt into ``n`` shares of similar size."""
     shares: list[list[int]] = [[] for _ in range(n)]
     load = [0] * n
@@ -233,7 +233,7 @@ def parallel_fold(settings: Settings, target: str, targets: dict[int, int], work
     """Fold ``targets`` (partition -> end offset) into the empty schema ``target`` with up
     to ``workers`` processes; then write the merged blob rows. Returns (events, dead)."""
     busy = {p: t for p, t in targets.items() if t > 0}
-    shares = _split(busy, max(1, min(workers, len(busy))))
+    shares = deal_partitions(busy, max(1, min(workers, len(busy))))
     ctx = multiprocessing.get_context("spawn")  # no librdkafka/psycopg state crosses a fork
     counts = ctx.Array("q", len(shares), lock=False)
     results = ctx.Queue()

@@ -26,6 +26,7 @@ from botocore.exceptions import ClientError
 
 from infra.errors import StackError
 from infra.ports import free_ports
+from infra.settings import Settings
 from infra.stack import _process
 from infra.stack.base import Service
 
@@ -33,6 +34,14 @@ from infra.stack.base import Service
 def grpc_port(http_port: int) -> int:
     """The gRPC port paired with an HTTP port: +10000 like SeaweedFS, or -10000 if that overflows."""
     return http_port + 10000 if http_port + 10000 <= 65535 else http_port - 10000
+
+
+def stack_ports(settings: Settings) -> list[int]:
+    """Every port an embedded stack with ``settings`` listens on (gRPC partners included)."""
+    s = settings
+    http = [s.s3_port, s.weed_master_port, s.weed_volume_port, s.weed_filer_port,
+            s.log_s3_port, s.log_weed_master_port, s.log_weed_volume_port, s.log_weed_filer_port]
+    return http + [grpc_port(p) for p in http] + [s.pg_port, s.kafka_port]
 
 
 def weed_binary() -> str:
@@ -106,15 +115,8 @@ class _WeedMini(Service):
     def identity(self) -> str:
         return f"-dir={self.dir}"
 
-    def _stack_ports(self) -> list[int]:
-        s = self.settings
-        http = [s.s3_port, s.weed_master_port, s.weed_volume_port, s.weed_filer_port,
-                s.log_s3_port, s.log_weed_master_port, s.log_weed_volume_port,
-                s.log_weed_filer_port]
-        return http + [grpc_port(p) for p in http] + [s.pg_port, s.kafka_port]
-
     def argv(self) -> list[str]:
-        admin, admin_grpc = free_ports(2, avoid=self._stack_ports())
+        admin, admin_grpc = free_ports(2, avoid=stack_ports(self.settings))
         argv = [
             weed_binary(),
             "mini",

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from infra.errors import ConfigurationError, StackError
+from infra.ports import ephemeral_range, free_ports
 from infra.settings import Settings
 from infra.stack.launcher import Stack
-from infra.stack.seaweed import LOG_STORE_FLAGS, SeaweedLogStore, SeaweedS3, grpc_port
+from infra.stack.seaweed import LOG_STORE_FLAGS, SeaweedLogStore, SeaweedS3, grpc_port, stack_ports
 from infra.stack.tansu import TansuKafka
-from infra.ports import ephemeral_range, free_ports
 
 
 def test_grpc_ports_stay_in_range() -> None:
@@ -101,10 +101,8 @@ def test_up_of_the_broker_brings_its_log_store_and_stop_s3_means_the_blob_store(
 
 
 def test_default_ports_do_not_collide() -> None:
-    s = Settings()
-    weed = [s.s3_port, s.weed_master_port, s.weed_volume_port, s.weed_filer_port,
-            s.log_s3_port, s.log_weed_master_port, s.log_weed_volume_port, s.log_weed_filer_port]
-    every = weed + [grpc_port(p) for p in weed] + [s.pg_port, s.kafka_port]
+    every = stack_ports(Settings())
+    assert len(every) == 18  # 8 SeaweedFS HTTP ports, their gRPC partners, Postgres, Kafka
     assert len(set(every)) == len(every)
 
 
