@@ -20,9 +20,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Self
 
-from benchmarks.common import percentile
-from infra.randfile import write_random_file
-from infra.settings import Settings
+from blobledger.benchmarks.common import percentile
+from blobledger.infra.randfile import write_random_file
+from blobledger.infra.settings import Settings
 
 MiB = 1024 * 1024
 TERMINAL = ("stored", "compensated", "orphaned")
@@ -64,8 +64,12 @@ def median(values: Sequence[float]) -> float:
 
 def summarize_ms(seconds: Sequence[float]) -> dict[str, float | int]:
     """p50 / p99 / max in milliseconds and the count of latencies given in seconds."""
-    return {"p50_ms": percentile(seconds, 50) * 1000.0, "p99_ms": percentile(seconds, 99) * 1000.0,
-            "max_ms": (max(seconds) * 1000.0) if seconds else float("nan"), "n": len(seconds)}
+    return {
+        "p50_ms": percentile(seconds, 50) * 1000.0,
+        "p99_ms": percentile(seconds, 99) * 1000.0,
+        "max_ms": (max(seconds) * 1000.0) if seconds else float("nan"),
+        "n": len(seconds),
+    }
 
 
 def mb(size: int) -> float:
@@ -128,12 +132,12 @@ class RssWatch:
             import psutil
 
             proc = psutil.Process(self.pid)
-        except Exception:  # noqa: BLE001 - no psutil or the process is gone
+        except Exception:
             return
         while not self._stop.wait(0.05):
             try:
                 self.sampled = max(self.sampled, proc.memory_info().rss, peak_rss_of(self.pid) or 0)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 return
 
     def peak(self) -> int:
@@ -151,8 +155,14 @@ class Services:
     """A projector and a blob worker, each its own process (``python -m infra.cli ...``),
     logging JSON to files under ``settings.data_dir``."""
 
-    def __init__(self, settings: Settings, tag: str, *, worker_args: Sequence[str] = (),
-                 projector: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        tag: str,
+        *,
+        worker_args: Sequence[str] = (),
+        projector: bool = True,
+    ) -> None:
         self.settings = settings
         self.logs = Path(settings.data_dir) / "bench-logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -169,15 +179,20 @@ class Services:
     @staticmethod
     def _start(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
         with open(log_path, "ab") as log:
-            return subprocess.Popen([sys.executable, "-m", "infra.cli", *args], env=env,
-                                    stdout=log, stderr=subprocess.STDOUT)
+            return subprocess.Popen(
+                [sys.executable, "-m", "blobledger.infra.cli", *args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def check(self) -> None:
         for p in self.procs:
             if p.poll() is not None:
                 name = "projector" if p is not self.worker else "worker"
-                raise RuntimeError(f"the {name} process exited with {p.returncode}; "
-                                   f"see {self.logs}")
+                raise RuntimeError(
+                    f"the {name} process exited with {p.returncode}; see {self.logs}"
+                )
 
     def completed(self) -> dict[str, dict[str, Any]]:
         with open(self.worker_log, errors="replace") as f:
@@ -204,10 +219,16 @@ class Services:
         self.stop()
 
 
-def wait_terminal(client: Any, upload_id: str, *, timeout: float, poll: float = 0.005,
-                  services: Services | None = None) -> tuple[Any, float]:
+def wait_terminal(
+    client: Any,
+    upload_id: str,
+    *,
+    timeout: float,
+    poll: float = 0.005,
+    services: Services | None = None,
+) -> tuple[Any, float]:
     """Poll the read model until the upload is terminal; (its view, perf_counter then)."""
-    from infra.errors import NotFoundError
+    from blobledger.infra.errors import NotFoundError
 
     deadline = time.monotonic() + timeout
     checked = time.monotonic()
@@ -242,13 +263,13 @@ def warm_up(client: Any, services: Services, scratch: Path, key: str) -> None:
 
 def delete_keys(settings: Settings, keys: Iterable[str]) -> None:
     """Free what a benchmark stored (best effort)."""
-    from infra.s3 import make_s3_client
+    from blobledger.infra.s3 import make_s3_client
 
     s3 = make_s3_client(settings)
     for key in {k for k in keys if k}:
         try:
             s3.delete_object(Bucket=settings.s3_bucket, Key=key)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             print(f"bench: could not delete {key}: {e}", file=sys.stderr)
 
 

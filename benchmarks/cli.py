@@ -19,18 +19,24 @@ import json
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
-from benchmarks.common import BenchContext, format_table, not_available, open_context, result
+from blobledger.benchmarks.common import (
+    format_table,
+    not_available,
+    open_context,
+    result,
+)
 
 #: id -> "module:function" (the blob benchmarks P3/P4/P6 live with the blob path's owner)
 REGISTRY: dict[str, str] = {
-    "P1": "benchmarks.p1_projector:run",
-    "P2": "benchmarks.p2_replay:run",
-    "P3": "benchmarks.p3_upload:run",
-    "P4": "benchmarks.p4_lookup:run",
-    "P5": "benchmarks.p5_latency:run",
-    "P6": "benchmarks.p6_dedup:run",
+    "P1": "blobledger.benchmarks.p1_projector:run",
+    "P2": "blobledger.benchmarks.p2_replay:run",
+    "P3": "blobledger.benchmarks.p3_upload:run",
+    "P4": "blobledger.benchmarks.p4_lookup:run",
+    "P5": "blobledger.benchmarks.p5_latency:run",
+    "P6": "blobledger.benchmarks.p6_dedup:run",
 }
 
 
@@ -49,28 +55,67 @@ def resolve(target: str) -> Callable[..., Any] | None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="blobledger bench",
-        description="Run benchmarks (all when no id is given) and print ours vs baseline ratios.")
+        description="Run benchmarks (all when no id is given) and print ours vs baseline ratios.",
+    )
     p.add_argument("ids", nargs="*", metavar="ID", help=f"benchmark ids: {', '.join(REGISTRY)}")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--events", type=int, default=200_000,
-                   help="P1: events on the topic for the projector and the floor (default 200000)")
-    p.add_argument("--projectors", type=int, default=None,
-                   help="P1: projector processes in one consumer group (default: os.cpu_count())")
-    p.add_argument("--replay-events", type=int, default=200_000,
-                   help="P2: events to replay (default 200000; the target is stated for --replay-events 1000000)")
-    p.add_argument("--rate", type=float, default=1000.0, help="P5: commands per second (default 1000)")
-    p.add_argument("--seconds", type=float, default=15.0, help="P5: seconds of load per side (default 15)")
-    p.add_argument("--blob-mib", type=int, default=1024, help="P3/P4/P6: blob size in MiB (default 1024)")
-    p.add_argument("--fold-rounds", type=int, default=None,
-                   help="P1: alternating floor/ours rounds, medians compared (default 3)")
-    p.add_argument("--latency-rounds", type=int, default=None,
-                   help="P5: alternating raw/ours windows, --seconds split between them (default 3)")
-    p.add_argument("--blob-rounds", type=int, default=None,
-                   help="P3/P4/P6: interleaved rounds per side (default 5 for P3, 3 for P4/P6)")
-    p.add_argument("--lookup-rate", type=float, default=None, help="P4: point lookups per second (default 200)")
-    p.add_argument("--keep-stack", action="store_true", help="leave an embedded stack we started running")
-    p.add_argument("--broker-storage", choices=("s3", "memory"), default=None,
-                   help="broker storage of an embedded stack we start (default: the settings', s3)")
+    p.add_argument(
+        "--events",
+        type=int,
+        default=200_000,
+        help="P1: events on the topic for the projector and the floor (default 200000)",
+    )
+    p.add_argument(
+        "--projectors",
+        type=int,
+        default=None,
+        help="P1: projector processes in one consumer group (default: os.cpu_count())",
+    )
+    p.add_argument(
+        "--replay-events",
+        type=int,
+        default=200_000,
+        help="P2: events to replay (default 200000; the target is stated for --replay-events 1000000)",
+    )
+    p.add_argument(
+        "--rate", type=float, default=1000.0, help="P5: commands per second (default 1000)"
+    )
+    p.add_argument(
+        "--seconds", type=float, default=15.0, help="P5: seconds of load per side (default 15)"
+    )
+    p.add_argument(
+        "--blob-mib", type=int, default=1024, help="P3/P4/P6: blob size in MiB (default 1024)"
+    )
+    p.add_argument(
+        "--fold-rounds",
+        type=int,
+        default=None,
+        help="P1: alternating floor/ours rounds, medians compared (default 3)",
+    )
+    p.add_argument(
+        "--latency-rounds",
+        type=int,
+        default=None,
+        help="P5: alternating raw/ours windows, --seconds split between them (default 3)",
+    )
+    p.add_argument(
+        "--blob-rounds",
+        type=int,
+        default=None,
+        help="P3/P4/P6: interleaved rounds per side (default 5 for P3, 3 for P4/P6)",
+    )
+    p.add_argument(
+        "--lookup-rate", type=float, default=None, help="P4: point lookups per second (default 200)"
+    )
+    p.add_argument(
+        "--keep-stack", action="store_true", help="leave an embedded stack we started running"
+    )
+    p.add_argument(
+        "--broker-storage",
+        choices=("s3", "memory"),
+        default=None,
+        help="broker storage of an embedded stack we start (default: the settings', s3)",
+    )
     return p
 
 
@@ -79,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     ids = [i.upper() for i in args.ids] or list(REGISTRY)
     unknown = [i for i in ids if i not in REGISTRY]
     if unknown:
-        print(f"blobledger bench: unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(REGISTRY)}",
-              file=sys.stderr)
+        print(
+            f"blobledger bench: unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(REGISTRY)}",
+            file=sys.stderr,
+        )
         return 2
     runnable = {i: resolve(REGISTRY[i]) for i in ids}
     rows: list[dict[str, Any]] = []
@@ -90,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(row), flush=True)
         else:
-            print(f"[{row['id']}] done: {row.get('ratio')} (target {row.get('target')})", file=sys.stderr)
+            print(
+                f"[{row['id']}] done: {row.get('ratio')} (target {row.get('target')})",
+                file=sys.stderr,
+            )
 
     for i in ids:
         if runnable[i] is None:
@@ -106,8 +156,18 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as e:  # one broken benchmark must not hide the others
                     failed = True
                     traceback.print_exc(file=sys.stderr)
-                    emit(result(i, "error", None, None, "", "", REGISTRY[i], extra={
-                        "error": f"{type(e).__name__}: {e}"}))
+                    emit(
+                        result(
+                            i,
+                            "error",
+                            None,
+                            None,
+                            "",
+                            "",
+                            REGISTRY[i],
+                            extra={"error": f"{type(e).__name__}: {e}"},
+                        )
+                    )
                     continue
                 for row in out if isinstance(out, list) else [out]:
                     row.setdefault("seconds", round(time.monotonic() - t0, 1))

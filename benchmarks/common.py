@@ -10,9 +10,10 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
 
-from infra.settings import Settings
+from blobledger.infra.settings import Settings
 
 FIELDS = ("id", "what", "ours", "baseline", "baseline_name", "ratio", "unit", "target", "met")
 
@@ -33,19 +34,38 @@ def _round(x: float | None, digits: int = 3) -> float | None:
     if x == 0:
         return 0.0
     # keep ~4 significant digits for small values, 1 decimal for large ones
-    return round(x, max(1, digits - int(math.floor(math.log10(abs(x)))))) if abs(x) < 100 else round(x, 1)
+    return (
+        round(x, max(1, digits - int(math.floor(math.log10(abs(x))))))
+        if abs(x) < 100
+        else round(x, 1)
+    )
 
 
-def result(id_: str, what: str, ours: float | None, baseline: float | None, baseline_name: str,
-           unit: str, target: str, *, ratio: float | None = None,
-           extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def result(
+    id_: str,
+    what: str,
+    ours: float | None,
+    baseline: float | None,
+    baseline_name: str,
+    unit: str,
+    target: str,
+    *,
+    ratio: float | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One output row. ``ratio`` defaults to ours/baseline (rates); latency benchmarks pass
     their own baseline-relative ratio as their target states it."""
     if ratio is None and ours is not None and baseline:
         ratio = ours / baseline
     row: dict[str, Any] = {
-        "id": id_, "what": what, "ours": _round(ours), "baseline": _round(baseline),
-        "baseline_name": baseline_name, "ratio": _round(ratio), "unit": unit, "target": target,
+        "id": id_,
+        "what": what,
+        "ours": _round(ours),
+        "baseline": _round(baseline),
+        "baseline_name": baseline_name,
+        "ratio": _round(ratio),
+        "unit": unit,
+        "target": target,
         "met": target_met(ratio, target) if target else None,
     }
     for k, v in (extra or {}).items():
@@ -74,7 +94,9 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         if r.get("baseline_name"):
             base += f" ({r['baseline_name']})"
         ratio = "-" if r.get("ratio") is None else str(r["ratio"])
-        body.append((r["id"], str(r.get("what", "")), ours, base, ratio, str(r.get("target") or "-"), met))
+        body.append(
+            (r["id"], str(r.get("what", "")), ours, base, ratio, str(r.get("target") or "-"), met)
+        )
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     lines = ["  ".join(h.upper().ljust(w) for h, w in zip(head, widths))]
     for r, b in zip(rows, body):
@@ -104,11 +126,15 @@ class BenchContext:
     def fresh(self, name: str) -> Settings:
         """Settings with a topic prefix, read-model schema and consumer groups of their own
         (topics created)."""
-        from infra.topics import ensure_topics
+        from blobledger.infra.topics import ensure_topics
 
         tag = f"{name.lower()}_{uuid.uuid4().hex[:8]}"
-        s = self.settings.with_(topic_prefix=f"bench.{tag}", read_model_schema=f"bench_{tag}",
-                                projector_group=f"bench-{tag}", worker_group=f"bench-{tag}-worker")
+        s = self.settings.with_(
+            topic_prefix=f"bench.{tag}",
+            read_model_schema=f"bench_{tag}",
+            projector_group=f"bench-{tag}",
+            worker_group=f"bench-{tag}-worker",
+        )
         ensure_topics(s)
         return s
 
@@ -119,11 +145,17 @@ class BenchContext:
 
         with psycopg.connect(settings.dsn, autocommit=True) as conn:
             for schema in schemas or (settings.read_model_schema,):
-                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+                conn.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+                )
 
     @property
     def broker_storage(self) -> str:
-        return self.settings.broker_storage if self.settings.embedded_kafka or "embedded" in self.stack else "external"
+        return (
+            self.settings.broker_storage
+            if self.settings.embedded_kafka or "embedded" in self.stack
+            else "external"
+        )
 
 
 def _port_busy(port: int) -> bool:
@@ -133,11 +165,13 @@ def _port_busy(port: int) -> bool:
 
 
 @contextmanager
-def open_context(*, broker_storage: str | None = None, keep: bool = False) -> Iterator[BenchContext]:
+def open_context(
+    *, broker_storage: str | None = None, keep: bool = False
+) -> Iterator[BenchContext]:
     """The configured stack: external endpoints as they are; otherwise an embedded stack
     (ours if it is already up and healthy, else started in ``<data_dir>/bench``)."""
-    from infra.stack.launcher import Stack
-    from infra.testing.embedded import embedded_settings, resolved
+    from blobledger.infra.stack.launcher import Stack
+    from blobledger.infra.testing.embedded import embedded_settings, resolved
 
     settings = Settings.from_env()
     if broker_storage:
@@ -150,14 +184,25 @@ def open_context(*, broker_storage: str | None = None, keep: bool = False) -> It
         yield BenchContext(resolved(settings), "embedded (running)")
         return
     bench = settings.with_(data_dir=settings.data_dir / "bench")
-    ports = (bench.pg_port, bench.s3_port, bench.kafka_port, bench.weed_master_port,
-             bench.weed_volume_port, bench.weed_filer_port, bench.log_s3_port,
-             bench.log_weed_master_port, bench.log_weed_volume_port, bench.log_weed_filer_port)
+    ports = (
+        bench.pg_port,
+        bench.s3_port,
+        bench.kafka_port,
+        bench.weed_master_port,
+        bench.weed_volume_port,
+        bench.weed_filer_port,
+        bench.log_s3_port,
+        bench.log_weed_master_port,
+        bench.log_weed_volume_port,
+        bench.log_weed_filer_port,
+    )
     if any(_port_busy(p) for p in ports):
         bench = embedded_settings(bench, bench.data_dir, broker_storage=bench.broker_storage)
     stack = Stack(bench)
-    print(f"bench: starting the embedded stack in {bench.data_dir} (broker storage {bench.broker_storage})",
-          file=sys.stderr)
+    print(
+        f"bench: starting the embedded stack in {bench.data_dir} (broker storage {bench.broker_storage})",
+        file=sys.stderr,
+    )
     stack.up()
     try:
         yield BenchContext(resolved(bench), "embedded (started)")
@@ -169,10 +214,12 @@ def open_context(*, broker_storage: str | None = None, keep: bool = False) -> It
 # --- filling a topic ------------------------------------------------------------------------------
 def publish_values(settings: Settings, topic: str, items: Iterable[tuple[bytes, bytes]]) -> int:
     """Produce (key, value) pairs as fast as the producer takes them; returns the count."""
-    from infra.kafka import make_producer
+    from blobledger.infra.kafka import make_producer
 
-    producer = make_producer(settings, **{"linger.ms": 20, "batch.num.messages": 10000,
-                                          "queue.buffering.max.messages": 500000})
+    producer = make_producer(
+        settings,
+        **{"linger.ms": 20, "batch.num.messages": 10000, "queue.buffering.max.messages": 500000},
+    )
     n = 0
     for key, value in items:
         while True:
@@ -193,13 +240,15 @@ def publish_values(settings: Settings, topic: str, items: Iterable[tuple[bytes, 
 def fill_events(settings: Settings, n: int, *, seed: int = 7) -> list[bytes]:
     """Publish the benchmark workload's first ``n`` events; returns the encoded values in
     publish order (the floor re-uses them)."""
-    from benchmarks.workload import events
-    from schemas.codec import default_codec
+    from blobledger.benchmarks.workload import events
+    from blobledger.schemas.codec import default_codec
 
     codec = default_codec()
     t0 = time.monotonic()
     pairs = [(e.object_id.encode(), codec.encode(e)) for e in events(n, seed=seed)]
     publish_values(settings, settings.events_topic, pairs)
-    print(f"bench: published {n} events to {settings.events_topic} in {time.monotonic() - t0:.1f}s",
-          file=sys.stderr)
+    print(
+        f"bench: published {n} events to {settings.events_topic} in {time.monotonic() - t0:.1f}s",
+        file=sys.stderr,
+    )
     return [v for _, v in pairs]

@@ -35,13 +35,13 @@ import psycopg
 from confluent_kafka import TopicPartition
 from psycopg import sql
 
-from benchmarks.common import BenchContext, fill_events, result
-from infra.kafka import end_offsets, make_consumer
-from infra.settings import Settings
-from projectors import readmodel as rm
-from projectors.applier import BatchStats, Record, fold_records
-from projectors.replay import deal_partitions
-from schemas.codec import default_codec
+from blobledger.benchmarks.common import BenchContext, fill_events, result
+from blobledger.infra.kafka import end_offsets, make_consumer
+from blobledger.infra.settings import Settings
+from blobledger.projectors import readmodel as rm
+from blobledger.projectors.applier import BatchStats, Record, fold_records
+from blobledger.projectors.replay import deal_partitions
+from blobledger.schemas.codec import default_codec
 
 ABS_TARGET = 20_000.0
 
@@ -66,8 +66,10 @@ def precompute(values: list[bytes], batch: int) -> dict[str, tuple[str, str, str
     out: dict[str, tuple[str, str, str, str, str, str]] = {}
     for i in range(0, len(values), batch):
         w, st = rm.BatchWrite(), BatchStats()
-        evs = [codec.decode(v) for v in values[i:i + batch]]
-        fold_records([Record("t", 0, i + j, e) for j, e in enumerate(evs)], objects, uploads, seen, w, st)
+        evs = [codec.decode(v) for v in values[i : i + batch]]
+        fold_records(
+            [Record("t", 0, i + j, e) for j, e in enumerate(evs)], objects, uploads, seen, w, st
+        )
         versions = {v[2]: rm.version_line(v, w.texts) for v in w.versions}
         obj_lines = {oid: rm.object_line(s, w.texts) for oid, s in w.objects.items()}
         by_upload = {u.upload_id: rm.upload_line(u) for u in w.uploads.values()}
@@ -75,10 +77,20 @@ def precompute(values: list[bytes], batch: int) -> dict[str, tuple[str, str, str
             oid = e.object_id
             acl = ""
             if oid in w.acl_changed and type(e).__name__ in ("AclChanged", "ObjectCreated"):
-                acl = "".join(f"{oid}\t{rm._e(p)}\t{rm._e(m)}\n"
-                              for p, perms in sorted(w.objects[oid].acl.items()) for m in sorted(perms))
+                acl = "".join(
+                    f"{oid}\t{rm._e(p)}\t{rm._e(m)}\n"
+                    for p, perms in sorted(w.objects[oid].acl.items())
+                    for m in sorted(perms)
+                )
             up = by_upload.get(getattr(e, "upload_id", None) or "", "")
-            out[row[0]] = (oid, rm.outcome_line(row), versions.get(row[0], ""), obj_lines.get(oid, ""), up, acl)
+            out[row[0]] = (
+                oid,
+                rm.outcome_line(row),
+                versions.get(row[0], ""),
+                obj_lines.get(oid, ""),
+                up,
+                acl,
+            )
     return out
 
 
@@ -102,15 +114,28 @@ def partition_map(settings: Settings, total: int) -> dict[int, list[bytes]]:
 
 
 # --- the floor -----------------------------------------------------------------------------------
-def _floor_child(settings: Settings, schema: str, partitions: list[int], lines: dict[str, tuple[str, ...]],
-                 total: int, batch: int, ready: Any, go: Any, results: Any, slot: int) -> None:
+def _floor_child(
+    settings: Settings,
+    schema: str,
+    partitions: list[int],
+    lines: dict[str, tuple[str, ...]],
+    total: int,
+    batch: int,
+    ready: Any,
+    go: Any,
+    results: Any,
+    slot: int,
+) -> None:
     codec = default_codec()
     consumer = make_consumer(settings, f"{settings.projector_group}.floor")
     consumer.assign([TopicPartition(settings.events_topic, p, 0) for p in partitions])
     conn = psycopg.connect(settings.dsn)
-    stmts = {t: sql.SQL("COPY {}.{} ({}) FROM STDIN").format(
-        sql.Identifier(schema), sql.Identifier(t), sql.SQL(", ").join(map(sql.Identifier, c)))
-        for t, c in COLUMNS.items()}
+    stmts = {
+        t: sql.SQL("COPY {}.{} ({}) FROM STDIN").format(
+            sql.Identifier(schema), sql.Identifier(t), sql.SQL(", ").join(map(sql.Identifier, c))
+        )
+        for t, c in COLUMNS.items()
+    }
     ready.release()
     go.wait()
     got, t0, t1 = 0, None, None
@@ -132,9 +157,13 @@ def _floor_child(settings: Settings, schema: str, partitions: list[int], lines: 
                     objs[oid] = ob
                     ups.append(u)
                     acls.append(a)
-            texts = {"event_outcomes": "".join(outc), "object_versions": "".join(vers),
-                     "objects_raw": "".join(objs.values()), "uploads_raw": "".join(ups),
-                     "acl_raw": "".join(acls)}
+            texts = {
+                "event_outcomes": "".join(outc),
+                "object_versions": "".join(vers),
+                "objects_raw": "".join(objs.values()),
+                "uploads_raw": "".join(ups),
+                "acl_raw": "".join(acls),
+            }
             with conn.transaction():
                 for table, text in texts.items():
                     if text:
@@ -147,15 +176,18 @@ def _floor_child(settings: Settings, schema: str, partitions: list[int], lines: 
     results.put((slot, t0, t1, got))
 
 
-def _spawn_timed(target: Any, argsets: list[tuple[Any, ...]], go_when: Any = None,
-                 timeout: float = 900) -> tuple[float, int, list[tuple[Any, ...]]]:
+def _spawn_timed(
+    target: Any, argsets: list[tuple[Any, ...]], go_when: Any = None, timeout: float = 900
+) -> tuple[float, int, list[tuple[Any, ...]]]:
     """Start one process per argument set (each gets ``ready, go, results, slot`` appended),
     release them together, collect (slot, t_first, t_last, count, ...); returns
     (seconds from the first message anywhere to the last commit anywhere, count, rows)."""
     ctx = multiprocessing.get_context("spawn")
     ready, go, results = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=target, args=(*a, ready, go, results, i), daemon=True)
-             for i, a in enumerate(argsets)]
+    procs = [
+        ctx.Process(target=target, args=(*a, ready, go, results, i), daemon=True)
+        for i, a in enumerate(argsets)
+    ]
     for p in procs:
         p.start()
     try:
@@ -175,7 +207,9 @@ def _spawn_timed(target: Any, argsets: list[tuple[Any, ...]], go_when: Any = Non
                     raise RuntimeError("benchmark processes did not finish in time") from None
                 dead = [p for p in procs if p.exitcode not in (None, 0)]
                 if dead:
-                    raise RuntimeError(f"a benchmark process died (exit code {dead[0].exitcode})") from None
+                    raise RuntimeError(
+                        f"a benchmark process died (exit code {dead[0].exitcode})"
+                    ) from None
     finally:
         for p in procs:
             p.join(30)
@@ -187,15 +221,27 @@ def _spawn_timed(target: Any, argsets: list[tuple[Any, ...]], go_when: Any = Non
     return (max(ends) - min(starts)) if starts else float("nan"), count, rows
 
 
-def floor(settings: Settings, lines: dict[str, tuple[str, ...]], parts: dict[int, list[bytes]],
-          n: int, batch: int) -> float:
+def floor(
+    settings: Settings,
+    lines: dict[str, tuple[str, ...]],
+    parts: dict[int, list[bytes]],
+    n: int,
+    batch: int,
+) -> float:
     schema = settings.read_model_schema + "_floor"
     with psycopg.connect(settings.dsn, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
         rm.migrate(admin, schema)
-        for raw, src in (("objects_raw", "objects"), ("uploads_raw", "uploads"), ("acl_raw", "acl_entries")):
-            admin.execute(sql.SQL("CREATE TABLE {s}.{r} (LIKE {s}.{t} INCLUDING DEFAULTS)").format(
-                s=sql.Identifier(schema), r=sql.Identifier(raw), t=sql.Identifier(src)))
+        for raw, src in (
+            ("objects_raw", "objects"),
+            ("uploads_raw", "uploads"),
+            ("acl_raw", "acl_entries"),
+        ):
+            admin.execute(
+                sql.SQL("CREATE TABLE {s}.{r} (LIKE {s}.{t} INCLUDING DEFAULTS)").format(
+                    s=sql.Identifier(schema), r=sql.Identifier(raw), t=sql.Identifier(src)
+                )
+            )
     codec = default_codec()
     argsets = []
     for share in deal_partitions({p: len(v) for p, v in parts.items()}, n):
@@ -206,8 +252,10 @@ def floor(settings: Settings, lines: dict[str, tuple[str, ...]], parts: dict[int
 
 
 # --- ours -------------------------------------------------------------------------------------------
-def _ours_child(settings: Settings, assigned: Any, ready: Any, go: Any, results: Any, slot: int) -> None:
-    from projectors.runner import Projector
+def _ours_child(
+    settings: Settings, assigned: Any, ready: Any, go: Any, results: Any, slot: int
+) -> None:
+    from blobledger.projectors.runner import Projector
 
     p = Projector(settings)
     orig_assign, orig_revoke = p._on_assign, p._on_revoke
@@ -257,7 +305,7 @@ def ours(settings: Settings, total: int, n: int) -> tuple[float, dict[str, Any]]
         stable_since, deadline = None, time.monotonic() + 120
         while time.monotonic() < deadline:
             counts = list(assigned[:n])
-            full = sum(counts) == n_parts and all(c > 0 for c in counts[:min(n, n_parts)])
+            full = sum(counts) == n_parts and all(c > 0 for c in counts[: min(n, n_parts)])
             if full:
                 stable_since = stable_since or time.monotonic()
                 if time.monotonic() - stable_since > 2.0:
@@ -274,8 +322,11 @@ def ours(settings: Settings, total: int, n: int) -> tuple[float, dict[str, Any]]
         try:
             while True:
                 try:
-                    done = conn.execute(sql.SQL("SELECT coalesce(sum(next_offset), 0) FROM {}.checkpoints").format(
-                        sql.Identifier(settings.read_model_schema))).fetchone()[0]
+                    done = conn.execute(
+                        sql.SQL("SELECT coalesce(sum(next_offset), 0) FROM {}.checkpoints").format(
+                            sql.Identifier(settings.read_model_schema)
+                        )
+                    ).fetchone()[0]
                 except psycopg.errors.UndefinedTable:
                     done = 0
                 if done >= total:
@@ -305,7 +356,9 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
     lines = precompute(values, batch)
     del values
     parts = partition_map(s, total)
-    one_settings = s.with_(read_model_schema=s.read_model_schema + "_one", projector_group=s.projector_group + "-one")
+    one_settings = s.with_(
+        read_model_schema=s.read_model_schema + "_one", projector_group=s.projector_group + "-one"
+    )
     print("bench P1: 1 projector (reference)...", file=sys.stderr)
     rate1, info1 = ours(one_settings, total, 1)
     # the floor's and ours' rates drift with the machine: alternate them, compare medians
@@ -314,11 +367,16 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
     batches = 0
     schemas = [one_settings.read_model_schema]
     for i in range(rounds):
-        mine = s.with_(read_model_schema=f"{s.read_model_schema}_r{i}", projector_group=f"{s.projector_group}-r{i}")
+        mine = s.with_(
+            read_model_schema=f"{s.read_model_schema}_r{i}",
+            projector_group=f"{s.projector_group}-r{i}",
+        )
         schemas.append(mine.read_model_schema)
         steps = ("floor", "ours") if i % 2 == 0 else ("ours", "floor")
         for step in steps:
-            print(f"bench P1: round {i + 1}/{rounds} {step} ({n_proc} processes)...", file=sys.stderr)
+            print(
+                f"bench P1: round {i + 1}/{rounds} {step} ({n_proc} processes)...", file=sys.stderr
+            )
             if step == "floor":
                 floors.append(floor(s, lines, parts, n_proc, batch))
             else:
@@ -327,19 +385,34 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
                 batches = info["batches"]
     del lines, parts
     rate, base = statistics.median(rates), statistics.median(floors)
-    row = result("P1", f"projector apply rate, {total} events, {n_proc} projector processes in one group "
-                 f"(ours = the {n_proc}-process rate; floor = {n_proc} consumers), median of {rounds} "
-                 "alternating rounds", rate, base,
-                 f"{n_proc} x (consume + decode + COPY of the same rows)", "events/s", ">= 0.5",
-                 extra={"events": total, "projectors": n_proc, "rounds": rounds,
-                        "ours_events_per_s_runs": [round(r) for r in rates],
-                        "floor_events_per_s_runs": [round(f) for f in floors],
-                        "pairwise_ratios": [round(r / f, 3) for r, f in zip(rates, floors)],
-                        "ours_1_process_events_per_s": round(rate1),
-                        "abs_target": ">= 20000 events/s", "met_ratio": rate / base >= 0.5,
-                        "met_abs": rate >= ABS_TARGET, "batch_size": batch,
-                        "batches": batches, "batches_1_process": info1["batches"],
-                        "broker_storage": ctx.broker_storage, "stack": ctx.stack})
+    row = result(
+        "P1",
+        f"projector apply rate, {total} events, {n_proc} projector processes in one group "
+        f"(ours = the {n_proc}-process rate; floor = {n_proc} consumers), median of {rounds} "
+        "alternating rounds",
+        rate,
+        base,
+        f"{n_proc} x (consume + decode + COPY of the same rows)",
+        "events/s",
+        ">= 0.5",
+        extra={
+            "events": total,
+            "projectors": n_proc,
+            "rounds": rounds,
+            "ours_events_per_s_runs": [round(r) for r in rates],
+            "floor_events_per_s_runs": [round(f) for f in floors],
+            "pairwise_ratios": [round(r / f, 3) for r, f in zip(rates, floors)],
+            "ours_1_process_events_per_s": round(rate1),
+            "abs_target": ">= 20000 events/s",
+            "met_ratio": rate / base >= 0.5,
+            "met_abs": rate >= ABS_TARGET,
+            "batch_size": batch,
+            "batches": batches,
+            "batches_1_process": info1["batches"],
+            "broker_storage": ctx.broker_storage,
+            "stack": ctx.stack,
+        },
+    )
     row["met"] = bool(row["met_ratio"] and row["met_abs"])
     ctx.drop(s, s.read_model_schema + "_floor", *schemas)
     return row

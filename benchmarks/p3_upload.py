@@ -39,7 +39,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.blobs import (
+from blobledger.benchmarks.blobs import (
     MiB,
     RssWatch,
     child_env,
@@ -52,8 +52,8 @@ from benchmarks.blobs import (
     peak_rss_of,
     scratch_dir,
 )
-from benchmarks.common import BenchContext, result
-from infra.settings import Settings
+from blobledger.benchmarks.common import BenchContext, result
+from blobledger.infra.settings import Settings
 
 MODES = ("base", "hash_first", "stream")
 DEFAULT_ROUNDS = 5
@@ -69,9 +69,14 @@ def _child(mode: str, path: str, key: str) -> dict[str, Any]:
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
-        s3 = boto3.client("s3", endpoint_url=settings.s3_url, aws_access_key_id=settings.s3_access_key,
-                          aws_secret_access_key=settings.s3_secret_key, region_name=settings.s3_region,
-                          config=Config(s3={"addressing_style": "path"}, max_pool_connections=16))
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_url,
+            aws_access_key_id=settings.s3_access_key,
+            aws_secret_access_key=settings.s3_secret_key,
+            region_name=settings.s3_region,
+            config=Config(s3={"addressing_style": "path"}, max_pool_connections=16),
+        )
         config = TransferConfig(multipart_chunksize=16 * MiB, max_concurrency=8)
         c0 = os.times()
         t0 = time.perf_counter()
@@ -79,16 +84,19 @@ def _child(mode: str, path: str, key: str) -> dict[str, Any]:
         dt = time.perf_counter() - t0
         out: dict[str, Any] = {"key": key, "bytes_sent": os.path.getsize(path)}
     else:
-        from blob_worker.hashcache import HashCache
-        from blob_worker.promotion import promoter_for
-        from blob_worker.transfer import Progress, Transfer, TransferOptions, UploadSpec
-        from infra.retry import CircuitBreaker
-        from infra.s3 import make_s3_client
+        from blobledger.blob_worker.hashcache import HashCache
+        from blobledger.blob_worker.promotion import promoter_for
+        from blobledger.blob_worker.transfer import Progress, Transfer, TransferOptions, UploadSpec
+        from blobledger.infra.retry import CircuitBreaker
+        from blobledger.infra.s3 import make_s3_client
 
         # exactly Worker.create's wiring, without the Kafka clients
-        transfer = Transfer(make_s3_client(settings), TransferOptions.from_settings(settings, local_files=mode),
-                            breaker=CircuitBreaker("s3", failure_threshold=5, reset_timeout=5.0),
-                            hash_cache=HashCache())
+        transfer = Transfer(
+            make_s3_client(settings),
+            TransferOptions.from_settings(settings, local_files=mode),
+            breaker=CircuitBreaker("s3", failure_threshold=5, reset_timeout=5.0),
+            hash_cache=HashCache(),
+        )
         transfer.promoter = promoter_for(settings, transfer)
         phases: dict[str, float] = {}
 
@@ -100,24 +108,41 @@ def _child(mode: str, path: str, key: str) -> dict[str, Any]:
         r = transfer.run(UploadSpec(str(uuid.uuid4()), path), progress=progress)
         dt = time.perf_counter() - t0
         if r.dedup or r.bytes_sent != r.size:
-            raise RuntimeError(f"expected a full upload, got dedup={r.dedup} bytes_sent={r.bytes_sent}")
+            raise RuntimeError(
+                f"expected a full upload, got dedup={r.dedup} bytes_sent={r.bytes_sent}"
+            )
         marks = {k: v - t0 for k, v in phases.items()}
-        out = {"key": r.key, "bytes_sent": r.bytes_sent, "parts": r.part_count,
-               "hash_s": marks.get("uploading", 0.0) - marks.get("hashing", 0.0) if "hashing" in marks else 0.0,
-               "upload_s": marks.get("completing", dt) - marks.get("uploading", 0.0),
-               "finish_s": dt - marks.get("completing", dt)}
+        out = {
+            "key": r.key,
+            "bytes_sent": r.bytes_sent,
+            "parts": r.part_count,
+            "hash_s": marks.get("uploading", 0.0) - marks.get("hashing", 0.0)
+            if "hashing" in marks
+            else 0.0,
+            "upload_s": marks.get("completing", dt) - marks.get("uploading", 0.0),
+            "finish_s": dt - marks.get("completing", dt),
+        }
         transfer.close()
     c1 = os.times()
     # VmHWM, not ru_maxrss: the latter starts at the parent's RSS at fork (see RssWatch)
-    out.update(dt=dt, cpu_s=(c1.user - c0.user) + (c1.system - c0.system),
-               rss=peak_rss_of(os.getpid()) or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    out.update(
+        dt=dt,
+        cpu_s=(c1.user - c0.user) + (c1.system - c0.system),
+        rss=peak_rss_of(os.getpid()) or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    )
     return out
 
 
 def _upload(settings: Settings, mode: str, path: Path, key: str) -> dict[str, Any]:
     env = child_env(settings, BLOBLEDGER_LOG_LEVEL="WARNING")
-    out = subprocess.run([sys.executable, "-m", "benchmarks.p3_upload", mode, str(path), key],
-                         capture_output=True, text=True, env=env, timeout=1800, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "blobledger.benchmarks.p3_upload", mode, str(path), key],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+        check=False,
+    )
     if out.returncode:
         raise RuntimeError(f"P3 {mode} upload failed ({out.returncode}): {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -127,21 +152,27 @@ def _upload(settings: Settings, mode: str, path: Path, key: str) -> dict[str, An
 def worker_process_run(settings: Settings, path: Path) -> dict[str, Any]:
     """One ``blobledger worker --max-commands 1`` transferring ``path`` from a real command;
     its peak RSS (VmHWM sampled while it runs) and its own account of the upload (log)."""
-    from producers.publisher import Publisher
-    from schemas.events import Envelope, UploadRequested, new_id, now_us, object_id_for
+    from blobledger.producers.publisher import Publisher
+    from blobledger.schemas.events import Envelope, UploadRequested, new_id, now_us, object_id_for
 
     log_path = Path(settings.data_dir) / "bench-logs" / f"{settings.topic_prefix}-worker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     upload_id = new_id()
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "worker", "--max-commands", "1"],
-                                env=child_env(settings), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "blobledger.infra.cli", "worker", "--max-commands", "1"],
+            env=child_env(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     watch = RssWatch(proc.pid)
     try:
-        cmd = UploadRequested(Envelope(object_id=object_id_for(settings.tenant, f"p3/{upload_id}"),
-                                       actor="bench"),
-                              upload_id=upload_id, source="file://" + str(path.resolve()),
-                              deadline=now_us() + 3600 * 1_000_000)
+        cmd = UploadRequested(
+            Envelope(object_id=object_id_for(settings.tenant, f"p3/{upload_id}"), actor="bench"),
+            upload_id=upload_id,
+            source="file://" + str(path.resolve()),
+            deadline=now_us() + 3600 * 1_000_000,
+        )
         publisher = Publisher(settings)
         try:
             publisher.publish(settings.commands_topic, cmd)
@@ -158,9 +189,17 @@ def worker_process_run(settings: Settings, path: Path) -> dict[str, Any]:
     with open(log_path, errors="replace") as f:
         done = completed_uploads(f).get(upload_id)
     if done is None:
-        raise RuntimeError(f"the worker did not log upload.completed for {upload_id}; see {log_path}")
-    return {"peak_rss": peak, "key": done.get("key") or "", "sha256": done["sha256"],
-            "duration_ms": done["duration_ms"], "bytes_sent": done["bytes_sent"], "log": str(log_path)}
+        raise RuntimeError(
+            f"the worker did not log upload.completed for {upload_id}; see {log_path}"
+        )
+    return {
+        "peak_rss": peak,
+        "key": done.get("key") or "",
+        "sha256": done["sha256"],
+        "duration_ms": done["duration_ms"],
+        "bytes_sent": done["bytes_sent"],
+        "log": str(log_path),
+    }
 
 
 # --- the benchmark -------------------------------------------------------------------------------------
@@ -175,15 +214,18 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     try:
         for i in range(rounds):
-            order = MODES[i % 3:] + MODES[:i % 3]
+            order = MODES[i % 3 :] + MODES[: i % 3]
             for mode in order:
                 freshen(path)
                 r = _upload(s, mode, path, f"bench/p3/{s.topic_prefix}/{mode}-{i}")
                 delete_keys(s, [r["key"]])
                 r["mbps"] = mb(size) / r["dt"]
                 runs[mode].append(r)
-                print(f"bench P3: round {i + 1}/{rounds} {mode:10s} {r['mbps']:7.1f} MB/s "
-                      f"rss {r['rss'] / 1e6:5.0f} MB cpu {r['cpu_s']:5.2f} s", file=sys.stderr)
+                print(
+                    f"bench P3: round {i + 1}/{rounds} {mode:10s} {r['mbps']:7.1f} MB/s "
+                    f"rss {r['rss'] / 1e6:5.0f} MB cpu {r['cpu_s']:5.2f} s",
+                    file=sys.stderr,
+                )
         print("bench P3: one real `blobledger worker` process for its peak RSS...", file=sys.stderr)
         freshen(path)
         w = worker_process_run(s, path)
@@ -197,31 +239,49 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
     base, ours, stream = med("base", "mbps"), med("hash_first", "mbps"), med("stream", "mbps")
     worker_rss = w["peak_rss"]
     ratio = ours / base
-    row = result("P3", f"upload MB/s of a {mib} MiB local file incl. SHA-256 (worker default "
-                 f"local-file mode hash_first: hash, then parallel multipart to the content key), "
-                 f"median of {rounds} interleaved fresh-process runs per side",
-                 ours, base, BASELINE_NAME, "MB/s", ">= 1.0", extra={
-                     "blob_mib": mib, "rounds": rounds,
-                     "ours_mbps_runs": [round(r["mbps"], 1) for r in runs["hash_first"]],
-                     "baseline_mbps_runs": [round(r["mbps"], 1) for r in runs["base"]],
-                     "pairwise_ratios": [round(o["mbps"] / b["mbps"], 3)
-                                         for o, b in zip(runs["hash_first"], runs["base"])],
-                     "stream_mode_mbps": stream, "stream_mode_ratio": stream / base,
-                     "stream_mode_note": "--local-files stream: hash while uploading to staging + filer "
-                                         "rename (opt-in; sends bytes of already-stored content)",
-                     "ours_hash_s": med("hash_first", "hash_s"), "ours_upload_s": med("hash_first", "upload_s"),
-                     "ours_finish_s": med("hash_first", "finish_s"),
-                     "ours_upload_phase_mbps": mb(size) / med("hash_first", "upload_s"),
-                     "stream_upload_s": med("stream", "upload_s"), "stream_finish_s": med("stream", "finish_s"),
-                     "ours_cpu_s": med("hash_first", "cpu_s"), "stream_cpu_s": med("stream", "cpu_s"),
-                     "baseline_cpu_s": med("base", "cpu_s"),
-                     "worker_peak_rss_mb": worker_rss / 1e6, "rss_target": "< 200 MB",
-                     "worker_process_mbps": mb(size) / (w["duration_ms"] / 1000.0),
-                     "transfer_process_peak_rss_mb": max(r["rss"] for r in runs["hash_first"]) / 1e6,
-                     "stream_process_peak_rss_mb": max(r["rss"] for r in runs["stream"]) / 1e6,
-                     "baseline_process_peak_rss_mb": max(r["rss"] for r in runs["base"]) / 1e6,
-                     "met_ratio": ratio >= 1.0, "met_rss": worker_rss < RSS_TARGET,
-                     "stack": ctx.stack, "worker_log": w["log"]})
+    row = result(
+        "P3",
+        f"upload MB/s of a {mib} MiB local file incl. SHA-256 (worker default "
+        f"local-file mode hash_first: hash, then parallel multipart to the content key), "
+        f"median of {rounds} interleaved fresh-process runs per side",
+        ours,
+        base,
+        BASELINE_NAME,
+        "MB/s",
+        ">= 1.0",
+        extra={
+            "blob_mib": mib,
+            "rounds": rounds,
+            "ours_mbps_runs": [round(r["mbps"], 1) for r in runs["hash_first"]],
+            "baseline_mbps_runs": [round(r["mbps"], 1) for r in runs["base"]],
+            "pairwise_ratios": [
+                round(o["mbps"] / b["mbps"], 3) for o, b in zip(runs["hash_first"], runs["base"])
+            ],
+            "stream_mode_mbps": stream,
+            "stream_mode_ratio": stream / base,
+            "stream_mode_note": "--local-files stream: hash while uploading to staging + filer "
+            "rename (opt-in; sends bytes of already-stored content)",
+            "ours_hash_s": med("hash_first", "hash_s"),
+            "ours_upload_s": med("hash_first", "upload_s"),
+            "ours_finish_s": med("hash_first", "finish_s"),
+            "ours_upload_phase_mbps": mb(size) / med("hash_first", "upload_s"),
+            "stream_upload_s": med("stream", "upload_s"),
+            "stream_finish_s": med("stream", "finish_s"),
+            "ours_cpu_s": med("hash_first", "cpu_s"),
+            "stream_cpu_s": med("stream", "cpu_s"),
+            "baseline_cpu_s": med("base", "cpu_s"),
+            "worker_peak_rss_mb": worker_rss / 1e6,
+            "rss_target": "< 200 MB",
+            "worker_process_mbps": mb(size) / (w["duration_ms"] / 1000.0),
+            "transfer_process_peak_rss_mb": max(r["rss"] for r in runs["hash_first"]) / 1e6,
+            "stream_process_peak_rss_mb": max(r["rss"] for r in runs["stream"]) / 1e6,
+            "baseline_process_peak_rss_mb": max(r["rss"] for r in runs["base"]) / 1e6,
+            "met_ratio": ratio >= 1.0,
+            "met_rss": worker_rss < RSS_TARGET,
+            "stack": ctx.stack,
+            "worker_log": w["log"],
+        },
+    )
     row["met"] = bool(row["met_ratio"] and row["met_rss"])
     return row
 

@@ -28,7 +28,7 @@ import time
 import uuid
 from typing import Any
 
-from benchmarks.blobs import (
+from blobledger.benchmarks.blobs import (
     MiB,
     Services,
     delete_keys,
@@ -40,8 +40,8 @@ from benchmarks.blobs import (
     wait_terminal,
     warm_up,
 )
-from benchmarks.common import BenchContext, result
-from infra.settings import Settings
+from blobledger.benchmarks.common import BenchContext, result
+from blobledger.infra.settings import Settings
 
 OBJECTS = 500
 RATE = 200.0  # lookups per second
@@ -51,7 +51,7 @@ WARM_LOOKUPS = 300
 
 def create_objects(client: Any, settings: Settings, n: int, tag: str) -> list[str]:
     """``n`` objects created by the client's actor, published together, all folded."""
-    from schemas.events import Envelope, ObjectCreated, object_id_for
+    from blobledger.schemas.events import Envelope, ObjectCreated, object_id_for
 
     pub = client.publisher
     futures, ids = [], []
@@ -59,17 +59,26 @@ def create_objects(client: Any, settings: Settings, n: int, tag: str) -> list[st
         key = f"p4/{tag}/{i:05d}"
         oid = object_id_for(client.tenant, key)
         ids.append(oid)
-        ev = ObjectCreated(Envelope(object_id=oid, actor=client.actor, tenant=client.tenant), key=key,
-                           metadata_json=f'{{"n":{i},"title":"lookup probe","tags":["a","b"]}}',
-                           tags=["p4"])
+        ev = ObjectCreated(
+            Envelope(object_id=oid, actor=client.actor, tenant=client.tenant),
+            key=key,
+            metadata_json=f'{{"n":{i},"title":"lookup probe","tags":["a","b"]}}',
+            tags=["p4"],
+        )
         futures.append(pub.publish_async(settings.events_topic, ev))
     for f in futures:
         client.wait(f.result(timeout=120), timeout=120)
     return ids
 
 
-def lookups(client: Any, ids: list[str], stop: threading.Event, rate: float, start_at: int = 0,
-            limit: int | None = None) -> list[float]:
+def lookups(
+    client: Any,
+    ids: list[str],
+    stop: threading.Event,
+    rate: float,
+    start_at: int = 0,
+    limit: int | None = None,
+) -> list[float]:
     """Paced point lookups until ``stop`` (or ``limit`` lookups); their latencies (s)."""
     lat: list[float] = []
     t_start = time.perf_counter()
@@ -103,11 +112,13 @@ class Prober:
 
     def _expect(self, what: str, timeout: float) -> Any:
         if not self._conn.poll(timeout):
-            raise RuntimeError(f"the lookup process did not answer ({what}) in {timeout:.0f} s "
-                               f"(exit code {self._proc.exitcode})")
+            raise RuntimeError(
+                f"the lookup process did not answer ({what}) in {timeout:.0f} s "
+                f"(exit code {self._proc.exitcode})"
+            )
         reply = self._conn.recv()
         if isinstance(reply, BaseException):
-            raise RuntimeError(f"the lookup process failed: {reply!r}") from reply  # noqa: TRY004
+            raise RuntimeError(f"the lookup process failed: {reply!r}") from reply
         return reply
 
     def start(self) -> None:
@@ -136,7 +147,7 @@ def _stop_on_message(conn: Any, stop: threading.Event) -> None:
 
 def _probe(settings: Settings, ids: list[str], rate: float, conn: Any) -> None:
     """The lookup process: warm up, then one paced window per start/stop pair."""
-    from producers.client import Client
+    from blobledger.producers.client import Client
 
     try:
         with Client(settings, actor="bench") as client:
@@ -149,12 +160,12 @@ def _probe(settings: Settings, ids: list[str], rate: float, conn: Any) -> None:
                 lat = lookups(client, ids, stop, rate, start_at=start_at)
                 waiter.join()
                 conn.send(lat)
-    except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
+    except Exception as e:
         conn.send(e)
 
 
 def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
-    from producers.client import Client
+    from blobledger.producers.client import Client
 
     mib = args.blob_mib
     rounds = max(1, int(getattr(args, "blob_rounds", None) or DEFAULT_ROUNDS))
@@ -163,7 +174,9 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     scratch = scratch_dir(s)
     path = scratch / f"{s.topic_prefix}.bin"
-    print(f"bench P4: writing a {mib} MiB file, starting a projector and a worker...", file=sys.stderr)
+    print(
+        f"bench P4: writing a {mib} MiB file, starting a projector and a worker...", file=sys.stderr
+    )
     make_blob_file(path, mib * MiB)
     idle: list[float] = []
     busy: list[float] = []
@@ -186,7 +199,9 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(last_busy)
                 lat = prober.stop()
                 idle.extend(lat)
-                windows.append({"kind": "idle", "s": round(time.perf_counter() - t0, 2), "lookups": len(lat)})
+                windows.append(
+                    {"kind": "idle", "s": round(time.perf_counter() - t0, 2), "lookups": len(lat)}
+                )
 
             def busy_window() -> None:
                 nonlocal last_busy
@@ -197,43 +212,75 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 prober.start()
                 try:
-                    view, _ = wait_terminal(client, upload_id, timeout=1800, poll=0.05, services=services)
+                    view, _ = wait_terminal(
+                        client, upload_id, timeout=1800, poll=0.05, services=services
+                    )
                 finally:
                     lat = prober.stop()
                 elapsed = time.perf_counter() - t0
                 if view.state != "stored" or view.dedup:
-                    raise RuntimeError(f"the busy upload ended {view.state} (dedup={view.dedup}): {view.reason}")
+                    raise RuntimeError(
+                        f"the busy upload ended {view.state} (dedup={view.dedup}): {view.reason}"
+                    )
                 stored_keys.append(view.key)
                 busy.extend(lat)
                 last_busy = elapsed
                 done = services.completed().get(upload_id, {})
-                windows.append({"kind": "busy", "s": round(elapsed, 2), "lookups": len(lat),
-                                "worker_mbps": round(mb(mib * MiB) / (done["duration_ms"] / 1000.0), 1)
-                                if done.get("duration_ms") else None})
+                windows.append(
+                    {
+                        "kind": "busy",
+                        "s": round(elapsed, 2),
+                        "lookups": len(lat),
+                        "worker_mbps": round(mb(mib * MiB) / (done["duration_ms"] / 1000.0), 1)
+                        if done.get("duration_ms")
+                        else None,
+                    }
+                )
 
             for i in range(rounds):
                 order = (idle_window, busy_window) if i % 2 == 0 else (busy_window, idle_window)
                 for step in order:
                     step()
                     w = windows[-1]
-                    print(f"bench P4: round {i + 1}/{rounds} {w['kind']:4s} {w['s']:6.1f} s "
-                          f"{w['lookups']} lookups", file=sys.stderr)
+                    print(
+                        f"bench P4: round {i + 1}/{rounds} {w['kind']:4s} {w['s']:6.1f} s "
+                        f"{w['lookups']} lookups",
+                        file=sys.stderr,
+                    )
     finally:
         worker_rss = services.stop()
         path.unlink(missing_ok=True)
         delete_keys(s, stored_keys)
     i_stats, b_stats = summarize_ms(idle), summarize_ms(busy)
     ratio = b_stats["p99_ms"] / i_stats["p99_ms"]
-    row = result("P4", f"p99 read-model point lookup (Client.get, {rate:g}/s paced) during a {mib} MiB "
-                 f"upload through a worker process vs idle, {rounds} alternating rounds",
-                 b_stats["p99_ms"], i_stats["p99_ms"], "same lookups, idle (worker and projector running, "
-                 "no upload)", "ms", "<= 1.5", ratio=ratio, extra={
-                     "busy_p99_ms": b_stats["p99_ms"], "idle_p99_ms": i_stats["p99_ms"],
-                     "busy_p50_ms": b_stats["p50_ms"], "idle_p50_ms": i_stats["p50_ms"],
-                     "busy_max_ms": b_stats["max_ms"], "idle_max_ms": i_stats["max_ms"],
-                     "busy_lookups": b_stats["n"], "idle_lookups": i_stats["n"],
-                     "objects": OBJECTS, "blob_mib": mib, "rounds": rounds, "windows": windows,
-                     "worker_peak_rss_mb": worker_rss / 1e6, "broker_storage": ctx.broker_storage,
-                     "stack": ctx.stack, "worker_log": str(services.worker_log)})
+    row = result(
+        "P4",
+        f"p99 read-model point lookup (Client.get, {rate:g}/s paced) during a {mib} MiB "
+        f"upload through a worker process vs idle, {rounds} alternating rounds",
+        b_stats["p99_ms"],
+        i_stats["p99_ms"],
+        "same lookups, idle (worker and projector running, no upload)",
+        "ms",
+        "<= 1.5",
+        ratio=ratio,
+        extra={
+            "busy_p99_ms": b_stats["p99_ms"],
+            "idle_p99_ms": i_stats["p99_ms"],
+            "busy_p50_ms": b_stats["p50_ms"],
+            "idle_p50_ms": i_stats["p50_ms"],
+            "busy_max_ms": b_stats["max_ms"],
+            "idle_max_ms": i_stats["max_ms"],
+            "busy_lookups": b_stats["n"],
+            "idle_lookups": i_stats["n"],
+            "objects": OBJECTS,
+            "blob_mib": mib,
+            "rounds": rounds,
+            "windows": windows,
+            "worker_peak_rss_mb": worker_rss / 1e6,
+            "broker_storage": ctx.broker_storage,
+            "stack": ctx.stack,
+            "worker_log": str(services.worker_log),
+        },
+    )
     ctx.drop(s)
     return row

@@ -26,11 +26,11 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from benchmarks.common import BenchContext, percentile, result
-from infra.kafka import make_consumer, make_producer
-from infra.settings import Settings
-from schemas.codec import default_codec
-from schemas.events import Envelope, Event, MetadataUpdated, ObjectCreated, object_id_for
+from blobledger.benchmarks.common import BenchContext, percentile, result
+from blobledger.infra.kafka import make_consumer, make_producer
+from blobledger.infra.settings import Settings
+from blobledger.schemas.codec import default_codec
+from blobledger.schemas.events import Envelope, Event, MetadataUpdated, ObjectCreated, object_id_for
 
 
 def _paced(rate: float, count: int, send: Callable[[int], None]) -> None:
@@ -50,12 +50,21 @@ def _commands(count: int, tag: str) -> list[Event]:
         if i % 5 == 0 or not keys:
             k = f"p5/{tag}/{i:07d}"
             keys.append(k)
-            out.append(ObjectCreated(Envelope(object_id=object_id_for("default", k), actor="bench"),
-                                     key=k, metadata_json='{"n":0,"title":"latency probe"}'))
+            out.append(
+                ObjectCreated(
+                    Envelope(object_id=object_id_for("default", k), actor="bench"),
+                    key=k,
+                    metadata_json='{"n":0,"title":"latency probe"}',
+                )
+            )
         else:
             k = keys[(i * 7919) % len(keys)]
-            out.append(MetadataUpdated(Envelope(object_id=object_id_for("default", k), actor="bench"),
-                                       patch_json=f'{{"n":{i}}}'))
+            out.append(
+                MetadataUpdated(
+                    Envelope(object_id=object_id_for("default", k), actor="bench"),
+                    patch_json=f'{{"n":{i}}}',
+                )
+            )
     return out
 
 
@@ -66,14 +75,18 @@ class Ours:
     """A projector process and a client: commands published, timed until visible."""
 
     def __init__(self, settings: Settings, log_path: str) -> None:
-        from producers.client import Client
+        from blobledger.producers.client import Client
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("BLOBLEDGER_")}
         env.update(settings.to_env())
         env["BLOBLEDGER_LOG_JSON"] = "1"
         with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "projector"], env=env,
-                                         stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "blobledger.infra.cli", "projector"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.client = Client(settings, actor="bench")
         self.client.create(f"p5/warmup/{uuid.uuid4().hex[:6]}", wait=True)  # group joined, model up
         self.topic = settings.events_topic
@@ -129,7 +142,7 @@ class Raw:
     """A producer and a consumer thread on a topic of its own: produce -> poll latency."""
 
     def __init__(self, settings: Settings) -> None:
-        from infra.topics import ensure_topics
+        from blobledger.infra.topics import ensure_topics
 
         self.topic = f"{settings.topic_prefix}.raw"
         ensure_topics(settings, extra=[self.topic])
@@ -143,8 +156,10 @@ class Raw:
         self.consumer.assign([TopicPartition(self.topic, p, 0) for p in range(settings.partitions)])
         self.producer = make_producer(settings)
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._consume, daemon=True),
-                        threading.Thread(target=self._poll, daemon=True)]
+        self.threads = [
+            threading.Thread(target=self._consume, daemon=True),
+            threading.Thread(target=self._poll, daemon=True),
+        ]
         for th in self.threads:
             th.start()
         time.sleep(1.0)  # let the consumer's first fetch settle
@@ -186,8 +201,13 @@ class Raw:
                 if err is None and record:
                     self.acks.append(time.perf_counter() - t0)
 
-            self.producer.produce(self.topic, key=key, value=value,
-                                  headers=[("seq", i.to_bytes(8, "big"))], on_delivery=acked)
+            self.producer.produce(
+                self.topic,
+                key=key,
+                value=value,
+                headers=[("seq", i.to_bytes(8, "big"))],
+                on_delivery=acked,
+            )
 
         _paced(rate, len(values), send)
         self.producer.flush(60)
@@ -215,25 +235,46 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
         for side in (raw, ours):  # one second each, discarded: connections and caches warm
             side.window(args.rate, 1.0, record=False)
         for i in range(rounds):
-            for name, side in ((("raw", raw), ("ours", ours)) if i % 2 == 0 else (("ours", ours), ("raw", raw))):
-                print(f"bench P5: round {i + 1}/{rounds} {name} {per:.1f} s at {args.rate:g}/s...", file=sys.stderr)
+            for name, side in (
+                (("raw", raw), ("ours", ours)) if i % 2 == 0 else (("ours", ours), ("raw", raw))
+            ):
+                print(
+                    f"bench P5: round {i + 1}/{rounds} {name} {per:.1f} s at {args.rate:g}/s...",
+                    file=sys.stderr,
+                )
                 side.window(args.rate, per)
     finally:
         ours.close()
         raw.close()
     ms = lambda v: v * 1000.0  # noqa: E731
     o99, r99 = ms(percentile(ours.lat, 99)), ms(percentile(raw.lat, 99))
-    row = result("P5", f"command -> visible p99 at {args.rate:g} commands/s, {rounds} alternating rounds",
-                 o99, r99, "raw produce -> consume p99, same broker", "ms", "<= 1.5", ratio=o99 / r99,
-                 extra={"ours_p50_ms": ms(percentile(ours.lat, 50)), "ours_p99_ms": o99,
-                        "raw_p50_ms": ms(percentile(raw.lat, 50)), "raw_p99_ms": r99,
-                        # produce -> broker ack, both sides: what the broker alone costs
-                        "ours_ack_p50_ms": ms(percentile(ours.acks, 50)),
-                        "ours_ack_p99_ms": ms(percentile(ours.acks, 99)),
-                        "raw_ack_p50_ms": ms(percentile(raw.acks, 50)),
-                        "raw_ack_p99_ms": ms(percentile(raw.acks, 99)),
-                        "commands": len(ours.lat), "raw_messages": len(raw.lat), "rate": args.rate,
-                        "rounds": rounds, "broker_storage": ctx.broker_storage, "stack": ctx.stack,
-                        "projector_log": log_path})
+    row = result(
+        "P5",
+        f"command -> visible p99 at {args.rate:g} commands/s, {rounds} alternating rounds",
+        o99,
+        r99,
+        "raw produce -> consume p99, same broker",
+        "ms",
+        "<= 1.5",
+        ratio=o99 / r99,
+        extra={
+            "ours_p50_ms": ms(percentile(ours.lat, 50)),
+            "ours_p99_ms": o99,
+            "raw_p50_ms": ms(percentile(raw.lat, 50)),
+            "raw_p99_ms": r99,
+            # produce -> broker ack, both sides: what the broker alone costs
+            "ours_ack_p50_ms": ms(percentile(ours.acks, 50)),
+            "ours_ack_p99_ms": ms(percentile(ours.acks, 99)),
+            "raw_ack_p50_ms": ms(percentile(raw.acks, 50)),
+            "raw_ack_p99_ms": ms(percentile(raw.acks, 99)),
+            "commands": len(ours.lat),
+            "raw_messages": len(raw.lat),
+            "rate": args.rate,
+            "rounds": rounds,
+            "broker_storage": ctx.broker_storage,
+            "stack": ctx.stack,
+            "projector_log": log_path,
+        },
+    )
     ctx.drop(s)
     return row

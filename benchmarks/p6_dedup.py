@@ -28,7 +28,7 @@ import time
 import uuid
 from typing import Any
 
-from benchmarks.blobs import (
+from blobledger.benchmarks.blobs import (
     MiB,
     Services,
     delete_keys,
@@ -39,13 +39,13 @@ from benchmarks.blobs import (
     wait_terminal,
     warm_up,
 )
-from benchmarks.common import BenchContext, result
+from blobledger.benchmarks.common import BenchContext, result
 
 DEFAULT_ROUNDS = 3
 
 
 def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
-    from producers.client import Client
+    from blobledger.producers.client import Client
 
     mib = args.blob_mib
     rounds = max(1, int(getattr(args, "blob_rounds", None) or DEFAULT_ROUNDS))
@@ -53,7 +53,9 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     scratch = scratch_dir(s)
     path = scratch / f"{s.topic_prefix}.bin"
-    print(f"bench P6: writing a {mib} MiB file, starting a projector and a worker...", file=sys.stderr)
+    print(
+        f"bench P6: writing a {mib} MiB file, starting a projector and a worker...", file=sys.stderr
+    )
     make_blob_file(path, mib * MiB)
     runs: list[dict[str, Any]] = []
     stored_keys: list[str] = []
@@ -70,7 +72,12 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
                 if view.state != "stored":
                     raise RuntimeError(f"upload {r.upload_id} ended {view.state}: {view.reason}")
                 stored_keys.append(view.key)
-                return {"upload_id": r.upload_id, "s": t1 - t0, "dedup": view.dedup, "sha256": view.sha256}
+                return {
+                    "upload_id": r.upload_id,
+                    "s": t1 - t0,
+                    "dedup": view.dedup,
+                    "sha256": view.sha256,
+                }
 
             for i in range(rounds):
                 key = f"p6/{tag}/{i}"
@@ -81,8 +88,11 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
                 if again["sha256"] != first["sha256"]:
                     raise RuntimeError("the re-upload stored a different hash")
                 runs.append({"first": first, "again": again})
-                print(f"bench P6: round {i + 1}/{rounds} first {first['s']:.2f} s, re-upload "
-                      f"{again['s'] * 1000:.0f} ms (dedup={again['dedup']})", file=sys.stderr)
+                print(
+                    f"bench P6: round {i + 1}/{rounds} first {first['s']:.2f} s, re-upload "
+                    f"{again['s'] * 1000:.0f} ms (dedup={again['dedup']})",
+                    file=sys.stderr,
+                )
             time.sleep(0.5)  # the worker's last log lines
             done = services.completed()
     finally:
@@ -104,20 +114,37 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
     ratio = again_med / first_med
     w_first = [x / 1000.0 for x in worker("first", "duration_ms") if x is not None]
     w_again = [x / 1000.0 for x in worker("again", "duration_ms") if x is not None]
-    row = result("P6", f"re-upload of a stored {mib} MiB blob vs its first upload, attach -> stored "
-                 f"visible in the read model through projector + worker processes, median of {rounds}",
-                 again_med, first_med, "first upload of the same blob", "s", "< 0.02", ratio=ratio, extra={
-                     "first_s_runs": [round(x, 2) for x in first_s],
-                     "reupload_ms_runs": [round(x * 1000, 1) for x in again_s],
-                     "reupload_ms": again_med * 1000,
-                     "bytes_sent_reupload": sent_again, "bytes_sent_first": sent_first,
-                     "dedup_reupload": dedup_again, "met_ratio": ratio < 0.02, "met_bytes": zero_bytes,
-                     "worker_first_s": median(w_first), "worker_reupload_ms": median(w_again) * 1000,
-                     "worker_ratio": median(w_again) / median(w_first) if w_first and w_again else None,
-                     "path_overhead_reupload_ms": (again_med - median(w_again)) * 1000 if w_again else None,
-                     "blob_mib": mib, "rounds": rounds, "worker_peak_rss_mb": worker_rss / 1e6,
-                     "broker_storage": ctx.broker_storage, "stack": ctx.stack,
-                     "worker_log": str(services.worker_log)})
+    row = result(
+        "P6",
+        f"re-upload of a stored {mib} MiB blob vs its first upload, attach -> stored "
+        f"visible in the read model through projector + worker processes, median of {rounds}",
+        again_med,
+        first_med,
+        "first upload of the same blob",
+        "s",
+        "< 0.02",
+        ratio=ratio,
+        extra={
+            "first_s_runs": [round(x, 2) for x in first_s],
+            "reupload_ms_runs": [round(x * 1000, 1) for x in again_s],
+            "reupload_ms": again_med * 1000,
+            "bytes_sent_reupload": sent_again,
+            "bytes_sent_first": sent_first,
+            "dedup_reupload": dedup_again,
+            "met_ratio": ratio < 0.02,
+            "met_bytes": zero_bytes,
+            "worker_first_s": median(w_first),
+            "worker_reupload_ms": median(w_again) * 1000,
+            "worker_ratio": median(w_again) / median(w_first) if w_first and w_again else None,
+            "path_overhead_reupload_ms": (again_med - median(w_again)) * 1000 if w_again else None,
+            "blob_mib": mib,
+            "rounds": rounds,
+            "worker_peak_rss_mb": worker_rss / 1e6,
+            "broker_storage": ctx.broker_storage,
+            "stack": ctx.stack,
+            "worker_log": str(services.worker_log),
+        },
+    )
     row["met"] = bool(row["met_ratio"] and zero_bytes)
     ctx.drop(s)
     return row

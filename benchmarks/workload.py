@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
-from schemas.events import (
+from blobledger.schemas.events import (
     AclChanged,
     BlobAttached,
     BlobStored,
@@ -45,13 +45,27 @@ def events(n: int, *, seed: int = 7, tenant: str = "default") -> Iterator[Event]
             k = f"bench/{len(keys):07d}/{uid()[:8]}.json"
             keys.append(k)
             versions[k] = 1
-            meta = {"title": f"doc {len(keys)}", "size": rnd.randrange(1 << 20),
-                    "owner": rnd.choice(ACTORS), "labels": {"team": f"t{rnd.randrange(20)}"}}
+            meta = {
+                "title": f"doc {len(keys)}",
+                "size": rnd.randrange(1 << 20),
+                "owner": rnd.choice(ACTORS),
+                "labels": {"team": f"t{rnd.randrange(20)}"},
+            }
             yield ObjectCreated(
-                Envelope(object_id=object_id_for(tenant, k), actor="alice", tenant=tenant,
-                         event_id=uid(), occurred_at=clock, correlation_id=uid(), expected_version=0),
-                key=k, metadata_json=json.dumps(meta), tags=["bench", f"g{rnd.randrange(8)}"],
-                content_type="application/json")
+                Envelope(
+                    object_id=object_id_for(tenant, k),
+                    actor="alice",
+                    tenant=tenant,
+                    event_id=uid(),
+                    occurred_at=clock,
+                    correlation_id=uid(),
+                    expected_version=0,
+                ),
+                key=k,
+                metadata_json=json.dumps(meta),
+                tags=["bench", f"g{rnd.randrange(8)}"],
+                content_type="application/json",
+            )
             made += 1
             continue
         k = rnd.choice(keys)
@@ -60,19 +74,35 @@ def events(n: int, *, seed: int = 7, tenant: str = "default") -> Iterator[Event]
         expected = versions[k] if right else versions[k] + 3
 
         def env(actor: str = "alice", exp: int | None = expected) -> Envelope:
-            return Envelope(object_id=oid, actor=actor, tenant=tenant, event_id=uid(),
-                            occurred_at=clock, correlation_id=uid(), expected_version=exp)
+            return Envelope(
+                object_id=oid,
+                actor=actor,
+                tenant=tenant,
+                event_id=uid(),
+                occurred_at=clock,
+                correlation_id=uid(),
+                expected_version=exp,
+            )
 
         roll = rnd.random()
         if k in pending and roll < 0.08:
             up = pending.pop(k)
             if rnd.random() < 0.85:
                 sha = f"{rnd.getrandbits(256):064x}"
-                yield BlobStored(env("system:blob-worker", None), upload_id=up, sha256=sha,
-                                 size=rnd.randrange(1, 1 << 30), key=f"blobs/sha256/{sha[:2]}/{sha}")
+                yield BlobStored(
+                    env("system:blob-worker", None),
+                    upload_id=up,
+                    sha256=sha,
+                    size=rnd.randrange(1, 1 << 30),
+                    key=f"blobs/sha256/{sha[:2]}/{sha}",
+                )
             else:
-                yield BlobUploadFailed(env("system:blob-worker", None), upload_id=up,
-                                       reason="timeout", detail="deadline passed")
+                yield BlobUploadFailed(
+                    env("system:blob-worker", None),
+                    upload_id=up,
+                    reason="timeout",
+                    detail="deadline passed",
+                )
             made += 1
             continue
         if roll < 0.6:
@@ -81,15 +111,22 @@ def events(n: int, *, seed: int = 7, tenant: str = "default") -> Iterator[Event]
                 patch["labels"] = {"team": None, "area": f"a{rnd.randrange(9)}"}
             yield MetadataUpdated(env(), patch_json=json.dumps(patch))
         elif roll < 0.85:
-            yield TagsChanged(env(), added=[f"t{rnd.randrange(12)}"],
-                              removed=[f"t{rnd.randrange(12)}"] if rnd.random() < 0.3 else [])
+            yield TagsChanged(
+                env(),
+                added=[f"t{rnd.randrange(12)}"],
+                removed=[f"t{rnd.randrange(12)}"] if rnd.random() < 0.3 else [],
+            )
         elif roll < 0.9:
-            yield AclChanged(env(), principal=rnd.choice(("bob", "carol", "*")),
-                             permissions=rnd.choice((["read"], ["write"], ["read", "write"])))
+            yield AclChanged(
+                env(),
+                principal=rnd.choice(("bob", "carol", "*")),
+                permissions=rnd.choice((["read"], ["write"], ["read", "write"])),
+            )
         else:
             up = uid()
-            yield BlobAttached(env(), upload_id=up, source=f"file:///data/{up}.bin",
-                               deadline=clock + 3_600_000_000)
+            yield BlobAttached(
+                env(), upload_id=up, source=f"file:///data/{up}.bin", deadline=clock + 3_600_000_000
+            )
             if right:
                 pending[k] = up
         if right:

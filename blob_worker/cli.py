@@ -20,25 +20,28 @@ from typing import Any, TextIO
 
 from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
 
-from blob_worker.reader import ByteRange, open_object_blob, presigned_get_url
-from blob_worker.runner import progress_topic
-from infra.errors import NotFoundError, TimeoutExpired
-from infra.kafka import make_consumer
-from infra.s3 import make_s3_client
-from infra.settings import Settings
+from blobledger.blob_worker.reader import ByteRange, open_object_blob, presigned_get_url
+from blobledger.blob_worker.runner import progress_topic
+from blobledger.infra.errors import NotFoundError, TimeoutExpired
+from blobledger.infra.kafka import make_consumer
+from blobledger.infra.s3 import make_s3_client
+from blobledger.infra.settings import Settings
 
 TERMINAL = ("stored", "compensated", "orphaned")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--actor", default=os.environ.get("BLOBLEDGER_ACTOR", os.environ.get("USER", "cli")),
-                   help="who is acting (default $BLOBLEDGER_ACTOR or $USER)")
+    p.add_argument(
+        "--actor",
+        default=os.environ.get("BLOBLEDGER_ACTOR", os.environ.get("USER", "cli")),
+        help="who is acting (default $BLOBLEDGER_ACTOR or $USER)",
+    )
     p.add_argument("--tenant", default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _client(settings: Settings, args: argparse.Namespace) -> Any:
-    from producers.client import Client  # lazy: the client pulls Kafka and Postgres
+    from blobledger.producers.client import Client  # lazy: the client pulls Kafka and Postgres
 
     return Client(settings, actor=args.actor, tenant=args.tenant)
 
@@ -49,8 +52,11 @@ class ProgressFollower:
 
     def __init__(self, settings: Settings) -> None:
         self.topic = progress_topic(settings)
-        self.consumer = make_consumer(settings, f"{settings.topic_prefix}.put-{uuid.uuid4()}",
-                                      **{"auto.offset.reset": "latest"})
+        self.consumer = make_consumer(
+            settings,
+            f"{settings.topic_prefix}.put-{uuid.uuid4()}",
+            **{"auto.offset.reset": "latest"},
+        )
         try:
             md = self.consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
             parts = sorted(md.partitions) if md is not None and md.error is None else []
@@ -84,13 +90,21 @@ def _bar(p: dict[str, Any], width: int = 30) -> str:
     if total:
         frac = min(1.0, done / total)
         fill = int(frac * width)
-        return (f"[{'#' * fill}{'.' * (width - fill)}] {mib:8.1f}/{total / 2**20:.1f} MiB "
-                f"{float(p.get('mbps') or 0):7.1f} MB/s  {p.get('state', '')}")
+        return (
+            f"[{'#' * fill}{'.' * (width - fill)}] {mib:8.1f}/{total / 2**20:.1f} MiB "
+            f"{float(p.get('mbps') or 0):7.1f} MB/s  {p.get('state', '')}"
+        )
     return f"{mib:8.1f} MiB {float(p.get('mbps') or 0):7.1f} MB/s  {p.get('state', '')}"
 
 
-def follow_upload(client: Any, follower: ProgressFollower | None, upload_id: str, *, timeout: float,
-                  out: TextIO | None) -> Any:
+def follow_upload(
+    client: Any,
+    follower: ProgressFollower | None,
+    upload_id: str,
+    *,
+    timeout: float,
+    out: TextIO | None,
+) -> Any:
     """Show progress until the read model says the upload is terminal; its UploadView."""
     deadline = time.monotonic() + timeout
     last_check = 0.0
@@ -112,45 +126,71 @@ def follow_upload(client: Any, follower: ProgressFollower | None, upload_id: str
                 if out is not None:
                     out.write("\n")
                 return view
-    raise TimeoutExpired(f"upload {upload_id} not finished after {timeout:.0f}s; "
-                         f"`blobledger object get` shows its state later")
+    raise TimeoutExpired(
+        f"upload {upload_id} not finished after {timeout:.0f}s; "
+        f"`blobledger object get` shows its state later"
+    )
 
 
 def put_main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
-    p = argparse.ArgumentParser(prog="blobledger put", description="Attach a file or URL to an object.")
+    p = argparse.ArgumentParser(
+        prog="blobledger put", description="Attach a file or URL to an object."
+    )
     p.add_argument("object", help="object key or id")
     p.add_argument("source", help="local file path, file://, http:// or https:// URL")
     p.add_argument("--sha256", default=None, help="declared SHA-256 (hex): dedup without reading")
     p.add_argument("--size", type=int, default=None, help="declared size in bytes")
     p.add_argument("--content-type", default=None)
     p.add_argument("--expected-version", "-e", type=int, default=None)
-    p.add_argument("--no-follow", dest="follow", action="store_false",
-                   help="return once the attach is accepted (upload pending)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds to follow (default: upload deadline)")
+    p.add_argument(
+        "--no-follow",
+        dest="follow",
+        action="store_false",
+        help="return once the attach is accepted (upload pending)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=None, help="seconds to follow (default: upload deadline)"
+    )
     _common(p)
     args = p.parse_args(argv)
     settings = settings or Settings.from_env()
     with _client(settings, args) as client:
         follower = ProgressFollower(settings) if args.follow and not args.json else None
         try:
-            result = client.attach_blob(args.object, args.source, expected_version=args.expected_version,
-                                        declared_sha256=args.sha256, declared_size=args.size,
-                                        content_type=args.content_type)
+            result = client.attach_blob(
+                args.object,
+                args.source,
+                expected_version=args.expected_version,
+                declared_sha256=args.sha256,
+                declared_size=args.size,
+                content_type=args.content_type,
+            )
             upload_id = result.upload_id
             if not args.follow:
-                _print(args, {"upload_id": upload_id, "state": "pending", "object_id": result.object_id},
-                       f"upload {upload_id} pending")
+                _print(
+                    args,
+                    {"upload_id": upload_id, "state": "pending", "object_id": result.object_id},
+                    f"upload {upload_id} pending",
+                )
                 return 0
-            view = follow_upload(client, follower, upload_id,
-                                 timeout=args.timeout or settings.upload_deadline_seconds + 60,
-                                 out=None if args.json else sys.stderr)
+            view = follow_upload(
+                client,
+                follower,
+                upload_id,
+                timeout=args.timeout or settings.upload_deadline_seconds + 60,
+                out=None if args.json else sys.stderr,
+            )
         finally:
             if follower is not None:
                 follower.close()
     body = view.to_json()
     if view.state == "stored":
-        _print(args, body, f"stored {view.size} bytes sha256 {view.sha256}"
-                           f"{' (dedup: no bytes sent)' if view.dedup else ''}")
+        _print(
+            args,
+            body,
+            f"stored {view.size} bytes sha256 {view.sha256}"
+            f"{' (dedup: no bytes sent)' if view.dedup else ''}",
+        )
         return 0
     _print(args, body, f"upload {view.state}: {view.reason}")
     return 1
@@ -158,11 +198,15 @@ def put_main(argv: Sequence[str] | None = None, settings: Settings | None = None
 
 # --- get -------------------------------------------------------------------------------
 def get_main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
-    p = argparse.ArgumentParser(prog="blobledger get", description="Stream an object's blob, verifying it.")
+    p = argparse.ArgumentParser(
+        prog="blobledger get", description="Stream an object's blob, verifying it."
+    )
     p.add_argument("object", help="object key or id")
     p.add_argument("-o", "--output", default=None, help="file to write (default stdout)")
     p.add_argument("--version", type=int, default=None, help="the blob committed at this version")
-    p.add_argument("--range", dest="byte_range", default=None, help="START-END or START- (not verified)")
+    p.add_argument(
+        "--range", dest="byte_range", default=None, help="START-END or START- (not verified)"
+    )
     p.add_argument("--url", action="store_true", help="print a presigned GET URL instead")
     p.add_argument("--expires", type=int, default=3600, help="presigned URL lifetime in seconds")
     _common(p)
@@ -171,22 +215,40 @@ def get_main(argv: Sequence[str] | None = None, settings: Settings | None = None
     s3 = make_s3_client(settings)
     byte_range = ByteRange.parse(args.byte_range) if args.byte_range else None
     with _client(settings, args) as client:
-        blob = open_object_blob(client, args.object, s3=s3, version=args.version, byte_range=byte_range)
+        blob = open_object_blob(
+            client, args.object, s3=s3, version=args.version, byte_range=byte_range
+        )
     if blob.notice:
         print(f"blobledger get: {blob.notice}", file=sys.stderr)
-    info = {"object_id": blob.object_id, "version": blob.version, "sha256": blob.sha256, "size": blob.size,
-            "key": blob.key, "pending_upload_id": blob.pending_upload_id, "notice": blob.notice}
+    info = {
+        "object_id": blob.object_id,
+        "version": blob.version,
+        "sha256": blob.sha256,
+        "size": blob.size,
+        "key": blob.key,
+        "pending_upload_id": blob.pending_upload_id,
+        "notice": blob.notice,
+    }
     if args.url:
         blob.reader.close()
-        url = presigned_get_url(s3, settings.s3_bucket, blob.key, expires=args.expires,
-                                filename=os.path.basename(args.object))
+        url = presigned_get_url(
+            s3,
+            settings.s3_bucket,
+            blob.key,
+            expires=args.expires,
+            filename=os.path.basename(args.object),
+        )
         _print(args, {**info, "url": url}, url)
         return 0
     written = _copy(blob.reader, args.output)
     if args.output is not None or args.json:
-        _print(args, {**info, "bytes": written, "verified": blob.reader.verified, "output": args.output},
-               f"wrote {written} bytes to {args.output}" + (" (sha256 verified)" if blob.reader.verified else ""),
-               stream=sys.stderr if args.output is None else sys.stdout)
+        _print(
+            args,
+            {**info, "bytes": written, "verified": blob.reader.verified, "output": args.output},
+            f"wrote {written} bytes to {args.output}"
+            + (" (sha256 verified)" if blob.reader.verified else ""),
+            stream=sys.stderr if args.output is None else sys.stdout,
+        )
     return 0
 
 
@@ -218,7 +280,9 @@ def _copy(reader: Any, output: str | None) -> int:
     return written
 
 
-def _print(args: argparse.Namespace, body: dict[str, Any], text: str, stream: TextIO | None = None) -> None:
+def _print(
+    args: argparse.Namespace, body: dict[str, Any], text: str, stream: TextIO | None = None
+) -> None:
     if args.json:
         print(json.dumps(body, default=str))
     else:

@@ -7,8 +7,8 @@ one of ``schemas.events.COMPENSATION_REASONS``: the runner turns it into a
 
 from __future__ import annotations
 
-from infra.errors import PermanentError
-from schemas.events import COMPENSATION_REASONS
+from blobledger.infra.errors import PermanentError
+from blobledger.schemas.events import COMPENSATION_REASONS
 
 
 class UploadFailure(PermanentError):

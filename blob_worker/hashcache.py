@@ -13,7 +13,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from blob_worker.sources import FileIdentity
+from blobledger.blob_worker.sources import FileIdentity
 
 
 class HashCache:
@@ -49,8 +49,15 @@ class HashCache:
             self._db.execute("DELETE FROM file_hashes WHERE path=?", (ident.path,))
             self._db.execute(
                 "INSERT INTO file_hashes VALUES (?,?,?,?,?,?,?)",
-                (ident.path, ident.device, ident.inode, ident.size, ident.mtime_ns,
-                 ident.ctime_ns, sha256),
+                (
+                    ident.path,
+                    ident.device,
+                    ident.inode,
+                    ident.size,
+                    ident.mtime_ns,
+                    ident.ctime_ns,
+                    sha256,
+                ),
             )
 
     def close(self) -> None:

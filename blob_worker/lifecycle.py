@@ -35,7 +35,9 @@ def on_completion(state: UploadState, *, is_current: bool) -> Transition:
     """Bytes were stored. ``is_current``: the upload is still the object's pending one
     (not superseded by a newer attach, object not deleted, hash as declared)."""
     if state is UploadState.PENDING:
-        return Transition(UploadState.STORED, True) if is_current else Transition(UploadState.ORPHANED)
+        return (
+            Transition(UploadState.STORED, True) if is_current else Transition(UploadState.ORPHANED)
+        )
     if state is UploadState.COMPENSATED:
         # rolled back earlier (e.g. by the reaper) but the worker finished after all
         return Transition(UploadState.ORPHANED)

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from blob_worker.failures import UploadFailure
-from infra.errors import ConfigurationError
+from blobledger.blob_worker.failures import UploadFailure
+from blobledger.infra.errors import ConfigurationError
 
 MiB = 1024 * 1024
 S3_MIN_PART_SIZE = 5 * MiB
@@ -108,7 +108,9 @@ def plan_parts(size: int | None, *, min_part_size: int, max_blob_size: int) -> P
     return PartPlan(None, base, lo)
 
 
-def iter_parts(size: int | None, *, min_part_size: int, max_blob_size: int) -> Iterator[tuple[int, int, int]]:
+def iter_parts(
+    size: int | None, *, min_part_size: int, max_blob_size: int
+) -> Iterator[tuple[int, int, int]]:
     """``(part_number, offset, length)`` tuples: the s3transfer-style generator form."""
     for p in plan_parts(size, min_part_size=min_part_size, max_blob_size=max_blob_size).parts():
         yield p.number, p.offset, p.length

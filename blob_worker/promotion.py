@@ -16,8 +16,8 @@ from urllib.parse import quote, urlsplit
 import structlog
 import urllib3
 
-from blob_worker.transfer import Promoter
-from infra.settings import Settings
+from blobledger.blob_worker.transfer import Promoter
+from blobledger.infra.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -55,8 +55,9 @@ class SeaweedFilerRename:
         target = f"{self.filer_url}{BUCKETS_FOLDER}/{quote(bucket)}/{quote(dst)}"
         source = f"{BUCKETS_FOLDER}/{bucket}/{src}"
         try:
-            resp = self._pool.request("POST", f"{target}?mv.from={quote(source)}", body=b"",
-                                      timeout=30.0, retries=False)
+            resp = self._pool.request(
+                "POST", f"{target}?mv.from={quote(source)}", body=b"", timeout=30.0, retries=False
+            )
         except urllib3.exceptions.HTTPError as e:
             log.warning("promotion.rename_failed", src=src, dst=dst, error=str(e))
             return False
@@ -81,7 +82,7 @@ class RenameOrCopy:
 
 def promoter_for(settings: Settings, transfer: Any) -> Promoter:
     """The best promotion strategy for ``settings``' S3 (``transfer`` does the copying)."""
-    from blob_worker.transfer import ServerSideCopy
+    from blobledger.blob_worker.transfer import ServerSideCopy
 
     copy = ServerSideCopy(transfer)
     rename = SeaweedFilerRename.detect(settings)

@@ -17,8 +17,8 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from infra.errors import NotFoundError, PermanentError, TransientError, ValidationError
-from infra.s3 import S3NotFound, translate
+from blobledger.infra.errors import NotFoundError, PermanentError, TransientError, ValidationError
+from blobledger.infra.s3 import S3NotFound, translate
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +44,9 @@ class ByteRange:
         try:
             a, b = text.split("-", 1)
             if not a:
-                raise ValidationError("suffix ranges (-N) need the size; use ByteRange.last(n, size)")
+                raise ValidationError(
+                    "suffix ranges (-N) need the size; use ByteRange.last(n, size)"
+                )
             r = cls(int(a), int(b) if b else None)
         except ValueError as e:
             raise ValidationError(f"bad byte range {text!r}: use START-END or START-") from e
@@ -59,8 +61,17 @@ class ByteRange:
 class BlobReader(io.RawIOBase):
     """A read-only stream of one blob (or a range of it)."""
 
-    def __init__(self, s3: Any, bucket: str, key: str, *, sha256: str | None = None,
-                 size: int | None = None, byte_range: ByteRange | None = None, attempts: int = 4) -> None:
+    def __init__(
+        self,
+        s3: Any,
+        bucket: str,
+        key: str,
+        *,
+        sha256: str | None = None,
+        size: int | None = None,
+        byte_range: ByteRange | None = None,
+        attempts: int = 4,
+    ) -> None:
         super().__init__()
         self._s3, self.bucket, self.key = s3, bucket, key
         self.sha256, self.size, self.range = sha256, size, byte_range
@@ -136,9 +147,13 @@ class BlobReader(io.RawIOBase):
             if self._hasher is not None:
                 got = self._hasher.hexdigest()
                 if self.size is not None and self._pos != self.size:
-                    raise BlobIntegrityError(f"{self.key}: read {self._pos} bytes, expected {self.size}")
+                    raise BlobIntegrityError(
+                        f"{self.key}: read {self._pos} bytes, expected {self.size}"
+                    )
                 if got != self.sha256:
-                    raise BlobIntegrityError(f"{self.key}: content hashes to {got}, expected {self.sha256}")
+                    raise BlobIntegrityError(
+                        f"{self.key}: content hashes to {got}, expected {self.sha256}"
+                    )
                 self.verified = True
         return 0
 
@@ -149,15 +164,29 @@ class BlobReader(io.RawIOBase):
         super().close()
 
 
-def open_blob(s3: Any, bucket: str, key: str, *, sha256: str | None = None, size: int | None = None,
-              byte_range: ByteRange | None = None) -> BlobReader:
+def open_blob(
+    s3: Any,
+    bucket: str,
+    key: str,
+    *,
+    sha256: str | None = None,
+    size: int | None = None,
+    byte_range: ByteRange | None = None,
+) -> BlobReader:
     """Open a blob for streaming. Reading a whole blob to the end verifies ``sha256``
     (``BlobIntegrityError`` otherwise); a range is served as stored."""
     return BlobReader(s3, bucket, key, sha256=sha256, size=size, byte_range=byte_range)
 
 
-def presigned_get_url(s3: Any, bucket: str, key: str, *, expires: int = 3600,
-                      filename: str | None = None, content_type: str | None = None) -> str:
+def presigned_get_url(
+    s3: Any,
+    bucket: str,
+    key: str,
+    *,
+    expires: int = 3600,
+    filename: str | None = None,
+    content_type: str | None = None,
+) -> str:
     """A time-limited GET URL (no credentials needed by whoever holds it)."""
     params: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if filename:
@@ -182,19 +211,37 @@ class ObjectBlob:
     notice: str | None
 
 
-def open_object_blob(client: Any, ref: str, *, s3: Any, version: int | None = None,
-                     byte_range: ByteRange | None = None) -> ObjectBlob:
+def open_object_blob(
+    client: Any,
+    ref: str,
+    *,
+    s3: Any,
+    version: int | None = None,
+    byte_range: ByteRange | None = None,
+) -> ObjectBlob:
     """Open the committed blob of ``ref`` (at ``version``, default current) through
     ``client`` (producers.client.Client: authorization and the read model)."""
     view = client.get(ref) if version is None else client.as_of(ref, version=version).snapshot
     blob, pending = view.blob, view.pending_upload_id
     if blob is None:
         why = f"; upload {pending} is still pending" if pending else ""
-        raise NotFoundError(f"object {view.key} (version {view.version}) has no committed blob{why}")
+        raise NotFoundError(
+            f"object {view.key} (version {view.version}) has no committed blob{why}"
+        )
     notice = None
     if pending:
-        notice = (f"upload {pending} is still pending; serving the last committed blob "
-                  f"(sha256 {blob.sha256[:12]}..., {blob.size} bytes)")
-    reader = open_blob(s3, client.settings.s3_bucket, blob.key, sha256=blob.sha256, size=blob.size,
-                       byte_range=byte_range)
-    return ObjectBlob(reader, view.object_id, view.version, blob.sha256, blob.size, blob.key, pending, notice)
+        notice = (
+            f"upload {pending} is still pending; serving the last committed blob "
+            f"(sha256 {blob.sha256[:12]}..., {blob.size} bytes)"
+        )
+    reader = open_blob(
+        s3,
+        client.settings.s3_bucket,
+        blob.key,
+        sha256=blob.sha256,
+        size=blob.size,
+        byte_range=byte_range,
+    )
+    return ObjectBlob(
+        reader, view.object_id, view.version, blob.sha256, blob.size, blob.key, pending, notice
+    )

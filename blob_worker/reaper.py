@@ -22,15 +22,15 @@ from typing import Any
 import structlog
 from psycopg import sql
 
-from blob_worker.outcomes import REAPER_ACTOR, failed_event
-from blob_worker.transfer import STAGING_PREFIX
-from infra import logging as blog
-from infra.errors import BlobledgerError
-from infra.postgres import connect, translated
-from infra.s3 import make_s3_client, translate
-from infra.settings import Settings
-from producers.publisher import Publisher
-from schemas.events import Envelope
+from blobledger.blob_worker.outcomes import REAPER_ACTOR, failed_event
+from blobledger.blob_worker.transfer import STAGING_PREFIX
+from blobledger.infra import logging as blog
+from blobledger.infra.errors import BlobledgerError
+from blobledger.infra.postgres import connect, translated
+from blobledger.infra.s3 import make_s3_client, translate
+from blobledger.infra.settings import Settings
+from blobledger.producers.publisher import Publisher
+from blobledger.schemas.events import Envelope
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +53,9 @@ class ReapReport:
     deleted_staging: int
 
 
-def expired_uploads(conn: Any, schema: str, *, now: datetime | None = None, limit: int = 1000) -> list[ExpiredUpload]:
+def expired_uploads(
+    conn: Any, schema: str, *, now: datetime | None = None, limit: int = 1000
+) -> list[ExpiredUpload]:
     """Pending uploads whose deadline is before ``now`` (oldest first)."""
     query = sql.SQL(
         "SELECT u.upload_id, u.object_id, o.tenant, u.deadline FROM {s}.uploads u "
@@ -67,11 +69,19 @@ def expired_uploads(conn: Any, schema: str, *, now: datetime | None = None, limi
 
 def compensation_for(upload: ExpiredUpload):  # type: ignore[no-untyped-def]
     """The timeout compensation for an expired upload (id shared with the worker's)."""
-    env = Envelope(object_id=upload.object_id, actor=REAPER_ACTOR, tenant=upload.tenant,
-                   correlation_id=upload.upload_id)
-    return failed_event(env, upload.upload_id, "timeout",
-                        f"deadline {upload.deadline.isoformat()} passed while the upload was pending",
-                        actor=REAPER_ACTOR)
+    env = Envelope(
+        object_id=upload.object_id,
+        actor=REAPER_ACTOR,
+        tenant=upload.tenant,
+        correlation_id=upload.upload_id,
+    )
+    return failed_event(
+        env,
+        upload.upload_id,
+        "timeout",
+        f"deadline {upload.deadline.isoformat()} passed while the upload was pending",
+        actor=REAPER_ACTOR,
+    )
 
 
 class Reaper:
@@ -80,17 +90,28 @@ class Reaper:
 
     def compensate_expired(self) -> int:
         expired = expired_uploads(self.conn, self.settings.read_model_schema)
-        futures = [self.publisher.publish_async(self.settings.events_topic, compensation_for(u)) for u in expired]
+        futures = [
+            self.publisher.publish_async(self.settings.events_topic, compensation_for(u))
+            for u in expired
+        ]
         for u, f in zip(expired, futures):
             f.result(self.settings.wait_timeout_seconds)
-            log.info("reaper.compensated", upload_id=u.upload_id, object_id=u.object_id,
-                     deadline=u.deadline.isoformat())
+            log.info(
+                "reaper.compensated",
+                upload_id=u.upload_id,
+                object_id=u.object_id,
+                deadline=u.deadline.isoformat(),
+            )
         return len(expired)
 
     def clean_s3(self, *, older_than: float | None = None) -> tuple[int, int]:
         """Abort multipart uploads and delete staging objects older than ``older_than``
         seconds (default: the upload deadline plus a grace period)."""
-        age = older_than if older_than is not None else self.settings.upload_deadline_seconds + GRACE_SECONDS
+        age = (
+            older_than
+            if older_than is not None
+            else self.settings.upload_deadline_seconds + GRACE_SECONDS
+        )
         cutoff = datetime.now(UTC) - timedelta(seconds=age)
         bucket = self.settings.s3_bucket
         aborted = deleted = 0
@@ -98,10 +119,18 @@ class Reaper:
             for page in self.s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
                 for u in page.get("Uploads", []):
                     if u["Initiated"] < cutoff:
-                        self.s3.abort_multipart_upload(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
-                        log.info("reaper.multipart_aborted", key=u["Key"], initiated=u["Initiated"].isoformat())
+                        self.s3.abort_multipart_upload(
+                            Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]
+                        )
+                        log.info(
+                            "reaper.multipart_aborted",
+                            key=u["Key"],
+                            initiated=u["Initiated"].isoformat(),
+                        )
                         aborted += 1
-            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=STAGING_PREFIX):
+            for page in self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=STAGING_PREFIX
+            ):
                 for obj in page.get("Contents", []):
                     if obj["LastModified"] < cutoff:
                         self.s3.delete_object(Bucket=bucket, Key=obj["Key"])
@@ -121,9 +150,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="blobledger reaper", description=__doc__.splitlines()[0])
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between passes")
-    parser.add_argument("--multipart-older-than", type=float, default=None,
-                        help="abort multipart uploads older than this many seconds "
-                             "(default: upload deadline + 5 min)")
+    parser.add_argument(
+        "--multipart-older-than",
+        type=float,
+        default=None,
+        help="abort multipart uploads older than this many seconds "
+        "(default: upload deadline + 5 min)",
+    )
     args = parser.parse_args(argv)
     blog.configure()
     settings = Settings.from_env()
@@ -134,9 +167,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 with connect(settings, autocommit=True) as conn:
                     report = Reaper(settings, conn=conn, s3=s3, publisher=publisher).run_once(
-                        multipart_older_than=args.multipart_older_than)
-                log.info("reaper.pass", compensated=report.compensated,
-                         aborted_multipart=report.aborted_multipart, deleted_staging=report.deleted_staging)
+                        multipart_older_than=args.multipart_older_than
+                    )
+                log.info(
+                    "reaper.pass",
+                    compensated=report.compensated,
+                    aborted_multipart=report.aborted_multipart,
+                    deleted_staging=report.deleted_staging,
+                )
             except BlobledgerError as e:
                 if args.once:
                     raise

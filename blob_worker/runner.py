@@ -34,11 +34,11 @@ from typing import Any
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from blob_worker.failures import UploadFailure
-from blob_worker.hashcache import HashCache
-from blob_worker.outcomes import failed_event, stored_event
-from blob_worker.promotion import promoter_for
-from blob_worker.transfer import (
+from blobledger.blob_worker.failures import UploadFailure
+from blobledger.blob_worker.hashcache import HashCache
+from blobledger.blob_worker.outcomes import failed_event, stored_event
+from blobledger.blob_worker.promotion import promoter_for
+from blobledger.blob_worker.transfer import (
     Progress,
     Transfer,
     TransferCancelled,
@@ -47,16 +47,16 @@ from blob_worker.transfer import (
     UploadSpec,
     staging_key,
 )
-from infra import logging as blog
-from infra.errors import BlobledgerError, CodecError, TransientError
-from infra.kafka import make_consumer, make_producer
-from infra.retry import CircuitBreaker
-from infra.s3 import make_s3_client
-from infra.settings import Settings
-from producers.publisher import Publisher
-from projectors.dlq import DeadLetters
-from schemas.codec import Codec, default_codec
-from schemas.events import Event, UploadRequested, now_us
+from blobledger.infra import logging as blog
+from blobledger.infra.errors import BlobledgerError, CodecError, TransientError
+from blobledger.infra.kafka import make_consumer, make_producer
+from blobledger.infra.retry import CircuitBreaker
+from blobledger.infra.s3 import make_s3_client
+from blobledger.infra.settings import Settings
+from blobledger.producers.publisher import Publisher
+from blobledger.projectors.dlq import DeadLetters
+from blobledger.schemas.codec import Codec, default_codec
+from blobledger.schemas.events import Event, UploadRequested, now_us
 
 log = structlog.get_logger(__name__)
 
@@ -121,8 +121,14 @@ class Worker:
         self.assigned = threading.Event()
 
     @classmethod
-    def create(cls, settings: Settings, *, hash_cache: HashCache | None = None,
-               local_files: str = "hash_first", **kwargs: Any) -> Worker:
+    def create(
+        cls,
+        settings: Settings,
+        *,
+        hash_cache: HashCache | None = None,
+        local_files: str = "hash_first",
+        **kwargs: Any,
+    ) -> Worker:
         """The one place that wires the adapters (bootstrap). ``local_files``: see
         ``TransferOptions.local_files`` (hash_first keeps "a stored hash costs 0 bytes"
         for every path; stream is one pass, ~8% faster on SeaweedFS, P3)."""
@@ -131,7 +137,8 @@ class Worker:
             s3,
             TransferOptions.from_settings(settings, local_files=local_files),
             breaker=CircuitBreaker("s3", failure_threshold=5, reset_timeout=5.0),
-            hash_cache=hash_cache if hash_cache is not None
+            hash_cache=hash_cache
+            if hash_cache is not None
             else HashCache(settings.data_dir / "worker-hash-cache.sqlite"),
         )
         transfer.promoter = promoter_for(settings, transfer)
@@ -141,8 +148,13 @@ class Worker:
             # we poll while a transfer runs, but a slow broker ack must not evict us
             **{"max.poll.interval.ms": 600000},
         )
-        return cls(settings, consumer=consumer, publisher=Publisher(settings, producer=make_producer(settings)),
-                   transfer=transfer, **kwargs)
+        return cls(
+            settings,
+            consumer=consumer,
+            publisher=Publisher(settings, producer=make_producer(settings)),
+            transfer=transfer,
+            **kwargs,
+        )
 
     # --- lifecycle ---------------------------------------------------------------------
     def stop(self) -> None:
@@ -160,9 +172,15 @@ class Worker:
 
     def run(self, *, max_commands: int | None = None, idle_exit: float | None = None) -> int:
         """Process commands until stopped (or ``max_commands`` / ``idle_exit`` seconds idle)."""
-        self.consumer.subscribe([self.settings.commands_topic], on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_lost)
-        log.info("worker.started", topic=self.settings.commands_topic, group=self.settings.worker_group)
+        self.consumer.subscribe(
+            [self.settings.commands_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        log.info(
+            "worker.started", topic=self.settings.commands_topic, group=self.settings.worker_group
+        )
         idle_since = time.monotonic()
         while not self._stop.is_set():
             if max_commands is not None and self.handled >= max_commands:
@@ -203,7 +221,9 @@ class Worker:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("worker.revoked", partitions=[p.partition for p in partitions])
         busy = self._busy
-        if busy and any(p.topic == busy.topic and p.partition == busy.partition for p in partitions):
+        if busy and any(
+            p.topic == busy.topic and p.partition == busy.partition for p in partitions
+        ):
             busy.revoked = True
             busy.cancel.set()
 
@@ -240,7 +260,12 @@ class Worker:
             if not isinstance(cmd, UploadRequested):
                 raise CodecError(f"{type(cmd).__name__} is not an upload command")
         except CodecError as e:
-            log.error("worker.undecodable_command", partition=msg.partition(), offset=msg.offset(), error=str(e))
+            log.error(
+                "worker.undecodable_command",
+                partition=msg.partition(),
+                offset=msg.offset(),
+                error=str(e),
+            )
             self.dead_letters.send(msg, e)
             self.dead_letters.flush()
             self._commit(msg)
@@ -267,8 +292,12 @@ class Worker:
         if cmd.deadline and self.clock_us() >= cmd.deadline:
             log.warning("upload.deadline_passed_before_start")
             self._abort_staging(cmd.upload_id)
-            return failed_event(cmd.envelope, cmd.upload_id, "timeout",
-                                "the deadline passed before a worker picked the upload up")
+            return failed_event(
+                cmd.envelope,
+                cmd.upload_id,
+                "timeout",
+                "the deadline passed before a worker picked the upload up",
+            )
         spec = UploadSpec.from_command(cmd)
         log.info("upload.started", source=cmd.source, declared_size=cmd.declared_size)
         attempts = self.transfer_attempts
@@ -277,8 +306,14 @@ class Worker:
             busy = _Busy(msg.topic(), msg.partition())
             outcome = self._transfer(spec, busy, cmd.deadline, final)
             if isinstance(outcome, TransferResult):
-                log.info("upload.completed", sha256=outcome.sha256, size=outcome.size, dedup=outcome.dedup,
-                         bytes_sent=outcome.bytes_sent, duration_ms=outcome.duration_ms)
+                log.info(
+                    "upload.completed",
+                    sha256=outcome.sha256,
+                    size=outcome.size,
+                    dedup=outcome.dedup,
+                    bytes_sent=outcome.bytes_sent,
+                    duration_ms=outcome.duration_ms,
+                )
                 return stored_event(cmd.envelope, cmd.upload_id, outcome)
             if isinstance(outcome, UploadFailure):
                 log.warning("upload.failed", reason=outcome.reason, detail=outcome.detail)
@@ -287,16 +322,29 @@ class Worker:
                 if busy.deadline_hit:
                     self._abort(outcome)
                     log.warning("upload.timed_out")
-                    return failed_event(cmd.envelope, cmd.upload_id, "timeout",
-                                        "the upload did not finish before its deadline")
+                    return failed_event(
+                        cmd.envelope,
+                        cmd.upload_id,
+                        "timeout",
+                        "the upload did not finish before its deadline",
+                    )
                 log.info("upload.cancelled", revoked=busy.revoked, stopping=self._stop.is_set())
                 return None
-            log.warning("upload.attempt_failed", attempt=attempt, of=attempts, error=str(outcome),
-                        error_type=type(outcome).__name__)
+            log.warning(
+                "upload.attempt_failed",
+                attempt=attempt,
+                of=attempts,
+                error=str(outcome),
+                error_type=type(outcome).__name__,
+            )
             if final:
-                return failed_event(cmd.envelope, cmd.upload_id, "retry_budget_exhausted",
-                                    f"{attempts} attempts failed; last: {outcome}")
-            self._sleep(random.uniform(0, min(self.max_backoff, 2.0 ** attempt)))
+                return failed_event(
+                    cmd.envelope,
+                    cmd.upload_id,
+                    "retry_budget_exhausted",
+                    f"{attempts} attempts failed; last: {outcome}",
+                )
+            self._sleep(random.uniform(0, min(self.max_backoff, 2.0**attempt)))
             if self._stop.is_set():
                 return None
         raise AssertionError("unreachable")
@@ -307,14 +355,16 @@ class Worker:
 
         def target() -> None:
             try:
-                box["out"] = self.transfer.run(spec, cancel=busy.cancel, progress=self._progress,
-                                               final_attempt=final)
-            except BaseException as e:  # noqa: BLE001 - handed to the consumer thread
+                box["out"] = self.transfer.run(
+                    spec, cancel=busy.cancel, progress=self._progress, final_attempt=final
+                )
+            except BaseException as e:
                 box["out"] = e
 
         ctx = contextvars.copy_context()
-        thread = threading.Thread(target=ctx.run, args=(target,), name=f"upload-{spec.upload_id[:8]}",
-                                  daemon=True)
+        thread = threading.Thread(
+            target=ctx.run, args=(target,), name=f"upload-{spec.upload_id[:8]}", daemon=True
+        )
         self._busy = busy
         thread.start()
         try:
@@ -345,8 +395,9 @@ class Worker:
         """Abort leftovers of an earlier attempt under this upload's staging key."""
         key = staging_key(upload_id)
         try:
-            found = self.transfer.call("list_multipart_uploads", Bucket=self.settings.s3_bucket,
-                                       Prefix=key).get("Uploads", [])
+            found = self.transfer.call(
+                "list_multipart_uploads", Bucket=self.settings.s3_bucket, Prefix=key
+            ).get("Uploads", [])
             for u in found:
                 if u["Key"] == key:
                     self.transfer.abort(key, u["UploadId"])
@@ -361,8 +412,12 @@ class Worker:
         while True:
             try:
                 receipt = self.publisher.publish(self.settings.events_topic, event)
-                log.info("outcome.published", outcome=event.event_type, partition=receipt.partition,
-                         offset=receipt.offset)
+                log.info(
+                    "outcome.published",
+                    outcome=event.event_type,
+                    partition=receipt.partition,
+                    offset=receipt.offset,
+                )
                 self._progress_state(event)
                 return
             except TransientError as e:
@@ -378,7 +433,9 @@ class Worker:
             self.consumer.commit(offsets=[tp], asynchronous=False)
         except KafkaException as e:
             # e.g. the partition moved: the next owner redoes the command idempotently
-            log.warning("worker.commit_failed", partition=msg.partition(), offset=msg.offset(), error=str(e))
+            log.warning(
+                "worker.commit_failed", partition=msg.partition(), offset=msg.offset(), error=str(e)
+            )
 
     def _rewind(self, msg: Message) -> None:
         try:
@@ -388,8 +445,16 @@ class Worker:
 
     # --- progress ----------------------------------------------------------------------
     def _progress(self, p: Progress) -> None:
-        self._send_progress(p.upload_id, {"upload_id": p.upload_id, "bytes_done": p.bytes_done,
-                                          "total": p.total, "mbps": p.mbps, "state": p.state})
+        self._send_progress(
+            p.upload_id,
+            {
+                "upload_id": p.upload_id,
+                "bytes_done": p.bytes_done,
+                "total": p.total,
+                "mbps": p.mbps,
+                "state": p.state,
+            },
+        )
 
     def _progress_state(self, event: Event) -> None:
         upload_id = getattr(event, "upload_id", "")
@@ -403,20 +468,32 @@ class Worker:
 
     def _send_progress(self, upload_id: str, body: dict[str, Any]) -> None:
         try:
-            self.publisher.producer.produce(progress_topic(self.settings), key=upload_id.encode(),
-                                            value=json.dumps(body).encode())
+            self.publisher.producer.produce(
+                progress_topic(self.settings),
+                key=upload_id.encode(),
+                value=json.dumps(body).encode(),
+            )
         except (BufferError, KafkaException) as e:
             log.debug("progress.dropped", error=str(e))  # progress is best effort
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="blobledger worker",
-                                     description="Consume upload commands and stream blobs to S3.")
-    parser.add_argument("--max-commands", type=int, default=None, help="exit after this many commands")
-    parser.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
-    parser.add_argument("--local-files", choices=("hash_first", "stream"), default="hash_first",
-                        help="hash_first: hash, then upload to the content key (stored content "
-                             "costs 0 bytes); stream: hash while uploading to staging, then promote")
+    parser = argparse.ArgumentParser(
+        prog="blobledger worker", description="Consume upload commands and stream blobs to S3."
+    )
+    parser.add_argument(
+        "--max-commands", type=int, default=None, help="exit after this many commands"
+    )
+    parser.add_argument(
+        "--idle-exit", type=float, default=None, help="exit after this many idle seconds"
+    )
+    parser.add_argument(
+        "--local-files",
+        choices=("hash_first", "stream"),
+        default="hash_first",
+        help="hash_first: hash, then upload to the content key (stored content "
+        "costs 0 bytes); stream: hash while uploading to staging, then promote",
+    )
     args = parser.parse_args(argv)
     blog.configure()
     settings = Settings.from_env()

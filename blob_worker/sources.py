@@ -25,8 +25,8 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
-from blob_worker.failures import UploadFailure
-from infra.errors import TransientError
+from blobledger.blob_worker.failures import UploadFailure
+from blobledger.infra.errors import TransientError
 
 
 class Source(Protocol):
@@ -78,8 +78,9 @@ class LocalFileSource:
             raise UploadFailure("unreadable_source", f"{path} is not a regular file")
         self.fd = fd
         self.size: int | None = st.st_size
-        self.identity = FileIdentity(os.path.abspath(path), st.st_dev, st.st_ino, st.st_size,
-                                     st.st_mtime_ns, st.st_ctime_ns)
+        self.identity = FileIdentity(
+            os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+        )
         self._pos = 0
 
     def read_at(self, offset: int, length: int) -> bytes:
@@ -170,13 +171,23 @@ class HttpSource:
         self._pool = pool
         try:
             resp = pool.request(
-                "GET", uri, preload_content=False, redirect=True, retries=urllib3.Retry(
-                    total=0, redirect=5, raise_on_redirect=False, raise_on_status=False),
+                "GET",
+                uri,
+                preload_content=False,
+                redirect=True,
+                retries=urllib3.Retry(
+                    total=0, redirect=5, raise_on_redirect=False, raise_on_status=False
+                ),
                 headers={"Accept-Encoding": "identity"},
                 timeout=urllib3.Timeout(connect=min(10.0, timeout), read=timeout),
             )
-        except (ReadTimeoutError, ProtocolError, urllib3.exceptions.NewConnectionError,
-                urllib3.exceptions.ConnectTimeoutError, urllib3.exceptions.MaxRetryError) as e:
+        except (
+            ReadTimeoutError,
+            ProtocolError,
+            urllib3.exceptions.NewConnectionError,
+            urllib3.exceptions.ConnectTimeoutError,
+            urllib3.exceptions.MaxRetryError,
+        ) as e:
             raise TransientError(f"GET {uri}: {e}") from e
         except HTTPError as e:
             raise UploadFailure("unreadable_source", f"GET {uri}: {e}") from e
@@ -214,7 +225,8 @@ class HttpSource:
         self._read += done
         if done < len(buf) and self.size is not None and self._read < self.size:
             raise UploadFailure(
-                "truncated_source", f"GET {self.uri}: body ended after {self._read} of {self.size} bytes"
+                "truncated_source",
+                f"GET {self.uri}: body ended after {self._read} of {self.size} bytes",
             )
         return done
 
@@ -234,7 +246,9 @@ def local_path(uri: str) -> str | None:
     return uri
 
 
-def open_source(uri: str, *, http: urllib3.PoolManager | None = None, timeout: float = 30.0) -> LocalFileSource | HttpSource:
+def open_source(
+    uri: str, *, http: urllib3.PoolManager | None = None, timeout: float = 30.0
+) -> LocalFileSource | HttpSource:
     """Open ``uri`` (a path, ``file://``, ``http://`` or ``https://``) for reading."""
     path = local_path(uri)
     if path is not None:

@@ -49,15 +49,15 @@ from typing import Any, Protocol
 
 import structlog
 
-from blob_worker.failures import UploadFailure
-from blob_worker.hashcache import HashCache
-from blob_worker.planning import MiB, Part, PartPlan, plan_parts
-from blob_worker.sources import HttpSource, LocalFileSource, open_source
-from infra.errors import BlobledgerError, PermanentError, TransientError
-from infra.retry import CircuitBreaker, retrying
-from infra.s3 import S3ChecksumMismatch, S3NotFound, head, translate
-from infra.settings import Settings
-from schemas.events import UploadRequested
+from blobledger.blob_worker.failures import UploadFailure
+from blobledger.blob_worker.hashcache import HashCache
+from blobledger.blob_worker.planning import MiB, Part, PartPlan, plan_parts
+from blobledger.blob_worker.sources import HttpSource, LocalFileSource, open_source
+from blobledger.infra.errors import BlobledgerError, PermanentError, TransientError
+from blobledger.infra.retry import CircuitBreaker, retrying
+from blobledger.infra.s3 import S3ChecksumMismatch, S3NotFound, head, translate
+from blobledger.infra.settings import Settings
+from blobledger.schemas.events import UploadRequested
 
 log = structlog.get_logger(__name__)
 
@@ -91,7 +91,9 @@ class UploadSpec:
 
     @classmethod
     def from_command(cls, cmd: UploadRequested) -> UploadSpec:
-        return cls(cmd.upload_id, cmd.source, cmd.declared_sha256, cmd.declared_size, cmd.content_type)
+        return cls(
+            cmd.upload_id, cmd.source, cmd.declared_sha256, cmd.declared_size, cmd.content_type
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +131,15 @@ class TransferOptions:
 
     @classmethod
     def from_settings(cls, s: Settings, **overrides: Any) -> TransferOptions:
-        return cls(s.s3_bucket, s.min_part_size, s.max_blob_size, max(1, s.max_in_flight_parts),
-                   s.s3_retry_attempts, s.http_timeout_seconds, **overrides)
+        return cls(
+            s.s3_bucket,
+            s.min_part_size,
+            s.max_blob_size,
+            max(1, s.max_in_flight_parts),
+            s.s3_retry_attempts,
+            s.http_timeout_seconds,
+            **overrides,
+        )
 
 
 class TransferCancelled(BlobledgerError):
@@ -183,8 +192,14 @@ class Transfer:
         self._pool.shutdown(wait=True)
 
     # --- S3 calls: translated, retried (transient only), through the breaker -------------
-    def call(self, op: str, *, cancel: threading.Event | None = None,
-             body: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+    def call(
+        self,
+        op: str,
+        *,
+        cancel: threading.Event | None = None,
+        body: Callable[[], Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         fn = getattr(self.s3, op)
 
         def on_retry(e: BaseException, attempt: int) -> None:
@@ -210,7 +225,9 @@ class Transfer:
     def abort(self, key: str, multipart_id: str) -> None:
         """Abort a multipart upload; one already gone is fine."""
         try:
-            self.call("abort_multipart_upload", Bucket=self.opts.bucket, Key=key, UploadId=multipart_id)
+            self.call(
+                "abort_multipart_upload", Bucket=self.opts.bucket, Key=key, UploadId=multipart_id
+            )
             log.info("s3.multipart_aborted", key=key, multipart_id=multipart_id)
         except S3NotFound:
             pass
@@ -238,7 +255,9 @@ class Transfer:
             job.cleanup_after_failure()
             job.meter.emit("failed", force=True)
             if isinstance(e, S3ChecksumMismatch):
-                raise UploadFailure("checksum_mismatch", f"{e}; did the source change while uploading?") from e
+                raise UploadFailure(
+                    "checksum_mismatch", f"{e}; did the source change while uploading?"
+                ) from e
             raise
         except BaseException:
             if final_attempt:
@@ -269,11 +288,23 @@ class ServerSideCopy:
         try:
             parts = []
             for p in plan.parts():
-                r = t.call("upload_part_copy", Bucket=bucket, Key=dst, UploadId=mpu, PartNumber=p.number,
-                           CopySource=source, CopySourceRange=f"bytes={p.offset}-{p.offset + p.length - 1}")
+                r = t.call(
+                    "upload_part_copy",
+                    Bucket=bucket,
+                    Key=dst,
+                    UploadId=mpu,
+                    PartNumber=p.number,
+                    CopySource=source,
+                    CopySourceRange=f"bytes={p.offset}-{p.offset + p.length - 1}",
+                )
                 parts.append({"PartNumber": p.number, "ETag": r["CopyPartResult"]["ETag"]})
-            t.call("complete_multipart_upload", Bucket=bucket, Key=dst, UploadId=mpu,
-                   MultipartUpload={"Parts": parts})
+            t.call(
+                "complete_multipart_upload",
+                Bucket=bucket,
+                Key=dst,
+                UploadId=mpu,
+                MultipartUpload={"Parts": parts},
+            )
         except BaseException:
             t.abort(dst, mpu)
             raise
@@ -311,9 +342,16 @@ class _Meter:
         self._last = now
         elapsed = max(now - self._started, 1e-6)
         try:
-            self.sink(Progress(self.upload_id, self.done, self.total,
-                               round(self.done / elapsed / 1e6, 2), state))
-        except Exception as e:  # noqa: BLE001 - progress is best effort, never fails an upload
+            self.sink(
+                Progress(
+                    self.upload_id,
+                    self.done,
+                    self.total,
+                    round(self.done / elapsed / 1e6, 2),
+                    state,
+                )
+            )
+        except Exception as e:
             log.debug("progress.sink_failed", error=str(e))
 
 
@@ -389,11 +427,18 @@ class _Window:
     def __init__(self, src: LocalFileSource, offset: int, length: int) -> None:
         start = offset - offset % mmap.ALLOCATIONGRANULARITY
         try:
-            self._map = mmap.mmap(src.fd, length + offset - start, prot=mmap.PROT_READ,
-                                  flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), offset=start)
+            self._map = mmap.mmap(
+                src.fd,
+                length + offset - start,
+                prot=mmap.PROT_READ,
+                flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                offset=start,
+            )
         except (OSError, ValueError) as e:
-            raise UploadFailure("unreadable_source", f"cannot map {src.path} at {offset}: {e}") from e
-        self.view = memoryview(self._map)[offset - start:]
+            raise UploadFailure(
+                "unreadable_source", f"cannot map {src.path} at {offset}: {e}"
+            ) from e
+        self.view = memoryview(self._map)[offset - start :]
 
     def close(self) -> None:
         self.view.release()
@@ -403,7 +448,9 @@ class _Window:
 class _Job:
     """One run of one upload; holds what cleanup needs to know."""
 
-    def __init__(self, t: Transfer, spec: UploadSpec, cancel: threading.Event, meter: _Meter) -> None:
+    def __init__(
+        self, t: Transfer, spec: UploadSpec, cancel: threading.Event, meter: _Meter
+    ) -> None:
         self.t, self.spec, self.cancel, self.meter = t, spec, cancel, meter
         self.bucket = t.opts.bucket
         self.started = time.monotonic()
@@ -429,18 +476,24 @@ class _Job:
             return None
         declared = self.spec.declared_size
         if declared is not None and declared != stored:
-            raise UploadFailure("declared_size_mismatch",
-                                f"declared {declared} bytes, the blob with that hash has {stored}")
+            raise UploadFailure(
+                "declared_size_mismatch",
+                f"declared {declared} bytes, the blob with that hash has {stored}",
+            )
         log.info("dedup.hit", key=content_key(sha), size=stored)
         return TransferResult(sha, stored, content_key(sha), True, 0, 0, self.elapsed_ms())
 
     def check_declared(self, sha: str, size: int) -> None:
         spec = self.spec
         if spec.declared_size is not None and spec.declared_size != size:
-            raise UploadFailure("declared_size_mismatch", f"declared {spec.declared_size} bytes, source has {size}")
+            raise UploadFailure(
+                "declared_size_mismatch", f"declared {spec.declared_size} bytes, source has {size}"
+            )
         if spec.declared_sha256 is not None and spec.declared_sha256 != sha:
-            raise UploadFailure("checksum_mismatch",
-                                f"declared sha256 {spec.declared_sha256}, source hashes to {sha}")
+            raise UploadFailure(
+                "checksum_mismatch",
+                f"declared sha256 {spec.declared_sha256}, source hashes to {sha}",
+            )
 
     def cleanup_after_failure(self) -> None:
         """A permanent failure leaves nothing behind: abort the multipart upload, delete a
@@ -457,9 +510,14 @@ class _Job:
     def run(self) -> TransferResult:
         spec, opts = self.spec, self.t.opts
         if spec.declared_sha256 is not None and not SHA256_HEX.match(spec.declared_sha256):
-            raise UploadFailure("invalid_command", f"declared sha256 {spec.declared_sha256!r} is not 64 lowercase hex")
+            raise UploadFailure(
+                "invalid_command",
+                f"declared sha256 {spec.declared_sha256!r} is not 64 lowercase hex",
+            )
         if spec.declared_size is not None and spec.declared_size > opts.max_blob_size:
-            raise UploadFailure("size_limit", f"declared {spec.declared_size} bytes exceeds {opts.max_blob_size}")
+            raise UploadFailure(
+                "size_limit", f"declared {spec.declared_size} bytes exceeds {opts.max_blob_size}"
+            )
         if spec.declared_sha256 is not None:
             hit = self.dedup_hit(spec.declared_sha256, spec.declared_size)
             if hit is not None:
@@ -468,10 +526,14 @@ class _Job:
         try:
             if src.size is not None:
                 if spec.declared_size is not None and spec.declared_size != src.size:
-                    raise UploadFailure("declared_size_mismatch",
-                                        f"declared {spec.declared_size} bytes, source has {src.size}")
+                    raise UploadFailure(
+                        "declared_size_mismatch",
+                        f"declared {spec.declared_size} bytes, source has {src.size}",
+                    )
                 if src.size > opts.max_blob_size:
-                    raise UploadFailure("size_limit", f"source has {src.size} bytes, limit {opts.max_blob_size}")
+                    raise UploadFailure(
+                        "size_limit", f"source has {src.size} bytes, limit {opts.max_blob_size}"
+                    )
             if isinstance(src, LocalFileSource):
                 return self.run_local(src)
             return self.run_stream(src)
@@ -481,7 +543,9 @@ class _Job:
     def run_local(self, src: LocalFileSource) -> TransferResult:
         assert src.size is not None
         size, cache, declared = src.size, self.t.cache, self.spec.declared_sha256
-        plan = plan_parts(size, min_part_size=self.t.opts.min_part_size, max_blob_size=self.t.opts.max_blob_size)
+        plan = plan_parts(
+            size, min_part_size=self.t.opts.min_part_size, max_blob_size=self.t.opts.max_blob_size
+        )
         cached = cache.get(src.identity) if cache else None
         if cached and declared in (None, cached):
             hit = self.dedup_hit(cached, size)
@@ -500,8 +564,13 @@ class _Job:
         key = self.key = content_key(sha)
         self.meter.restart("uploading", size)
         if plan.single_part:
-            self.call("put_object", Bucket=self.bucket, Key=key, ChecksumCRC32=crcs[0],
-                      body=lambda: src.slice(0, size))
+            self.call(
+                "put_object",
+                Bucket=self.bucket,
+                Key=key,
+                ChecksumCRC32=crcs[0],
+                body=lambda: src.slice(0, size),
+            )
             self.meter.add(size)
             return self.finish(key, sha, size, 1, size, 0)
         listed = self.open_multipart(key)
@@ -509,7 +578,9 @@ class _Job:
         try:
             for part in plan.parts():
                 pump.acquire()
-                pump.start(self.send_file_part, src, part, crcs[part.number - 1], listed.get(part.number))
+                pump.start(
+                    self.send_file_part, src, part, crcs[part.number - 1], listed.get(part.number)
+                )
         except BaseException:
             pump.wait()
             raise
@@ -541,7 +612,9 @@ class _Job:
             self.t.cache.put(src.identity, sha)
         return self.promote_and_finish(key, sha, src.size, len(outcomes), *sent)
 
-    def scan_file(self, src: LocalFileSource, plan: PartPlan, *, meter: bool = True) -> Iterator[tuple[Part, str]]:
+    def scan_file(
+        self, src: LocalFileSource, plan: PartPlan, *, meter: bool = True
+    ) -> Iterator[tuple[Part, str]]:
         """One sequential pass: yields ``(part, CRC32)`` as each part is read and leaves the
         whole-blob SHA-256 in ``self.file_sha`` when exhausted.
 
@@ -593,17 +666,26 @@ class _Job:
             raise UploadFailure("truncated_source", f"{src.path} changed size while hashing")
         self.file_sha = sha.hexdigest()
 
-    def send_file_part(self, src: LocalFileSource, part: Part, crc: str,
-                       listed: _Listed | None) -> tuple[int, dict[str, Any]]:
+    def send_file_part(
+        self, src: LocalFileSource, part: Part, crc: str, listed: _Listed | None
+    ) -> tuple[int, dict[str, Any]]:
         entry = {"PartNumber": part.number, "ChecksumCRC32": crc}
         if listed is not None and listed.size == part.length:
-            md5 = hashlib.md5(src.read_at(part.offset, part.length), usedforsecurity=False).hexdigest()
+            md5 = hashlib.md5(
+                src.read_at(part.offset, part.length), usedforsecurity=False
+            ).hexdigest()
             if md5 == listed.etag:
                 self.meter.add(part.length)
                 return 0, {**entry, "ETag": f'"{listed.etag}"', "resumed": True}
-        r = self.call("upload_part", Bucket=self.bucket, Key=self.key, UploadId=self.multipart_id,
-                      PartNumber=part.number, ChecksumCRC32=crc,
-                      body=lambda: src.slice(part.offset, part.length))
+        r = self.call(
+            "upload_part",
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.multipart_id,
+            PartNumber=part.number,
+            ChecksumCRC32=crc,
+            body=lambda: src.slice(part.offset, part.length),
+        )
         self.meter.add(part.length)
         return part.length, {**entry, "ETag": r["ETag"]}
 
@@ -611,7 +693,11 @@ class _Job:
         opts, spec = self.t.opts, self.spec
         size = src.size if src.size is not None else spec.declared_size
         plan = plan_parts(size, min_part_size=opts.min_part_size, max_blob_size=opts.max_blob_size)
-        key = self.key = content_key(spec.declared_sha256) if spec.declared_sha256 else staging_key(spec.upload_id)
+        key = self.key = (
+            content_key(spec.declared_sha256)
+            if spec.declared_sha256
+            else staging_key(spec.upload_id)
+        )
         self.meter.restart("uploading", size)
         sha = hashlib.sha256()
         parts_iter = plan.parts()
@@ -625,8 +711,13 @@ class _Job:
             digest = sha.hexdigest()
             self.check_declared(digest, total)
             body = bytes(buf)
-            self.call("put_object", Bucket=self.bucket, Key=key,
-                      ChecksumCRC32=_b64_crc(zlib.crc32(body)), body=lambda: body)
+            self.call(
+                "put_object",
+                Bucket=self.bucket,
+                Key=key,
+                ChecksumCRC32=_b64_crc(zlib.crc32(body)),
+                body=lambda: body,
+            )
             self.meter.add(total)
             if key.startswith(STAGING_PREFIX):
                 self.staged = key
@@ -650,8 +741,10 @@ class _Job:
                     raise UploadFailure("size_limit", f"source exceeds {opts.max_blob_size} bytes")
                 if spec.declared_size is not None and total > spec.declared_size:
                     pump.release()
-                    raise UploadFailure("declared_size_mismatch",
-                                        f"source is longer than the declared {spec.declared_size} bytes")
+                    raise UploadFailure(
+                        "declared_size_mismatch",
+                        f"source is longer than the declared {spec.declared_size} bytes",
+                    )
                 pump.start(self.send_buffer, part.number, data, listed.get(part.number))
                 del data
                 if size is not None and total >= size:
@@ -680,20 +773,36 @@ class _Job:
         if size is not None and total < size:
             if src.size is not None:
                 raise UploadFailure("truncated_source", f"{src.uri}: got {total} of {size} bytes")
-            raise UploadFailure("declared_size_mismatch", f"declared {size} bytes, source has {total}")
+            raise UploadFailure(
+                "declared_size_mismatch", f"declared {size} bytes, source has {total}"
+            )
         extra = src.readinto(memoryview(bytearray(1)))
         if extra:
-            raise UploadFailure("declared_size_mismatch", f"source is longer than the declared {size} bytes")
+            raise UploadFailure(
+                "declared_size_mismatch", f"source is longer than the declared {size} bytes"
+            )
 
-    def send_buffer(self, number: int, data: bytearray, listed: _Listed | None) -> tuple[int, dict[str, Any]]:
+    def send_buffer(
+        self, number: int, data: bytearray, listed: _Listed | None
+    ) -> tuple[int, dict[str, Any]]:
         crc = _b64_crc(zlib.crc32(data))
         entry = {"PartNumber": number, "ChecksumCRC32": crc}
-        if (listed is not None and listed.size == len(data)
-                and hashlib.md5(data, usedforsecurity=False).hexdigest() == listed.etag):
+        if (
+            listed is not None
+            and listed.size == len(data)
+            and hashlib.md5(data, usedforsecurity=False).hexdigest() == listed.etag
+        ):
             self.meter.add(len(data))
             return 0, {**entry, "ETag": f'"{listed.etag}"', "resumed": True}
-        r = self.call("upload_part", Bucket=self.bucket, Key=self.key, UploadId=self.multipart_id,
-                      PartNumber=number, ChecksumCRC32=crc, body=lambda: data)
+        r = self.call(
+            "upload_part",
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.multipart_id,
+            PartNumber=number,
+            ChecksumCRC32=crc,
+            body=lambda: data,
+        )
         self.meter.add(len(data))
         return len(data), {**entry, "ETag": r["ETag"]}
 
@@ -701,14 +810,20 @@ class _Job:
     def open_multipart(self, key: str) -> dict[int, _Listed]:
         """Adopt the newest open multipart upload for ``key`` (a redelivered command after a
         crash) and list its parts, or start a new one."""
-        found = self.call("list_multipart_uploads", Bucket=self.bucket, Prefix=key).get("Uploads", [])
+        found = self.call("list_multipart_uploads", Bucket=self.bucket, Prefix=key).get(
+            "Uploads", []
+        )
         mine = sorted((u for u in found if u["Key"] == key), key=lambda u: u["Initiated"])
         if mine:
             self.multipart_id = mine[-1]["UploadId"]
             listed = self.list_parts(key, self.multipart_id)
-            log.info("multipart.resumed", key=key, multipart_id=self.multipart_id, parts=len(listed))
+            log.info(
+                "multipart.resumed", key=key, multipart_id=self.multipart_id, parts=len(listed)
+            )
             return listed
-        r = self.call("create_multipart_upload", Bucket=self.bucket, Key=key, ChecksumAlgorithm="CRC32")
+        r = self.call(
+            "create_multipart_upload", Bucket=self.bucket, Key=key, ChecksumAlgorithm="CRC32"
+        )
         self.multipart_id = r["UploadId"]
         log.info("multipart.created", key=key, multipart_id=self.multipart_id)
         return {}
@@ -717,8 +832,14 @@ class _Job:
         listed: dict[int, tuple[Any, _Listed]] = {}
         marker = 0
         while True:
-            r = self.call("list_parts", Bucket=self.bucket, Key=key, UploadId=multipart_id,
-                          PartNumberMarker=marker, MaxParts=1000)
+            r = self.call(
+                "list_parts",
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=multipart_id,
+                PartNumberMarker=marker,
+                MaxParts=1000,
+            )
             for p in r.get("Parts", []):
                 # SeaweedFS lists a re-sent part once per attempt: keep the newest
                 number, when = p["PartNumber"], p.get("LastModified")
@@ -730,15 +851,24 @@ class _Job:
             marker = int(r["NextPartNumberMarker"])
         return {n: v for n, (_, v) in listed.items()}
 
-    def complete(self, key: str, outcomes: list[tuple[int, dict[str, Any]]], size: int) -> tuple[int, int]:
+    def complete(
+        self, key: str, outcomes: list[tuple[int, dict[str, Any]]], size: int
+    ) -> tuple[int, int]:
         """Complete the multipart upload from part outcomes ``(bytes sent, entry)``;
         returns (bytes sent, parts kept from an earlier attempt)."""
         self.meter.emit("completing", force=True)
-        parts = sorted(({k: v for k, v in entry.items() if k != "resumed"} for _, entry in outcomes),
-                       key=lambda p: p["PartNumber"])
+        parts = sorted(
+            ({k: v for k, v in entry.items() if k != "resumed"} for _, entry in outcomes),
+            key=lambda p: p["PartNumber"],
+        )
         try:
-            self.call("complete_multipart_upload", Bucket=self.bucket, Key=key, UploadId=self.multipart_id,
-                      MultipartUpload={"Parts": parts})
+            self.call(
+                "complete_multipart_upload",
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=self.multipart_id,
+                MultipartUpload={"Parts": parts},
+            )
         except S3NotFound as e:
             # another worker holding the same content completed (or the reaper aborted) it
             hit = self.t.head(key)
@@ -746,10 +876,13 @@ class _Job:
                 self.multipart_id = None
                 raise TransientError(f"multipart upload for {key} vanished; restarting") from e
         self.multipart_id = None
-        return sum(n for n, _ in outcomes), sum(1 for n, e in outcomes if n == 0 and e.get("resumed"))
+        return sum(n for n, _ in outcomes), sum(
+            1 for n, e in outcomes if n == 0 and e.get("resumed")
+        )
 
-    def promote_and_finish(self, key: str, sha: str, size: int, part_count: int, sent: int,
-                           resumed: int) -> TransferResult:
+    def promote_and_finish(
+        self, key: str, sha: str, size: int, part_count: int, sent: int, resumed: int
+    ) -> TransferResult:
         if not key.startswith(STAGING_PREFIX):
             return self.finish(key, sha, size, part_count, sent, resumed)
         final = content_key(sha)
@@ -760,12 +893,29 @@ class _Job:
         self.call("delete_object", Bucket=self.bucket, Key=key)
         self.staged = None
         result = self.finish(final, sha, size, part_count, sent, resumed)
-        return TransferResult(result.sha256, result.size, result.key, dedup, result.part_count,
-                              result.bytes_sent, result.duration_ms, result.resumed_parts)
+        return TransferResult(
+            result.sha256,
+            result.size,
+            result.key,
+            dedup,
+            result.part_count,
+            result.bytes_sent,
+            result.duration_ms,
+            result.resumed_parts,
+        )
 
-    def finish(self, key: str, sha: str, size: int, part_count: int, sent: int, resumed: int) -> TransferResult:
+    def finish(
+        self, key: str, sha: str, size: int, part_count: int, sent: int, resumed: int
+    ) -> TransferResult:
         hit = self.t.head(key)
         if hit is None or int(hit["ContentLength"]) != size:
             raise TransientError(f"{key} not visible with {size} bytes after upload")
-        log.info("upload.stored", key=key, size=size, parts=part_count, bytes_sent=sent, resumed_parts=resumed)
+        log.info(
+            "upload.stored",
+            key=key,
+            size=size,
+            parts=part_count,
+            bytes_sent=sent,
+            resumed_parts=resumed,
+        )
         return TransferResult(sha, size, key, False, part_count, sent, self.elapsed_ms(), resumed)

@@ -10,24 +10,45 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-from infra.errors import BlobledgerError
+from blobledger.infra.errors import BlobledgerError
 
 #: command -> (module:function, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "stack": ("infra.stack.cli:main", "start, stop or inspect the embedded stack (up|down|status)"),
-    "demo": ("infra.demo:main", "run the end-to-end demo on the embedded stack"),
+    "stack": (
+        "blobledger.infra.stack.cli:main",
+        "start, stop or inspect the embedded stack (up|down|status)",
+    ),
+    "demo": ("blobledger.infra.demo:main", "run the end-to-end demo on the embedded stack"),
     "object": ("", "create|update|tag|acl|delete|get|list|history|audit objects"),
-    "put": ("blob_worker.cli:put_main", "attach a file or URL to an object and follow the upload"),
-    "get": ("blob_worker.cli:get_main", "stream an object's blob to a file or stdout, verifying it"),
-    "projector": ("projectors.runner:main", "fold the events topic into the Postgres read model"),
-    "worker": ("blob_worker.runner:main", "run a blob worker (upload commands -> S3)"),
-    "reaper": ("blob_worker.reaper:main", "compensate uploads past their deadline, abort stale multipart uploads"),
-    "replay": ("projectors.replay:main", "rebuild the read model from the log and swap it in"),
-    "recover": ("projectors.replay:recover_main", "rebuild a lost read model from the log"),
-    "dlq": ("projectors.dlq:main", "list or retry dead letters"),
-    "bench": ("benchmarks.cli:main", "run the benchmarks (P1..P6) and print ratios"),
+    "put": (
+        "blobledger.blob_worker.cli:put_main",
+        "attach a file or URL to an object and follow the upload",
+    ),
+    "get": (
+        "blobledger.blob_worker.cli:get_main",
+        "stream an object's blob to a file or stdout, verifying it",
+    ),
+    "projector": (
+        "blobledger.projectors.runner:main",
+        "fold the events topic into the Postgres read model",
+    ),
+    "worker": ("blobledger.blob_worker.runner:main", "run a blob worker (upload commands -> S3)"),
+    "reaper": (
+        "blobledger.blob_worker.reaper:main",
+        "compensate uploads past their deadline, abort stale multipart uploads",
+    ),
+    "replay": (
+        "blobledger.projectors.replay:main",
+        "rebuild the read model from the log and swap it in",
+    ),
+    "recover": (
+        "blobledger.projectors.replay:recover_main",
+        "rebuild a lost read model from the log",
+    ),
+    "dlq": ("blobledger.projectors.dlq:main", "list or retry dead letters"),
+    "bench": ("blobledger.benchmarks.cli:main", "run the benchmarks (P1..P6) and print ratios"),
 }
 
 OBJECT_WRITES = {"create", "update", "tag", "acl", "delete"}
@@ -60,12 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "object":
         verb = rest[0] if rest else ""
         if verb in OBJECT_WRITES:
-            target = "producers.cli:main"
+            target = "blobledger.producers.cli:main"
         elif verb in OBJECT_READS:
-            target = "projectors.cli:main"
+            target = "blobledger.projectors.cli:main"
         else:
-            print("usage: blobledger object {create|update|tag|acl|delete|get|list|history|audit} ...",
-                  file=sys.stderr)
+            print(
+                "usage: blobledger object {create|update|tag|acl|delete|get|list|history|audit} ...",
+                file=sys.stderr,
+            )
             return 2
     try:
         return int(_resolve(target)(rest) or 0)

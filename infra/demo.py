@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra import logging as blog
-from infra.errors import BlobledgerError, StackError, TimeoutExpired
-from infra.randfile import write_random_file
-from infra.settings import Settings
+from blobledger.infra import logging as blog
+from blobledger.infra.errors import BlobledgerError, StackError, TimeoutExpired
+from blobledger.infra.randfile import write_random_file
+from blobledger.infra.settings import Settings
 
 MiB = 1024 * 1024
 
@@ -52,8 +52,11 @@ class Child:
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
-            raise StackError(f"the demo's {self.name} exited with status {self.proc.returncode}",
-                             service=self.name, log_file=str(self.log))
+            raise StackError(
+                f"the demo's {self.name} exited with status {self.proc.returncode}",
+                service=self.name,
+                log_file=str(self.log),
+            )
 
 
 def start_child(settings: Settings, name: str, args: list[str], log_dir: Path) -> Child:
@@ -61,13 +64,23 @@ def start_child(settings: Settings, name: str, args: list[str], log_dir: Path) -
     log = log_dir / f"demo-{name}.log"
     env = {**os.environ, **settings.to_env(), "BLOBLEDGER_LOG_JSON": "1"}
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "infra.cli", *args], env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "blobledger.infra.cli", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return Child(name, proc, log)
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str, children: list[Child],
-               tick: Callable[[], None] | None = None) -> Any:
+def wait_until(
+    check: Callable[[], Any],
+    timeout: float,
+    what: str,
+    children: list[Child],
+    tick: Callable[[], None] | None = None,
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -76,19 +89,21 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, children: li
         for c in children:
             c.check_alive()
         if time.monotonic() > deadline:
-            raise TimeoutExpired(f"demo: gave up waiting for {what} after {timeout:.0f}s; "
-                                 f"see the logs in {children[0].log.parent}")
+            raise TimeoutExpired(
+                f"demo: gave up waiting for {what} after {timeout:.0f}s; "
+                f"see the logs in {children[0].log.parent}"
+            )
         if tick:
             tick()
         time.sleep(0.1)
 
 
 def run_demo(settings: Settings, *, size: int, quiet: bool, timeout: float) -> dict[str, Any]:
-    from infra.s3 import make_s3_client
-    from infra.stack.launcher import Stack
-    from infra.topics import ensure_topics
-    from producers.client import Client
-    from projectors.lag import projection_lag
+    from blobledger.infra.s3 import make_s3_client
+    from blobledger.infra.stack.launcher import Stack
+    from blobledger.infra.topics import ensure_topics
+    from blobledger.producers.client import Client
+    from blobledger.projectors.lag import projection_lag
 
     started = time.monotonic()
     say = lambda text: _say(quiet, text)
@@ -97,14 +112,20 @@ def run_demo(settings: Settings, *, size: int, quiet: bool, timeout: float) -> d
         Stack(settings).up()
     ensure_topics(settings)
     log_dir = settings.data_dir / "logs"
-    children = [start_child(settings, "projector", ["projector"], log_dir),
-                start_child(settings, "worker", ["worker"], log_dir)]
+    children = [
+        start_child(settings, "projector", ["projector"], log_dir),
+        start_child(settings, "worker", ["worker"], log_dir),
+    ]
     say(f"projector and blob worker running (logs: {log_dir}/demo-*.log)")
     try:
         with Client(settings, actor="demo") as client:
             key = f"demo/{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.bin"
-            created = client.create(key, {"purpose": "blobledger demo", "size_mib": size // MiB},
-                                    tags=["demo"], content_type="application/octet-stream")
+            created = client.create(
+                key,
+                {"purpose": "blobledger demo", "size_mib": size // MiB},
+                tags=["demo"],
+                content_type="application/octet-stream",
+            )
             say(f"created object {key} ({created.object_id}) at version {created.version}")
 
             blob_dir = settings.data_dir / "demo"
@@ -116,13 +137,19 @@ def run_demo(settings: Settings, *, size: int, quiet: bool, timeout: float) -> d
             attached = client.attach_blob(key, str(path), expected_version=created.version)
             say(f"attached it: upload {attached.upload_id} pending at version {attached.version}")
             t0 = time.monotonic()
-            upload = wait_until(lambda: _terminal(client, attached.upload_id), timeout,
-                                "the upload to finish", children)
+            upload = wait_until(
+                lambda: _terminal(client, attached.upload_id),
+                timeout,
+                "the upload to finish",
+                children,
+            )
             if upload.state != "stored":
                 raise BlobledgerError(f"demo upload ended {upload.state}: {upload.reason}")
             seconds = time.monotonic() - t0
-            say(f"stored in {seconds:.1f}s ({size / MiB / max(seconds, 1e-9):.0f} MiB/s incl. hand-offs), "
-                f"key {upload.key}")
+            say(
+                f"stored in {seconds:.1f}s ({size / MiB / max(seconds, 1e-9):.0f} MiB/s incl. hand-offs), "
+                f"key {upload.key}"
+            )
             obj = client.get(key)
             assert obj.blob is not None and obj.blob.upload_id == attached.upload_id
 
@@ -134,17 +161,28 @@ def run_demo(settings: Settings, *, size: int, quiet: bool, timeout: float) -> d
                 digest.update(chunk)
                 n += len(chunk)
             verified = digest.hexdigest() == sha == obj.blob.sha256 and n == size
-            say(f"read back {n} bytes from S3: sha256 {'matches' if verified else 'DOES NOT MATCH'}")
+            say(
+                f"read back {n} bytes from S3: sha256 {'matches' if verified else 'DOES NOT MATCH'}"
+            )
 
             # a source that cannot be read: the worker compensates, the fold rolls back
             missing = blob_dir / "does-not-exist.bin"
             bad = client.attach_blob(key, str(missing))
-            say(f"attached an unreadable source: upload {bad.upload_id} pending at version {bad.version}")
-            failed = wait_until(lambda: _terminal(client, bad.upload_id), timeout,
-                                "the compensation", children)
+            say(
+                f"attached an unreadable source: upload {bad.upload_id} pending at version {bad.version}"
+            )
+            failed = wait_until(
+                lambda: _terminal(client, bad.upload_id), timeout, "the compensation", children
+            )
             after = client.get(key)
-            still_committed = after.blob is not None and after.blob.sha256 == sha and after.pending_upload_id is None
-            say(f"compensated ({failed.reason}); object still at its committed blob: {still_committed}")
+            still_committed = (
+                after.blob is not None
+                and after.blob.sha256 == sha
+                and after.pending_upload_id is None
+            )
+            say(
+                f"compensated ({failed.reason}); object still at its committed blob: {still_committed}"
+            )
             lag = projection_lag(settings)
             return {
                 "object_id": obj.object_id,
@@ -155,8 +193,12 @@ def run_demo(settings: Settings, *, size: int, quiet: bool, timeout: float) -> d
                 "s3_key": obj.blob.key,
                 "verified": bool(verified and still_committed),
                 "upload_seconds": round(seconds, 3),
-                "compensated": {"upload_id": failed.upload_id, "reason": failed.reason,
-                                "state": failed.state, "object_kept_committed_blob": still_committed},
+                "compensated": {
+                    "upload_id": failed.upload_id,
+                    "reason": failed.reason,
+                    "state": failed.state,
+                    "object_kept_committed_blob": still_committed,
+                },
                 "projection_lag": lag,
                 "seconds": round(time.monotonic() - started, 3),
             }
@@ -175,7 +217,9 @@ def _terminal(client: Any, upload_id: str) -> Any:
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
     p = argparse.ArgumentParser(prog="blobledger demo", description=__doc__.splitlines()[0])
-    p.add_argument("--size-mib", type=int, default=64, help="size of the generated blob (default 64)")
+    p.add_argument(
+        "--size-mib", type=int, default=64, help="size of the generated blob (default 64)"
+    )
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for each step")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results")
     args = p.parse_args(argv)
@@ -186,10 +230,22 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
         print(json.dumps(result))
     else:
         print("\nblobledger demo summary")
-        for k in ("object_id", "key", "version", "sha256", "size", "s3_key", "verified", "projection_lag", "seconds"):
+        for k in (
+            "object_id",
+            "key",
+            "version",
+            "sha256",
+            "size",
+            "s3_key",
+            "verified",
+            "projection_lag",
+            "seconds",
+        ):
             print(f"  {k:<15} {result[k]}")
         c = result["compensated"]
         print(f"  {'compensated':<15} upload {c['upload_id']} reason={c['reason']}")
-        print("\nThe stack keeps running: try `blobledger object list --actor demo`; stop it with "
-              "`blobledger stack down`.")
+        print(
+            "\nThe stack keeps running: try `blobledger object list --actor demo`; stop it with "
+            "`blobledger stack down`."
+        )
     return 0 if result["verified"] else 1

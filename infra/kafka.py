@@ -14,9 +14,9 @@ import time
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from infra.errors import PermanentError, StackError, TimeoutExpired, TransientError
-from infra.settings import Settings
-from schemas.events import Event
+from blobledger.infra.errors import PermanentError, StackError, TimeoutExpired, TransientError
+from blobledger.infra.settings import Settings
+from blobledger.schemas.events import Event
 
 
 def _base(settings: Settings) -> dict[str, Any]:
@@ -127,13 +127,18 @@ def end_offsets(settings: Settings, topic: str, timeout: float = 30.0) -> dict[i
     right high watermark, so we read from just below the reported end until the
     partition-EOF event, which states the real end. On Apache Kafka this costs one fetch
     of one record per partition."""
-    consumer = make_consumer(settings, f"{settings.projector_group}.end-probe",
-                             **{"enable.partition.eof": True, "fetch.wait.max.ms": 10})
+    consumer = make_consumer(
+        settings,
+        f"{settings.projector_group}.end-probe",
+        **{"enable.partition.eof": True, "fetch.wait.max.ms": 10},
+    )
     try:
         md = consumer.list_topics(topic, timeout=10)
         t = md.topics.get(topic)
         if t is None or t.error is not None:
-            raise StackError(f"topic {topic} not found; is this the right broker and prefix?", service="kafka")
+            raise StackError(
+                f"topic {topic} not found; is this the right broker and prefix?", service="kafka"
+            )
         ends: dict[int, int] = {}
         probe: list[TopicPartition] = []
         for p in sorted(t.partitions):
@@ -147,7 +152,9 @@ def end_offsets(settings: Settings, topic: str, timeout: float = 30.0) -> dict[i
             deadline = time.monotonic() + timeout
             while waiting:
                 if time.monotonic() > deadline:
-                    raise TimeoutExpired(f"could not read the end of {topic} partitions {sorted(waiting)}")
+                    raise TimeoutExpired(
+                        f"could not read the end of {topic} partitions {sorted(waiting)}"
+                    )
                 for m in consumer.consume(10000, 0.5):
                     err = m.error()
                     if err is None:

@@ -10,11 +10,11 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from collections.abc import Iterator
 
 import structlog
 
-from schemas.events import Event
+from blobledger.schemas.events import Event
 
 _configured = False
 
@@ -25,8 +25,10 @@ def configure(level: str | None = None, *, json: bool | None = None) -> None:
     if _configured:
         return
     level_name = (level or os.environ.get("BLOBLEDGER_LOG_LEVEL", "INFO")).upper()
-    as_json = json if json is not None else (
-        os.environ.get("BLOBLEDGER_LOG_JSON") == "1" or not sys.stderr.isatty()
+    as_json = (
+        json
+        if json is not None
+        else (os.environ.get("BLOBLEDGER_LOG_JSON") == "1" or not sys.stderr.isatty())
     )
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()

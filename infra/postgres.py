@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from collections.abc import Iterator
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from infra.errors import PermanentError, TransientError
-from infra.settings import Settings
+from blobledger.infra.errors import PermanentError, TransientError
+from blobledger.infra.settings import Settings
 
 #: SQLSTATE classes worth retrying: connection exceptions, serialization/deadlock,
 #: insufficient resources, operator intervention (admin shutdown, crash recovery)
@@ -23,8 +23,13 @@ def translate(e: psycopg.Error) -> TransientError | PermanentError:
     return PermanentError(f"postgres: {e}")
 
 
-def connect(settings: Settings, *, autocommit: bool = False, dsn: str | None = None,
-            synchronous_commit: bool = True) -> psycopg.Connection:
+def connect(
+    settings: Settings,
+    *,
+    autocommit: bool = False,
+    dsn: str | None = None,
+    synchronous_commit: bool = True,
+) -> psycopg.Connection:
     """A connection; ``synchronous_commit=False`` for writers whose every commit can be
     redone from the log (projections): see ``Settings.projector_synchronous_commit``."""
     try:

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from infra.errors import StackError
-from infra.settings import Settings
-from infra.testing import RunningStack, ServiceName
+from blobledger.infra.errors import StackError
+from blobledger.infra.settings import Settings
+from blobledger.infra.testing import RunningStack, ServiceName
 
 log = structlog.get_logger(__name__)
 
@@ -31,7 +31,7 @@ class ExternalStack:
     mode = "external"
 
     def __init__(self, settings: Settings):
-        from infra.testing.embedded import resolved
+        from blobledger.infra.testing.embedded import resolved
 
         self.settings = resolved(settings)
 
@@ -87,10 +87,10 @@ class StackPool:
         if mode == "external":
             return contextlib.nullcontext(ExternalStack(self.base))
         if mode == "docker":
-            from infra.testing.docker_stack import docker_stack
+            from blobledger.infra.testing.docker_stack import docker_stack
 
             return docker_stack(self.base)
-        from infra.testing.embedded import embedded_stack
+        from blobledger.infra.testing.embedded import embedded_stack
 
         storage = self.base.test_broker_storage
         # a private dir outside pytest's tmp tree (see infra.testing.embedded.private_dir)
@@ -109,9 +109,11 @@ def stack(request: pytest.FixtureRequest, blobledger_stacks: StackPool) -> Runni
     """The services for this test (see the module docstring for how the mode is chosen).
     Without a reachable Docker-API engine, docker-mode tests SKIP and say why."""
     requested = requested_mode(blobledger_stacks.base)
-    mode = mode_for(requested, container_marked=request.node.get_closest_marker("container") is not None)
+    mode = mode_for(
+        requested, container_marked=request.node.get_closest_marker("container") is not None
+    )
     if mode == "docker":
-        from infra.testing.docker_stack import engine_available, no_engine_reason
+        from blobledger.infra.testing.docker_stack import engine_available, no_engine_reason
 
         if not engine_available():
             pytest.skip(no_engine_reason())
@@ -119,16 +121,18 @@ def stack(request: pytest.FixtureRequest, blobledger_stacks: StackPool) -> Runni
             try:
                 return blobledger_stacks.get(mode)
             except StackError as e:
-                pytest.skip(f"docker stack could not start here: {e} "
-                            "(run infra/containers/engine.sh and export its --env output)")
+                pytest.skip(
+                    f"docker stack could not start here: {e} "
+                    "(run infra/containers/engine.sh and export its --env output)"
+                )
     return blobledger_stacks.get(mode)
 
 
 @pytest.fixture
 def settings(stack: RunningStack) -> Iterator[Settings]:
     """``stack.settings`` with a unique topic prefix, fresh database and bucket; topics made."""
-    from infra.testing import resources
-    from infra.topics import delete_topics, ensure_topics, topic_names
+    from blobledger.infra.testing import resources
+    from blobledger.infra.topics import delete_topics, ensure_topics, topic_names
 
     base = stack.settings
     suffix = uuid.uuid4().hex[:12]
@@ -139,9 +143,13 @@ def settings(stack: RunningStack) -> Iterator[Settings]:
         resources.create_bucket(base, bucket)
         # private consumer groups too: a SIGKILLed member of a shared group would stall
         # the next test's join for a whole session timeout
-        test_settings = base.with_(topic_prefix=f"t{suffix}", postgres_dsn=dsn, s3_bucket=bucket,
-                                   projector_group=f"t{suffix}-projector",
-                                   worker_group=f"t{suffix}-worker")
+        test_settings = base.with_(
+            topic_prefix=f"t{suffix}",
+            postgres_dsn=dsn,
+            s3_bucket=bucket,
+            projector_group=f"t{suffix}-projector",
+            worker_group=f"t{suffix}-worker",
+        )
         ensure_topics(test_settings)
         yield test_settings
     finally:

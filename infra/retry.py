@@ -24,7 +24,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from infra.errors import CircuitOpenError, TransientError
+from blobledger.infra.errors import CircuitOpenError, TransientError
 
 T = TypeVar("T")
 
@@ -91,7 +91,10 @@ class CircuitBreaker:
             return self._current()
 
     def _current(self) -> BreakerState:
-        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self.reset_timeout:
+        if (
+            self._state is BreakerState.OPEN
+            and self._clock() - self._opened_at >= self.reset_timeout
+        ):
             self._state = BreakerState.HALF_OPEN
             self._trial_running = False
         return self._state

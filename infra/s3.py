@@ -21,8 +21,8 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from infra.errors import PermanentError, TransientError
-from infra.settings import Settings
+from blobledger.infra.errors import PermanentError, TransientError
+from blobledger.infra.settings import Settings
 
 
 class S3NotFound(PermanentError):
@@ -37,13 +37,26 @@ class S3ChecksumMismatch(PermanentError):
     code = "checksum_mismatch"
 
 
-_TRANSIENT_CODES = frozenset({
-    "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling",
-    "ThrottlingException", "RequestTimeTooSkewed", "OperationAborted", "503", "500", "502", "504",
-})
+_TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "RequestTimeout",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeTooSkewed",
+        "OperationAborted",
+        "503",
+        "500",
+        "502",
+        "504",
+    }
+)
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NoSuchUpload", "NotFound"})
-_DIGEST_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch",
-                           "XAmzContentSHA256Mismatch"})
+_DIGEST_CODES = frozenset(
+    {"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "XAmzContentSHA256Mismatch"}
+)
 
 
 def make_s3_client(settings: Settings, *, max_pool_connections: int | None = None) -> Any:
@@ -86,7 +99,9 @@ def make_s3_client(settings: Settings, *, max_pool_connections: int | None = Non
 def error_code(e: BaseException) -> str:
     if isinstance(e, ClientError):
         err = e.response.get("Error", {})
-        return str(err.get("Code") or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        return str(
+            err.get("Code") or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
+        )
     return type(e).__name__
 
 
@@ -104,12 +119,23 @@ def translate(e: BaseException) -> TransientError | PermanentError:
         if code in _NOT_FOUND_CODES or status == 404:
             return S3NotFound(f"s3 {op}: {code}")
         if code in _DIGEST_CODES:
-            return S3ChecksumMismatch(f"s3 {op}: {code}: the bytes sent do not match their checksum")
+            return S3ChecksumMismatch(
+                f"s3 {op}: {code}: the bytes sent do not match their checksum"
+            )
         if code in _TRANSIENT_CODES or status >= 500 or status == 429:
             return TransientError(f"s3 {op}: {code} (HTTP {status}); retrying may help")
         return PermanentError(f"s3 {op}: {code} (HTTP {status}): {e}")
-    if isinstance(e, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError,
-                      ConnectionClosedError, BotoConnectionError, HTTPClientError)):
+    if isinstance(
+        e,
+        (
+            EndpointConnectionError,
+            ConnectTimeoutError,
+            ReadTimeoutError,
+            ConnectionClosedError,
+            BotoConnectionError,
+            HTTPClientError,
+        ),
+    ):
         return TransientError(f"s3 unreachable: {e} (is the S3 endpoint up?)")
     if isinstance(e, (ConnectionError, TimeoutError)):
         return TransientError(f"s3 connection: {e}")

@@ -12,9 +12,10 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
-from infra.errors import ConfigurationError
+from blobledger.infra.errors import ConfigurationError
 
 PREFIX = "BLOBLEDGER_"
 
@@ -159,13 +160,13 @@ class Settings:
         """The embedded broker keeps its log in S3, so the stack runs its log store."""
         return self.embedded_kafka and self.broker_storage == "s3"
 
-    def with_(self, **changes: Any) -> "Settings":
+    def with_(self, **changes: Any) -> Settings:
         """A copy with some fields replaced (used by fixtures that start their own services)."""
         return replace(self, **changes)
 
     # ------------------------------------------------------------------------------------
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``BLOBLEDGER_*`` keys; ``BLOBLEDGER_CONFIG`` names a TOML file
         whose keys (same names, lower case, no prefix) are read first and overridden by env."""
         env = os.environ if env is None else env
@@ -181,7 +182,7 @@ class Settings:
         known = {f.name: f for f in fields(cls)}
         for key, value in env.items():
             if key.startswith(PREFIX) and key != PREFIX + "CONFIG":
-                name = key[len(PREFIX):].lower()
+                name = key[len(PREFIX) :].lower()
                 if name in known:
                     raw[name] = value
         unknown = sorted(set(raw) - set(known))
@@ -204,13 +205,23 @@ class Settings:
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            out[f.name] = str(v) if isinstance(v, Path) else dict(v) if isinstance(v, Mapping) else v
+            out[f.name] = (
+                str(v) if isinstance(v, Path) else dict(v) if isinstance(v, Mapping) else v
+            )
         out["s3_secret_key"] = "***"
         return out
 
 
-_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
-          "0": False, "false": False, "no": False, "off": False}
+_BOOLS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
 
 
 def _coerce(name: str, type_name: Any, value: Any) -> Any:

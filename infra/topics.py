@@ -13,9 +13,9 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic
 
-from infra.errors import TimeoutExpired
-from infra.kafka import make_admin, translate
-from infra.settings import Settings
+from blobledger.infra.errors import TimeoutExpired
+from blobledger.infra.kafka import make_admin, translate
+from blobledger.infra.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -25,7 +25,9 @@ def topic_names(settings: Settings, extra: Iterable[str] = ()) -> list[str]:
     return [*settings.topics, f"{settings.topic_prefix}.blob-progress", *extra]
 
 
-def ensure_topics(settings: Settings, extra: Iterable[str] = (), *, timeout: float = 30.0) -> list[str]:
+def ensure_topics(
+    settings: Settings, extra: Iterable[str] = (), *, timeout: float = 30.0
+) -> list[str]:
     """Create missing topics with ``settings.partitions``; existing ones are left as they are."""
     names = topic_names(settings, extra)
     admin = make_admin(settings)
@@ -37,8 +39,14 @@ def ensure_topics(settings: Settings, extra: Iterable[str] = (), *, timeout: flo
     missing = [n for n in names if n not in existing]
     if missing:
         futures = admin.create_topics(
-            [NewTopic(n, num_partitions=settings.partitions,
-                      replication_factor=settings.replication_factor) for n in missing],
+            [
+                NewTopic(
+                    n,
+                    num_partitions=settings.partitions,
+                    replication_factor=settings.replication_factor,
+                )
+                for n in missing
+            ],
             request_timeout=timeout,
         )
         for name, future in futures.items():
@@ -59,8 +67,11 @@ def _wait_visible(admin, names: list[str], deadline: float) -> None:  # type: ig
         try:
             topics = admin.list_topics(timeout=max(1.0, deadline - time.monotonic())).topics
             pending = [
-                n for n in names
-                if n not in topics or topics[n].error is not None or not topics[n].partitions
+                n
+                for n in names
+                if n not in topics
+                or topics[n].error is not None
+                or not topics[n].partitions
                 or any(p.leader < 0 for p in topics[n].partitions.values())
             ]
         except KafkaException:

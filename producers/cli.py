@@ -12,9 +12,9 @@ import json
 import os
 from typing import Any
 
-from infra.errors import ValidationError
-from infra.settings import Settings
-from producers.client import Client, Result
+from blobledger.infra.errors import ValidationError
+from blobledger.infra.settings import Settings
+from blobledger.producers.client import Client, Result
 
 
 def _json_arg(text: str) -> Any:
@@ -28,7 +28,9 @@ def _document(args: argparse.Namespace) -> dict[str, Any]:
     """--meta (a JSON object) merged with the --set pairs."""
     meta = args.meta if args.meta is not None else {}
     if not isinstance(meta, dict):
-        raise ValidationError(f"--meta must be a JSON object like '{{\"a\": 1}}', not {type(meta).__name__}")
+        raise ValidationError(
+            f"--meta must be a JSON object like '{{\"a\": 1}}', not {type(meta).__name__}"
+        )
     return {**meta, **_pairs(args.set)}
 
 
@@ -46,18 +48,30 @@ def _pairs(pairs: list[str]) -> dict[str, Any]:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--actor", default=os.environ.get("BLOBLEDGER_ACTOR", os.environ.get("USER", "cli")),
-                   help="who acts (default: $BLOBLEDGER_ACTOR or $USER)")
+    p.add_argument(
+        "--actor",
+        default=os.environ.get("BLOBLEDGER_ACTOR", os.environ.get("USER", "cli")),
+        help="who acts (default: $BLOBLEDGER_ACTOR or $USER)",
+    )
     p.add_argument("--tenant", default=None)
-    p.add_argument("--no-wait", dest="wait", action="store_false",
-                   help="return once the broker acknowledged; do not wait for the projection")
+    p.add_argument(
+        "--no-wait",
+        dest="wait",
+        action="store_false",
+        help="return once the broker acknowledged; do not wait for the projection",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _versioned(p: argparse.ArgumentParser) -> None:
     p.add_argument("object", help="object key or id")
-    p.add_argument("--expected-version", "-e", type=int, default=None,
-                   help="refuse (conflict) unless the object is at this version")
+    p.add_argument(
+        "--expected-version",
+        "-e",
+        type=int,
+        default=None,
+        help="refuse (conflict) unless the object is at this version",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -91,38 +105,66 @@ def parser() -> argparse.ArgumentParser:
 
 def _report(result: Result, args: argparse.Namespace) -> None:
     out = {
-        "event_id": result.event_id, "object_id": result.object_id,
-        "partition": result.receipt.partition, "offset": result.receipt.offset,
+        "event_id": result.event_id,
+        "object_id": result.object_id,
+        "partition": result.receipt.partition,
+        "offset": result.receipt.offset,
         "status": result.outcome.status if result.outcome else "published",
         "version": result.version,
     }
     if args.json:
         print(json.dumps(out))
     elif result.outcome:
-        print(f"{args.verb}: {out['status']} — object {result.object_id} now at version {result.version}")
+        print(
+            f"{args.verb}: {out['status']} — object {result.object_id} now at version {result.version}"
+        )
     else:
-        print(f"{args.verb}: published event {result.event_id} at partition {out['partition']} "
-              f"offset {out['offset']} (not waiting for the projection)")
+        print(
+            f"{args.verb}: published event {result.event_id} at partition {out['partition']} "
+            f"offset {out['offset']} (not waiting for the projection)"
+        )
 
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
     args = parser().parse_args(argv)
     with Client(settings or Settings.from_env(), actor=args.actor, tenant=args.tenant) as client:
         if args.verb == "create":
-            result = client.create(args.key, _document(args), tags=args.tag, content_type=args.content_type, wait=args.wait)
+            result = client.create(
+                args.key,
+                _document(args),
+                tags=args.tag,
+                content_type=args.content_type,
+                wait=args.wait,
+            )
         elif args.verb == "update":
             patch = _document(args)
             if not patch:
                 raise ValidationError("update needs --meta or --set")
-            result = client.update(args.object, patch, expected_version=args.expected_version, wait=args.wait)
+            result = client.update(
+                args.object, patch, expected_version=args.expected_version, wait=args.wait
+            )
         elif args.verb == "tag":
-            result = client.tag(args.object, add=args.add, remove=args.remove,
-                                expected_version=args.expected_version, wait=args.wait)
+            result = client.tag(
+                args.object,
+                add=args.add,
+                remove=args.remove,
+                expected_version=args.expected_version,
+                wait=args.wait,
+            )
         elif args.verb == "acl":
-            result = client.set_acl(args.object, args.principal, args.permissions,
-                                    expected_version=args.expected_version, wait=args.wait)
+            result = client.set_acl(
+                args.object,
+                args.principal,
+                args.permissions,
+                expected_version=args.expected_version,
+                wait=args.wait,
+            )
         else:
-            result = client.delete(args.object, expected_version=args.expected_version,
-                                   reason=args.reason, wait=args.wait)
+            result = client.delete(
+                args.object,
+                expected_version=args.expected_version,
+                reason=args.reason,
+                wait=args.wait,
+            )
         _report(result, args)
     return 0

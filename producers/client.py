@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from infra import logging as blog
-from infra.errors import (
+from blobledger.infra import logging as blog
+from blobledger.infra.errors import (
     AuthorizationError,
     ConflictError,
     NotFoundError,
@@ -25,14 +25,21 @@ from infra.errors import (
     TransientError,
     ValidationError,
 )
-from infra.postgres import connect
-from infra.settings import Settings
-from producers import validation as v
-from producers.publisher import Publisher, Receipt
-from projectors.fold import may
-from projectors.queries import AuditEntry, HistoryEntry, ObjectView, Page, Queries, UploadView
-from projectors.waiter import EventOutcome, OutcomeWaiter
-from schemas.events import (
+from blobledger.infra.postgres import connect
+from blobledger.infra.settings import Settings
+from blobledger.producers import validation as v
+from blobledger.producers.publisher import Publisher, Receipt
+from blobledger.projectors.fold import may
+from blobledger.projectors.queries import (
+    AuditEntry,
+    HistoryEntry,
+    ObjectView,
+    Page,
+    Queries,
+    UploadView,
+)
+from blobledger.projectors.waiter import EventOutcome, OutcomeWaiter
+from blobledger.schemas.events import (
     AclChanged,
     BlobAttached,
     Envelope,
@@ -50,7 +57,7 @@ from schemas.events import (
 log = blog.get_logger(__name__)
 
 if TYPE_CHECKING:
-    from blob_worker.reader import ByteRange, ObjectBlob
+    from blobledger.blob_worker.reader import ByteRange, ObjectBlob
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,9 @@ def _raise_for(outcome: EventOutcome) -> None:
     if reason == "conflict":
         raise ConflictError(
             f"object {outcome.object_id} is at version {outcome.version}; re-read it and retry "
-            "with that expected_version", current_version=outcome.version)
+            "with that expected_version",
+            current_version=outcome.version,
+        )
     if reason == "forbidden":
         raise AuthorizationError(f"not permitted on object {outcome.object_id}")
     if reason in ("not_found", "deleted"):
@@ -92,8 +101,9 @@ def _raise_for(outcome: EventOutcome) -> None:
 class Client:
     """One actor's handle on blobledger. Thread-safe for publishing and waiting."""
 
-    def __init__(self, settings: Settings | None = None, *, actor: str,
-                 tenant: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, *, actor: str, tenant: str | None = None
+    ) -> None:
         self.settings = settings or Settings.from_env()
         self.actor = v.validate_actor(actor)
         self.tenant = tenant or self.settings.tenant
@@ -140,14 +150,20 @@ class Client:
         """Accept an object id or a key (ids are derived from tenant + key)."""
         try:
             import uuid
+
             return str(uuid.UUID(ref))
         except ValueError:
-            return object_id_for(self.tenant, v.validate_key(ref, max_length=self.settings.max_key_length))
+            return object_id_for(
+                self.tenant, v.validate_key(ref, max_length=self.settings.max_key_length)
+            )
 
-    def _envelope(self, object_id: str, expected_version: int | None,
-                  correlation_id: str | None = None) -> Envelope:
+    def _envelope(
+        self, object_id: str, expected_version: int | None, correlation_id: str | None = None
+    ) -> Envelope:
         return Envelope(
-            object_id=object_id, actor=self.actor, tenant=self.tenant,
+            object_id=object_id,
+            actor=self.actor,
+            tenant=self.tenant,
             expected_version=v.validate_expected_version(expected_version),
             correlation_id=correlation_id or new_id(),
         )
@@ -171,7 +187,8 @@ class Client:
         if not may(acl, self.actor, permission):
             raise AuthorizationError(
                 f"{self.actor} lacks {permission!r} on object {object_id}; ask an admin of the "
-                "object to grant it (`blobledger object acl`)")
+                "object to grant it (`blobledger object acl`)"
+            )
 
     def _send(self, event: Event, wait: bool) -> Result:
         receipt = self.publisher.publish(self.settings.events_topic, event)
@@ -188,57 +205,107 @@ class Client:
         return outcome
 
     # --- writes ---------------------------------------------------------------------------------
-    def create(self, key: str, metadata: Mapping[str, Any] | None = None, *,
-               tags: Iterable[str] = (), content_type: str | None = None,
-               wait: bool = True) -> Result:
+    def create(
+        self,
+        key: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        tags: Iterable[str] = (),
+        content_type: str | None = None,
+        wait: bool = True,
+    ) -> Result:
         s = self.settings
         key = v.validate_key(key, max_length=s.max_key_length)
         event = ObjectCreated(
             self._envelope(object_id_for(self.tenant, key), 0),
             key=key,
-            metadata_json=v.metadata_json(metadata, max_bytes=s.max_metadata_bytes, max_depth=s.max_metadata_depth),
+            metadata_json=v.metadata_json(
+                metadata, max_bytes=s.max_metadata_bytes, max_depth=s.max_metadata_depth
+            ),
             tags=v.validate_tags(tags),
             content_type=content_type,
         )
         return self._send(event, wait)
 
-    def update(self, ref: str, patch: Mapping[str, Any], *, expected_version: int | None = None,
-               wait: bool = True) -> Result:
+    def update(
+        self,
+        ref: str,
+        patch: Mapping[str, Any],
+        *,
+        expected_version: int | None = None,
+        wait: bool = True,
+    ) -> Result:
         """Merge ``patch`` into the metadata (RFC 7396: a None value removes the key)."""
         s = self.settings
         oid = self.object_id(ref)
-        text = v.metadata_json(patch, max_bytes=s.max_metadata_bytes, max_depth=s.max_metadata_depth)
+        text = v.metadata_json(
+            patch, max_bytes=s.max_metadata_bytes, max_depth=s.max_metadata_depth
+        )
         self._authorize(oid, "write")
-        return self._send(MetadataUpdated(self._envelope(oid, expected_version), patch_json=text), wait)
+        return self._send(
+            MetadataUpdated(self._envelope(oid, expected_version), patch_json=text), wait
+        )
 
-    def tag(self, ref: str, *, add: Iterable[str] = (), remove: Iterable[str] = (),
-            expected_version: int | None = None, wait: bool = True) -> Result:
+    def tag(
+        self,
+        ref: str,
+        *,
+        add: Iterable[str] = (),
+        remove: Iterable[str] = (),
+        expected_version: int | None = None,
+        wait: bool = True,
+    ) -> Result:
         oid = self.object_id(ref)
         added, removed = v.validate_tags(add), v.validate_tags(remove)
         if not added and not removed:
             raise ValidationError("tag needs at least one tag to add or remove")
         self._authorize(oid, "write")
-        return self._send(TagsChanged(self._envelope(oid, expected_version), added=added, removed=removed), wait)
+        return self._send(
+            TagsChanged(self._envelope(oid, expected_version), added=added, removed=removed), wait
+        )
 
-    def set_acl(self, ref: str, principal: str, permissions: Iterable[str], *,
-                expected_version: int | None = None, wait: bool = True) -> Result:
+    def set_acl(
+        self,
+        ref: str,
+        principal: str,
+        permissions: Iterable[str],
+        *,
+        expected_version: int | None = None,
+        wait: bool = True,
+    ) -> Result:
         """Replace what ``principal`` may do on the object (an empty list revokes)."""
         oid = self.object_id(ref)
-        event = AclChanged(self._envelope(oid, expected_version),
-                           principal=v.validate_principal(principal),
-                           permissions=v.validate_permissions(permissions))
+        event = AclChanged(
+            self._envelope(oid, expected_version),
+            principal=v.validate_principal(principal),
+            permissions=v.validate_permissions(permissions),
+        )
         self._authorize(oid, "admin")
         return self._send(event, wait)
 
-    def delete(self, ref: str, *, expected_version: int | None = None, reason: str | None = None,
-               wait: bool = True) -> Result:
+    def delete(
+        self,
+        ref: str,
+        *,
+        expected_version: int | None = None,
+        reason: str | None = None,
+        wait: bool = True,
+    ) -> Result:
         oid = self.object_id(ref)
         self._authorize(oid, "write")
         return self._send(ObjectDeleted(self._envelope(oid, expected_version), reason=reason), wait)
 
-    def attach_blob(self, ref: str, source: str, *, expected_version: int | None = None,
-                    declared_sha256: str | None = None, declared_size: int | None = None,
-                    content_type: str | None = None, wait: bool = True) -> Result:
+    def attach_blob(
+        self,
+        ref: str,
+        source: str,
+        *,
+        expected_version: int | None = None,
+        declared_sha256: str | None = None,
+        declared_size: int | None = None,
+        content_type: str | None = None,
+        wait: bool = True,
+    ) -> Result:
         """Publish the provisional ``BlobAttached`` event, then the upload command.
 
         The command goes out only after the event is acknowledged, so a worker's
@@ -254,13 +321,25 @@ class Client:
         env = self._envelope(oid, expected_version)
         upload_id = new_id()
         deadline = now_us() + s.upload_deadline_seconds * 1_000_000
-        attached = BlobAttached(env, upload_id=upload_id, source=source,
-                                declared_sha256=declared_sha256, declared_size=declared_size,
-                                content_type=content_type, deadline=deadline)
+        attached = BlobAttached(
+            env,
+            upload_id=upload_id,
+            source=source,
+            declared_sha256=declared_sha256,
+            declared_size=declared_size,
+            content_type=content_type,
+            deadline=deadline,
+        )
         receipt = self.publisher.publish(s.events_topic, attached)
-        command = UploadRequested(env.caused(actor=self.actor), upload_id=upload_id, source=source,
-                                  declared_sha256=declared_sha256, declared_size=declared_size,
-                                  content_type=content_type, deadline=deadline)
+        command = UploadRequested(
+            env.caused(actor=self.actor),
+            upload_id=upload_id,
+            source=source,
+            declared_sha256=declared_sha256,
+            declared_size=declared_size,
+            content_type=content_type,
+            deadline=deadline,
+        )
         self.publisher.publish(s.commands_topic, command)
         outcome = self.wait(receipt) if wait else None
         return Result(receipt, outcome, upload_id)
@@ -269,18 +348,29 @@ class Client:
     def get(self, ref: str) -> ObjectView:
         return self.queries.get(self.object_id(ref), actor=self.actor)
 
-    def list(self, *, prefix: str = "", tag: str | None = None, cursor: str | None = None,
-             limit: int = 100) -> Page:
-        return self.queries.list(actor=self.actor, prefix=prefix, tag=tag, cursor=cursor, limit=limit)
+    def list(
+        self,
+        *,
+        prefix: str = "",
+        tag: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        return self.queries.list(
+            actor=self.actor, prefix=prefix, tag=tag, cursor=cursor, limit=limit
+        )
 
     def history(self, ref: str) -> list[HistoryEntry]:
         return self.queries.history(self.object_id(ref), actor=self.actor)
 
-    def as_of(self, ref: str, *, version: int | None = None, at: datetime | None = None) -> HistoryEntry:
+    def as_of(
+        self, ref: str, *, version: int | None = None, at: datetime | None = None
+    ) -> HistoryEntry:
         return self.queries.as_of(self.object_id(ref), actor=self.actor, version=version, at=at)
 
-    def audit(self, actor: str | None = None, *, since: datetime | None = None,
-              limit: int = 1000) -> list[AuditEntry]:
+    def audit(
+        self, actor: str | None = None, *, since: datetime | None = None, limit: int = 1000
+    ) -> list[AuditEntry]:
         return self.queries.audit(actor or self.actor, since=since, limit=limit)
 
     def upload(self, upload_id: str) -> UploadView:
@@ -301,34 +391,38 @@ class Client:
             if time.monotonic() > deadline:
                 raise TimeoutExpired(
                     f"upload {upload_id} is still pending; is a blob worker running (`blobledger worker`)? "
-                    "The reaper compensates it once its deadline passes")
+                    "The reaper compensates it once its deadline passes"
+                )
             time.sleep(0.1)
 
     @property
     def s3(self) -> Any:
         if self._s3 is None:
-            from infra.s3 import make_s3_client
+            from blobledger.infra.s3 import make_s3_client
 
             self._s3 = make_s3_client(self.settings)
         return self._s3
 
-    def open_blob(self, ref: str, version: int | None = None,
-                  byte_range: ByteRange | None = None) -> ObjectBlob:
+    def open_blob(
+        self, ref: str, version: int | None = None, byte_range: ByteRange | None = None
+    ) -> ObjectBlob:
         """A streaming reader of the object's committed blob (at ``version``, default the
         current one), with range support; a full read verifies the SHA-256. While a newer
         upload is pending the last committed blob is served and ``.notice`` says so."""
-        from blob_worker.reader import open_object_blob
+        from blobledger.blob_worker.reader import open_object_blob
 
         return open_object_blob(self, ref, s3=self.s3, version=version, byte_range=byte_range)
 
     def presigned_url(self, ref: str, *, expires_seconds: int = 3600) -> str:
         """A presigned GET URL of the object's committed blob."""
-        from blob_worker.reader import presigned_get_url
+        from blobledger.blob_worker.reader import presigned_get_url
 
         view = self.get(ref)
         if view.blob is None:
             raise NotFoundError(f"object {view.key} has no committed blob yet")
-        return presigned_get_url(self.s3, self.settings.s3_bucket, view.blob.key, expires=expires_seconds)
+        return presigned_get_url(
+            self.s3, self.settings.s3_bucket, view.blob.key, expires=expires_seconds
+        )
 
 
 def _normalize_source(source: str) -> str:
@@ -337,5 +431,7 @@ def _normalize_source(source: str) -> str:
     if source.startswith(("http://", "https://", "file://")):
         return source
     if "://" in source:
-        raise ValidationError(f"unsupported source {source!r}: use a local path, file://, http:// or https://")
+        raise ValidationError(
+            f"unsupported source {source!r}: use a local path, file://, http:// or https://"
+        )
     return "file://" + os.path.abspath(source)

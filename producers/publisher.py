@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from infra.errors import TimeoutExpired, TransientError
-from infra.kafka import headers_for, make_producer, translate
-from infra.settings import Settings
-from schemas.codec import Codec, default_codec
-from schemas.events import Event
+from blobledger.infra.errors import TimeoutExpired, TransientError
+from blobledger.infra.kafka import headers_for, make_producer, translate
+from blobledger.infra.settings import Settings
+from blobledger.schemas.codec import Codec, default_codec
+from blobledger.schemas.events import Event
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,9 @@ class Receipt:
 
 
 class Publisher:
-    def __init__(self, settings: Settings, *, producer: Producer | None = None,
-                 codec: Codec | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, producer: Producer | None = None, codec: Codec | None = None
+    ) -> None:
         self.settings = settings
         self.codec = codec or default_codec()
         self.producer = producer or make_producer(settings)
@@ -44,7 +45,9 @@ class Publisher:
         while not self._stop.is_set():
             self.producer.poll(0.05)
 
-    def publish_async(self, topic: str, event: Event, *, traceparent: str | None = None) -> "Future[Receipt]":
+    def publish_async(
+        self, topic: str, event: Event, *, traceparent: str | None = None
+    ) -> Future[Receipt]:
         future: Future[Receipt] = Future()
         value = self.codec.encode(event)
 
@@ -52,12 +55,20 @@ class Publisher:
             if err is not None:
                 future.set_exception(translate(err))
             else:
-                future.set_result(Receipt(event.event_id, event.object_id, msg.topic(),
-                                          msg.partition(), msg.offset()))
+                future.set_result(
+                    Receipt(
+                        event.event_id, event.object_id, msg.topic(), msg.partition(), msg.offset()
+                    )
+                )
 
         try:
-            self.producer.produce(topic, key=event.object_id.encode(), value=value,
-                                  headers=headers_for(event, traceparent), on_delivery=delivered)
+            self.producer.produce(
+                topic,
+                key=event.object_id.encode(),
+                value=value,
+                headers=headers_for(event, traceparent),
+                on_delivery=delivered,
+            )
         except BufferError as e:
             raise TransientError("producer queue is full; slow down or retry") from e
         except Exception as e:  # KafkaException from produce()

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any
+from collections.abc import Iterable, Mapping
 
-from infra.errors import ValidationError
-from projectors.fold import PERMISSIONS
+from blobledger.infra.errors import ValidationError
+from blobledger.projectors.fold import PERMISSIONS
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -29,7 +30,9 @@ def validate_key(key: str, *, max_length: int) -> str:
     if len(key.encode()) > max_length:
         raise ValidationError(f"object key is {len(key.encode())} bytes; the limit is {max_length}")
     if _CONTROL.search(key):
-        raise ValidationError("object key contains control characters; use printable characters only")
+        raise ValidationError(
+            "object key contains control characters; use printable characters only"
+        )
     if key.startswith("/"):
         raise ValidationError("object key must not start with '/'")
     for segment in key.split("/"):
@@ -69,8 +72,13 @@ def _check_value(value: Any, depth: int, max_depth: int, path: str) -> None:
     )
 
 
-def metadata_json(metadata: Mapping[str, Any] | None, *, max_bytes: int, max_depth: int,
-                  allow_null_values: bool = False) -> str:
+def metadata_json(
+    metadata: Mapping[str, Any] | None,
+    *,
+    max_bytes: int,
+    max_depth: int,
+    allow_null_values: bool = False,
+) -> str:
     """Validate a metadata document (or a merge patch) and return its compact JSON."""
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, Mapping):

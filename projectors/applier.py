@@ -12,10 +12,10 @@ from dataclasses import dataclass, field, replace
 
 import psycopg
 
-from infra.errors import InfrastructureError, PermanentError
-from projectors.fold import ObjectState, Upload, apply
-from projectors.readmodel import BatchWrite, ReadModel
-from schemas.events import BlobAttached, BlobStored, BlobUploadFailed, Event
+from blobledger.infra.errors import InfrastructureError, PermanentError
+from blobledger.projectors.fold import ObjectState, Upload, apply
+from blobledger.projectors.readmodel import BatchWrite, ReadModel
+from blobledger.schemas.events import BlobAttached, BlobStored, BlobUploadFailed, Event
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +73,11 @@ def apply_batch(
             stats.stale += 1
             continue
         fresh.append(rec)
-    if model.memo and not model.complete and positions is not None and any(
-        stored.get(p, 0) != positions.get(p, 0) for p in mine
+    if (
+        model.memo
+        and not model.complete
+        and positions is not None
+        and any(stored.get(p, 0) != positions.get(p, 0) for p in mine)
     ):
         # someone else moved a checkpoint since our last batch: our memo may be stale
         model.memo_reset()
@@ -86,7 +89,8 @@ def apply_batch(
         {r.event.object_id for r in events},  # type: ignore[union-attr]
         {u for r in events if (u := _upload_id(r.event))},  # type: ignore[arg-type]
         [r.event.event_id for r in events],  # type: ignore[union-attr]
-        write.texts)
+        write.texts,
+    )
     fold_records(events, objects, uploads, seen, write, stats)
     for rec in fresh:
         write.checkpoints[(rec.topic, rec.partition)] = rec.offset + 1
@@ -115,11 +119,22 @@ def fold_records(
         state = objects.get(env.object_id)
         result = apply(state, event, uploads)
         out = result.outcome
-        write.outcomes.append((
-            env.event_id, env.object_id, event.event_type, env.tenant, env.actor, out.status,
-            out.reason, out.version, env.correlation_id, env.occurred_at,
-            rec.partition, rec.offset,
-        ))
+        write.outcomes.append(
+            (
+                env.event_id,
+                env.object_id,
+                event.event_type,
+                env.tenant,
+                env.actor,
+                out.status,
+                out.reason,
+                out.version,
+                env.correlation_id,
+                env.occurred_at,
+                rec.partition,
+                rec.offset,
+            )
+        )
         if not out.accepted:
             stats.rejected += 1
         else:
@@ -130,8 +145,14 @@ def fold_records(
             if state is None or result.state.acl != state.acl:
                 write.acl_changed.add(env.object_id)
         if result.new_version and result.state is not None:
-            write.version_row(result.state, env.event_id, event.event_type, env.actor,
-                              env.occurred_at, env.correlation_id)
+            write.version_row(
+                result.state,
+                env.event_id,
+                event.event_type,
+                env.actor,
+                env.occurred_at,
+                env.correlation_id,
+            )
         if result.upload is not None:
             uploads[result.upload.upload_id] = result.upload
             write.uploads[result.upload.upload_id] = result.upload
@@ -201,25 +222,37 @@ def apply_isolating(
     return total
 
 
-def _apply_part(model: ReadModel, topic: str, records: list[Record], positions: dict[int, int] | None,
-                dead_letter: DeadLetter, total: BatchStats) -> None:
+def _apply_part(
+    model: ReadModel,
+    topic: str,
+    records: list[Record],
+    positions: dict[int, int] | None,
+    dead_letter: DeadLetter,
+    total: BatchStats,
+) -> None:
     if total.rewind:  # a partition was rewound by an earlier part: its later records wait
         records = [r for r in records if r.partition not in total.rewind]
     if not records:
         return
     try:
         with model.conn.transaction():
-            stats = apply_batch(model, topic, records, None if positions is None else dict(positions))
+            stats = apply_batch(
+                model, topic, records, None if positions is None else dict(positions)
+            )
     except BaseException as e:
         model.rolled_back()
         if not is_poison(e) or all(r.event is None for r in records):
             raise
         if len(records) == 1:
             root = _root(e)
-            why = UnstorableRecord(f"the read model refused this record: {type(root).__name__}: {root}")
+            why = UnstorableRecord(
+                f"the read model refused this record: {type(root).__name__}: {root}"
+            )
             why.__cause__ = e
             dead_letter(records[0], why)
-            _apply_part(model, topic, [replace(records[0], event=None)], positions, dead_letter, total)
+            _apply_part(
+                model, topic, [replace(records[0], event=None)], positions, dead_letter, total
+            )
             total.dead_letters += 1
             return
         mid = len(records) // 2

@@ -7,16 +7,18 @@ import json
 import os
 from datetime import datetime
 
-from infra.errors import ValidationError
-from infra.settings import Settings
-from producers.client import Client
+from blobledger.infra.errors import ValidationError
+from blobledger.infra.settings import Settings
+from blobledger.producers.client import Client
 
 
 def _when(text: str) -> datetime:
     try:
         return datetime.fromisoformat(text)
     except ValueError as e:
-        raise ValidationError(f"--at takes an ISO-8601 time, e.g. 2026-11-26T10:00:00+00:00, not {text!r}") from e
+        raise ValidationError(
+            f"--at takes an ISO-8601 time, e.g. 2026-11-26T10:00:00+00:00, not {text!r}"
+        ) from e
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,7 +40,9 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--since", type=_when, default=None)
     a.add_argument("--limit", type=int, default=1000)
     for p in (g, ls, h, a):
-        p.add_argument("--actor", default=os.environ.get("BLOBLEDGER_ACTOR", os.environ.get("USER", "cli")))
+        p.add_argument(
+            "--actor", default=os.environ.get("BLOBLEDGER_ACTOR", os.environ.get("USER", "cli"))
+        )
         p.add_argument("--tenant", default=None)
         p.add_argument("--json", action="store_true")
     return top
@@ -55,9 +59,18 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
                 data = client.get(args.object).to_json()
             print(json.dumps(data, indent=None if args.json else 2, default=str))
         elif args.verb == "list":
-            page = client.list(prefix=args.prefix, tag=args.tag, cursor=args.cursor, limit=args.limit)
+            page = client.list(
+                prefix=args.prefix, tag=args.tag, cursor=args.cursor, limit=args.limit
+            )
             if args.json:
-                print(json.dumps({"items": [o.to_json() for o in page.items], "next_cursor": page.next_cursor}))
+                print(
+                    json.dumps(
+                        {
+                            "items": [o.to_json() for o in page.items],
+                            "next_cursor": page.next_cursor,
+                        }
+                    )
+                )
             else:
                 for o in page.items:
                     blob = f"{o.blob.size}B {o.blob.sha256[:12]}" if o.blob else "-"
@@ -71,7 +84,9 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
                 print(json.dumps([e.to_json() for e in entries]))
             else:
                 for e in entries:
-                    print(f"v{e.version:<4} {e.occurred_at.isoformat()}  {e.event_type:<16} by {e.actor}")
+                    print(
+                        f"v{e.version:<4} {e.occurred_at.isoformat()}  {e.event_type:<16} by {e.actor}"
+                    )
         else:
             entries = client.audit(args.who, since=args.since, limit=args.limit)
             if args.json:
@@ -79,5 +94,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
             else:
                 for e in entries:
                     why = f" ({e.reason})" if e.reason else ""
-                    print(f"{e.occurred_at.isoformat()}  {e.event_type:<16} {e.object_id} {e.status}{why}")
+                    print(
+                        f"{e.occurred_at.isoformat()}  {e.event_type:<16} {e.object_id} {e.status}{why}"
+                    )
     return 0

@@ -12,13 +12,20 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from confluent_kafka import Message, Producer, TopicPartition
 
-from infra.errors import BlobledgerError, TransientError
-from infra.kafka import end_offsets, header_value, make_consumer, make_producer, translate
-from infra.settings import Settings
+from blobledger.infra.errors import BlobledgerError, TransientError
+from blobledger.infra.kafka import (
+    end_offsets,
+    header_value,
+    make_consumer,
+    make_producer,
+    translate,
+)
+from blobledger.infra.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,9 @@ class DeadLetters:
         if self.pending:
             left = self.producer.flush(timeout)
             if left:
-                raise TransientError(f"{left} dead letters not acknowledged by the broker; retrying the batch")
+                raise TransientError(
+                    f"{left} dead letters not acknowledged by the broker; retrying the batch"
+                )
             self.pending = 0
 
 
@@ -72,7 +81,9 @@ def _read_all(settings: Settings, limit: int) -> Iterator[tuple[Message, DeadLet
         ends: dict[int, int] = {}
         assign = []
         for p, high in end_offsets(settings, settings.dlq_topic).items():
-            low, _ = consumer.get_watermark_offsets(TopicPartition(settings.dlq_topic, p), timeout=10)
+            low, _ = consumer.get_watermark_offsets(
+                TopicPartition(settings.dlq_topic, p), timeout=10
+            )
             if high > low:
                 ends[p] = high
                 assign.append(TopicPartition(settings.dlq_topic, p, low))
@@ -119,8 +130,9 @@ def list_dead_letters(settings: Settings, limit: int = 1000) -> list[DeadLetter]
     return [d for _, d in _read_all(settings, limit)]
 
 
-def retry_dead_letters(settings: Settings, *, offsets: set[tuple[int, int]] | None = None,
-                       limit: int = 1000) -> int:
+def retry_dead_letters(
+    settings: Settings, *, offsets: set[tuple[int, int]] | None = None, limit: int = 1000
+) -> int:
     """Re-publish dead letters to their source topic (all, or the given (partition,
     offset) pairs). The fold's idempotency makes a retry of something already applied
     harmless; a letter that fails again lands in the DLQ again."""
@@ -130,8 +142,12 @@ def retry_dead_letters(settings: Settings, *, offsets: set[tuple[int, int]] | No
         if offsets is not None and (d.partition, d.offset) not in offsets:
             continue
         headers = [(k, v) for k, v in (msg.headers() or []) if not k.startswith("dlq.")]
-        producer.produce(d.source_topic or settings.events_topic, key=msg.key(), value=msg.value(),
-                         headers=headers)
+        producer.produce(
+            d.source_topic or settings.events_topic,
+            key=msg.key(),
+            value=msg.value(),
+            headers=headers,
+        )
         count += 1
     if producer.flush(30):
         raise TransientError("retried dead letters were not all acknowledged; run retry again")
@@ -139,14 +155,21 @@ def retry_dead_letters(settings: Settings, *, offsets: set[tuple[int, int]] | No
 
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="blobledger dlq", description="Inspect and retry dead letters.")
+    parser = argparse.ArgumentParser(
+        prog="blobledger dlq", description="Inspect and retry dead letters."
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     ls = sub.add_parser("list", help="list dead letters")
     ls.add_argument("--limit", type=int, default=1000)
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     rt = sub.add_parser("retry", help="re-publish dead letters to their source topic")
-    rt.add_argument("--offset", action="append", default=[], metavar="PARTITION:OFFSET",
-                    help="retry only these (repeatable); default: all")
+    rt.add_argument(
+        "--offset",
+        action="append",
+        default=[],
+        metavar="PARTITION:OFFSET",
+        help="retry only these (repeatable); default: all",
+    )
     rt.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     settings = settings or Settings.from_env()
@@ -156,8 +179,10 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
             if args.json:
                 print(json.dumps(asdict(d)))
             else:
-                print(f"{d.partition}:{d.offset}  {d.error_code:<16} from {d.source_topic}"
-                      f"[{d.source_partition}]@{d.source_offset}  key={d.key}  {d.error}")
+                print(
+                    f"{d.partition}:{d.offset}  {d.error_code:<16} from {d.source_topic}"
+                    f"[{d.source_partition}]@{d.source_offset}  key={d.key}  {d.error}"
+                )
         if not args.json:
             print(f"{len(letters)} dead letter(s) in {settings.dlq_topic}", file=sys.stderr)
         return 0

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
-from blob_worker.lifecycle import UploadState, on_completion, on_compensation
-from schemas.events import (
+from blobledger.blob_worker.lifecycle import UploadState, on_completion, on_compensation
+from blobledger.schemas.events import (
     AclChanged,
     BlobAttached,
     BlobStored,
@@ -217,7 +218,9 @@ def merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str
     return out
 
 
-_BUMPABLE = frozenset({"metadata", "tags", "content_type", "deleted", "acl", "blob", "pending_upload_id"})
+_BUMPABLE = frozenset(
+    {"metadata", "tags", "content_type", "deleted", "acl", "blob", "pending_upload_id"}
+)
 
 
 def _bump(state: ObjectState, event: Event, **changes: Any) -> ObjectState:
@@ -226,9 +229,18 @@ def _bump(state: ObjectState, event: Event, **changes: Any) -> ObjectState:
     assert changes.keys() <= _BUMPABLE, changes.keys() - _BUMPABLE
     s, g = state, changes.get
     return ObjectState(
-        s.object_id, s.tenant, s.key, s.version + 1, s.created_at, event.envelope.occurred_at,
-        g("metadata", s.metadata), g("tags", s.tags), g("content_type", s.content_type),
-        g("deleted", s.deleted), g("acl", s.acl), g("blob", s.blob),
+        s.object_id,
+        s.tenant,
+        s.key,
+        s.version + 1,
+        s.created_at,
+        event.envelope.occurred_at,
+        g("metadata", s.metadata),
+        g("tags", s.tags),
+        g("content_type", s.content_type),
+        g("deleted", s.deleted),
+        g("acl", s.acl),
+        g("blob", s.blob),
         g("pending_upload_id", s.pending_upload_id),
     )
 
@@ -335,7 +347,11 @@ def _blob_stored(state: ObjectState | None, e: BlobStored, uploads: Mapping[str,
         return _reject(state, "forbidden")
     current = state.pending_upload_id == upload.upload_id and not state.deleted
     done = replace(
-        upload, sha256=e.sha256, size=e.size, key=e.key, dedup=e.dedup,
+        upload,
+        sha256=e.sha256,
+        size=e.size,
+        key=e.key,
+        dedup=e.dedup,
         finished_at=e.envelope.occurred_at,
     )
     mismatch = (upload.declared_sha256 not in (None, e.sha256)) or (

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 import psycopg
-from infra.errors import TimeoutExpired
-from infra.kafka import end_offsets
-from infra.postgres import connect, translated
-from infra.settings import Settings
-from projectors.readmodel import ReadModel
+from blobledger.infra.errors import TimeoutExpired
+from blobledger.infra.kafka import end_offsets
+from blobledger.infra.postgres import connect, translated
+from blobledger.infra.settings import Settings
+from blobledger.projectors.readmodel import ReadModel
 
 
 def high_watermarks(settings: Settings, topic: str | None = None) -> dict[int, int]:
@@ -45,5 +45,7 @@ def wait_caught_up(settings: Settings, timeout: float = 60.0, *, schema: str | N
             if behind == 0:
                 return
             if time.monotonic() > deadline:
-                raise TimeoutExpired(f"read model still {behind} events behind after {timeout:.0f}s; is a projector running?")
+                raise TimeoutExpired(
+                    f"read model still {behind} events behind after {timeout:.0f}s; is a projector running?"
+                )
             time.sleep(0.05)

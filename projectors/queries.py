@@ -11,15 +11,16 @@ import base64
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from infra.errors import AuthorizationError, NotFoundError, ValidationError
-from infra.postgres import translated
-from projectors.fold import IMPLIED, may
+from blobledger.infra.errors import AuthorizationError, NotFoundError, ValidationError
+from blobledger.infra.postgres import translated
+from blobledger.projectors.fold import IMPLIED, may
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,13 @@ class HistoryEntry:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "version": self.version, "event_id": self.event_id, "event_type": self.event_type,
-            "actor": self.actor, "occurred_at": self.occurred_at.isoformat(),
-            "correlation_id": self.correlation_id, "snapshot": self.snapshot.to_json(),
+            "version": self.version,
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "actor": self.actor,
+            "occurred_at": self.occurred_at.isoformat(),
+            "correlation_id": self.correlation_id,
+            "snapshot": self.snapshot.to_json(),
         }
 
 
@@ -124,14 +129,23 @@ _SNAPSHOT_COLUMNS = (
 def _view(r: dict[str, Any], tenant: str, version: int) -> ObjectView:
     blob = (
         BlobInfo(r["blob_sha256"], r["blob_size"], r["blob_key"], str(r["blob_upload_id"]))
-        if r["blob_sha256"] else None
+        if r["blob_sha256"]
+        else None
     )
     return ObjectView(
-        object_id=str(r["object_id"]), tenant=tenant, key=r["key"], version=version,
-        metadata=r["metadata"], tags=list(r["tags"]), content_type=r["content_type"],
-        deleted=r["deleted"], acl=r["acl"], blob=blob,
+        object_id=str(r["object_id"]),
+        tenant=tenant,
+        key=r["key"],
+        version=version,
+        metadata=r["metadata"],
+        tags=list(r["tags"]),
+        content_type=r["content_type"],
+        deleted=r["deleted"],
+        acl=r["acl"],
+        blob=blob,
         pending_upload_id=str(r["pending_upload_id"]) if r["pending_upload_id"] else None,
-        created_at=r.get("created_at"), updated_at=r.get("updated_at"),
+        created_at=r.get("created_at"),
+        updated_at=r.get("updated_at"),
     )
 
 
@@ -169,8 +183,10 @@ class Queries:
 
     # --- point lookups ----------------------------------------------------------------------
     def get(self, object_id: str, *, actor: str, include_deleted: bool = False) -> ObjectView:
-        rows = self._fetch("SELECT * FROM {s}.objects o WHERE object_id = %s AND tenant = %s",
-                           (object_id, self.tenant))
+        rows = self._fetch(
+            "SELECT * FROM {s}.objects o WHERE object_id = %s AND tenant = %s",
+            (object_id, self.tenant),
+        )
         if not rows or (rows[0]["deleted"] and not include_deleted):
             raise NotFoundError(f"object {object_id} not found (or not yet projected)")
         r = rows[0]
@@ -180,54 +196,83 @@ class Queries:
 
     def acl_of(self, object_id: str) -> tuple[dict[str, list[str]], int, bool] | None:
         """(acl, version, deleted) without a permission check: the client's pre-flight."""
-        rows = self._fetch("SELECT acl, version, deleted FROM {s}.objects WHERE object_id = %s AND tenant = %s",
-                           (object_id, self.tenant))
+        rows = self._fetch(
+            "SELECT acl, version, deleted FROM {s}.objects WHERE object_id = %s AND tenant = %s",
+            (object_id, self.tenant),
+        )
         return (rows[0]["acl"], rows[0]["version"], rows[0]["deleted"]) if rows else None
 
-    def as_of(self, object_id: str, *, actor: str, version: int | None = None,
-              at: datetime | None = None) -> HistoryEntry:
+    def as_of(
+        self, object_id: str, *, actor: str, version: int | None = None, at: datetime | None = None
+    ) -> HistoryEntry:
         """The object's state at a version, or the last version at or before a time."""
         self.get(object_id, actor=actor, include_deleted=True)  # existence + permission
         if version is not None:
-            rows = self._fetch("SELECT * FROM {s}.object_versions WHERE object_id = %s AND version = %s",
-                               (object_id, version))
+            rows = self._fetch(
+                "SELECT * FROM {s}.object_versions WHERE object_id = %s AND version = %s",
+                (object_id, version),
+            )
         elif at is not None:
             rows = self._fetch(
                 "SELECT * FROM {s}.object_versions WHERE object_id = %s AND occurred_at <= %s "
-                "ORDER BY version DESC LIMIT 1", (object_id, at))
+                "ORDER BY version DESC LIMIT 1",
+                (object_id, at),
+            )
         else:
             raise ValidationError("as_of needs a version or a time")
         if not rows:
-            raise NotFoundError(f"object {object_id} has no version {version if version is not None else 'at ' + str(at)}")
+            raise NotFoundError(
+                f"object {object_id} has no version {version if version is not None else 'at ' + str(at)}"
+            )
         return self._entry(rows[0])
 
     def _entry(self, r: dict[str, Any]) -> HistoryEntry:
         return HistoryEntry(
-            version=r["version"], event_id=str(r["event_id"]), event_type=r["event_type"],
-            actor=r["actor"], occurred_at=r["occurred_at"], correlation_id=r["correlation_id"],
+            version=r["version"],
+            event_id=str(r["event_id"]),
+            event_type=r["event_type"],
+            actor=r["actor"],
+            occurred_at=r["occurred_at"],
+            correlation_id=r["correlation_id"],
             snapshot=_view(r, self.tenant, r["version"]),
         )
 
-    def history(self, object_id: str, *, actor: str, after_version: int = 0,
-                limit: int = 1000) -> list[HistoryEntry]:
+    def history(
+        self, object_id: str, *, actor: str, after_version: int = 0, limit: int = 1000
+    ) -> list[HistoryEntry]:
         self.get(object_id, actor=actor, include_deleted=True)
         rows = self._fetch(
             "SELECT * FROM {s}.object_versions WHERE object_id = %s AND version > %s "
-            "ORDER BY version LIMIT %s", (object_id, after_version, limit))
+            "ORDER BY version LIMIT %s",
+            (object_id, after_version, limit),
+        )
         return [self._entry(r) for r in rows]
 
     # --- lists --------------------------------------------------------------------------------
-    def list(self, *, actor: str, prefix: str = "", tag: str | None = None,
-             cursor: str | None = None, limit: int = 100) -> Page:
+    def list(
+        self,
+        *,
+        actor: str,
+        prefix: str = "",
+        tag: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
         """Objects the actor may read, ordered by key, a page at a time."""
         if not 1 <= limit <= 1000:
             raise ValidationError("limit must be between 1 and 1000")
-        after_key, after_id = _decode_cursor(cursor) if cursor else ("", "00000000-0000-0000-0000-000000000000")
-        where = ["o.tenant = %s", "NOT o.deleted", "(o.key COLLATE \"C\", o.object_id) > (%s, %s::uuid)"]
+        after_key, after_id = (
+            _decode_cursor(cursor) if cursor else ("", "00000000-0000-0000-0000-000000000000")
+        )
+        where = [
+            "o.tenant = %s",
+            "NOT o.deleted",
+            '(o.key COLLATE "C", o.object_id) > (%s, %s::uuid)',
+        ]
         params: list[Any] = [self.tenant, after_key, after_id]
         if prefix:
             # a range on the C-collated index, which LIKE with arbitrary input cannot use safely
-            where.append("o.key COLLATE \"C\" >= %s AND o.key COLLATE \"C\" < %s")
+            where.append('o.key COLLATE "C" >= %s AND o.key COLLATE "C" < %s')
             params += [prefix, prefix + "\U0010ffff"]
         if tag:
             where.append("o.tags @> ARRAY[%s]::text[]")
@@ -237,30 +282,56 @@ class Queries:
             params += [[actor, "*"], list(IMPLIED["read"])]
         params.append(limit + 1)
         rows = self._fetch(
-            "SELECT o.* FROM {s}.objects o WHERE " + " AND ".join(where)
-            + " ORDER BY o.key COLLATE \"C\", o.object_id LIMIT %s", params)
+            "SELECT o.* FROM {s}.objects o WHERE "
+            + " AND ".join(where)
+            + ' ORDER BY o.key COLLATE "C", o.object_id LIMIT %s',
+            params,
+        )
         items = [_view(r, r["tenant"], r["version"]) for r in rows[:limit]]
         nxt = _encode_cursor(items[-1].key, items[-1].object_id) if len(rows) > limit else None
         return Page(items, nxt)
 
-    def audit(self, actor_filter: str, *, since: datetime | None = None,
-              limit: int = 1000) -> list[AuditEntry]:
+    def audit(
+        self, actor_filter: str, *, since: datetime | None = None, limit: int = 1000
+    ) -> list[AuditEntry]:
         """Everything an actor did (accepted and rejected), oldest first."""
         rows = self._fetch(
             "SELECT * FROM {s}.event_outcomes WHERE actor = %s AND tenant = %s "
             "AND occurred_at >= COALESCE(%s, '-infinity'::timestamptz) ORDER BY occurred_at, event_id LIMIT %s",
-            (actor_filter, self.tenant, since, limit))
-        return [AuditEntry(str(r["event_id"]), str(r["object_id"]), r["event_type"], r["status"],
-                           r["reason"], r["version"], r["occurred_at"], r["correlation_id"]) for r in rows]
+            (actor_filter, self.tenant, since, limit),
+        )
+        return [
+            AuditEntry(
+                str(r["event_id"]),
+                str(r["object_id"]),
+                r["event_type"],
+                r["status"],
+                r["reason"],
+                r["version"],
+                r["occurred_at"],
+                r["correlation_id"],
+            )
+            for r in rows
+        ]
 
     def upload(self, upload_id: str) -> UploadView:
         rows = self._fetch("SELECT * FROM {s}.uploads WHERE upload_id = %s", (upload_id,))
         if not rows:
             raise NotFoundError(f"upload {upload_id} not found (or not yet projected)")
         r = rows[0]
-        return UploadView(str(r["upload_id"]), str(r["object_id"]), r["state"], r["source"],
-                          r["requested_version"], r["sha256"], r["size"], r["key"], r["dedup"],
-                          r["reason"], r["deadline"])
+        return UploadView(
+            str(r["upload_id"]),
+            str(r["object_id"]),
+            r["state"],
+            r["source"],
+            r["requested_version"],
+            r["sha256"],
+            r["size"],
+            r["key"],
+            r["dedup"],
+            r["reason"],
+            r["deadline"],
+        )
 
     def outcome(self, event_id: str) -> dict[str, Any] | None:
         rows = self._fetch("SELECT * FROM {s}.event_outcomes WHERE event_id = %s", (event_id,))
@@ -268,6 +339,8 @@ class Queries:
 
     def lag(self, high_watermarks: dict[int, int], topic: str) -> int:
         """Events in the log not yet folded (sum over partitions)."""
-        rows = self._fetch("SELECT partition, next_offset FROM {s}.checkpoints WHERE topic = %s", (topic,))
+        rows = self._fetch(
+            "SELECT partition, next_offset FROM {s}.checkpoints WHERE topic = %s", (topic,)
+        )
         done = {r["partition"]: r["next_offset"] for r in rows}
         return sum(max(0, high - done.get(p, 0)) for p, high in high_watermarks.items())

@@ -11,38 +11,90 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 import psycopg
 from psycopg import sql
 
-from blob_worker.lifecycle import UploadState
-from infra.postgres import translated
-from projectors.fold import BlobRef, ObjectState, Upload
-from schemas.events import us_to_datetime
+from blobledger.blob_worker.lifecycle import UploadState
+from blobledger.infra.postgres import translated
+from blobledger.projectors.fold import BlobRef, ObjectState, Upload
+from blobledger.schemas.events import us_to_datetime
 
-MIGRATIONS_PACKAGE = "projectors.migrations"
+MIGRATIONS_PACKAGE = "blobledger.projectors.migrations"
 
 OBJECT_COLUMNS = (
-    "object_id", "tenant", "key", "version", "metadata", "tags", "content_type", "deleted",
-    "acl", "blob_sha256", "blob_size", "blob_key", "blob_upload_id", "pending_upload_id",
-    "created_at", "updated_at",
+    "object_id",
+    "tenant",
+    "key",
+    "version",
+    "metadata",
+    "tags",
+    "content_type",
+    "deleted",
+    "acl",
+    "blob_sha256",
+    "blob_size",
+    "blob_key",
+    "blob_upload_id",
+    "pending_upload_id",
+    "created_at",
+    "updated_at",
 )
 VERSION_COLUMNS = (
-    "object_id", "version", "event_id", "event_type", "actor", "occurred_at", "correlation_id",
-    "key", "metadata", "tags", "content_type", "deleted", "acl", "blob_sha256", "blob_size",
-    "blob_key", "blob_upload_id", "pending_upload_id",
+    "object_id",
+    "version",
+    "event_id",
+    "event_type",
+    "actor",
+    "occurred_at",
+    "correlation_id",
+    "key",
+    "metadata",
+    "tags",
+    "content_type",
+    "deleted",
+    "acl",
+    "blob_sha256",
+    "blob_size",
+    "blob_key",
+    "blob_upload_id",
+    "pending_upload_id",
 )
 OUTCOME_COLUMNS = (
-    "event_id", "object_id", "event_type", "tenant", "actor", "status", "reason", "version",
-    "correlation_id", "occurred_at", "log_partition", "log_offset",
+    "event_id",
+    "object_id",
+    "event_type",
+    "tenant",
+    "actor",
+    "status",
+    "reason",
+    "version",
+    "correlation_id",
+    "occurred_at",
+    "log_partition",
+    "log_offset",
 )
 UPLOAD_COLUMNS = (
-    "upload_id", "object_id", "state", "source", "requested_version", "requested_at", "deadline",
-    "declared_sha256", "declared_size", "sha256", "size", "key", "dedup", "reason", "finished_at",
+    "upload_id",
+    "object_id",
+    "state",
+    "source",
+    "requested_version",
+    "requested_at",
+    "deadline",
+    "declared_sha256",
+    "declared_size",
+    "sha256",
+    "size",
+    "key",
+    "dedup",
+    "reason",
+    "finished_at",
 )
 
 
@@ -84,7 +136,9 @@ def migrate(conn: psycopg.Connection, schema: str) -> list[str]:
         )
         done = {
             row[0]
-            for row in conn.execute(sql.SQL("SELECT number FROM {}.schema_migrations").format(ident))
+            for row in conn.execute(
+                sql.SQL("SELECT number FROM {}.schema_migrations").format(ident)
+            )
         }
         for number, name, text in migration_files():
             if number in done:
@@ -92,7 +146,9 @@ def migrate(conn: psycopg.Connection, schema: str) -> list[str]:
             conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
             conn.execute(text.encode())
             conn.execute(
-                sql.SQL("INSERT INTO {}.schema_migrations (number, name) VALUES (%s, %s)").format(ident),
+                sql.SQL("INSERT INTO {}.schema_migrations (number, name) VALUES (%s, %s)").format(
+                    ident
+                ),
                 (number, name),
             )
             applied.append(name)
@@ -105,7 +161,9 @@ def migrate(conn: psycopg.Connection, schema: str) -> list[str]:
 def _e(s: str) -> str:
     """Escape a string for COPY text format (backslash, tab, newline, carriage return)."""
     if "\\" in s or "\t" in s or "\n" in s or "\r" in s:
-        return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+        return (
+            s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+        )
     return s
 
 
@@ -121,7 +179,7 @@ def _b(v: bool) -> str:
     return "t" if v else "f"
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECONDS: dict[int, str] = {}
 
 
@@ -231,46 +289,84 @@ def _state_text(s: ObjectState, texts: TextCache) -> str:
 def _state_text_uncached(s: ObjectState, texts: TextCache) -> str:
     # ids are canonical UUID text (the decoder refuses anything else): nothing to escape
     b = s.blob
-    blob = (f"{_e(b.sha256)}\t{b.size}\t{_e(b.key)}\t{b.upload_id}" if b is not None
-            else "\\N\t\\N\t\\N\t\\N")
+    blob = (
+        f"{_e(b.sha256)}\t{b.size}\t{_e(b.key)}\t{b.upload_id}"
+        if b is not None
+        else "\\N\t\\N\t\\N\t\\N"
+    )
     pending = s.pending_upload_id or "\\N"
-    return (f"{_e(s.key)}\t{texts.metadata(s.metadata)}\t{texts.tags(s.tags)}\t{_en(s.content_type)}\t"
-            f"{'t' if s.deleted else 'f'}\t{texts.acl(s.acl)}\t{blob}\t{pending}")
+    return (
+        f"{_e(s.key)}\t{texts.metadata(s.metadata)}\t{texts.tags(s.tags)}\t{_en(s.content_type)}\t"
+        f"{'t' if s.deleted else 'f'}\t{texts.acl(s.acl)}\t{blob}\t{pending}"
+    )
 
 
 def object_line(s: ObjectState, texts: TextCache) -> str:
     """OBJECT_COLUMNS as a COPY text line."""
-    return (f"{s.object_id}\t{_e(s.tenant)}\t{s.version}\t{_ts(s.created_at)}\t{_ts(s.updated_at)}\t"
-            f"{_state_text(s, texts)}\n")
+    return (
+        f"{s.object_id}\t{_e(s.tenant)}\t{s.version}\t{_ts(s.created_at)}\t{_ts(s.updated_at)}\t"
+        f"{_state_text(s, texts)}\n"
+    )
 
 
 def version_line(row: tuple[Any, ...], texts: TextCache) -> str:
     """VERSION_COLUMNS as a COPY text line, from ``BatchWrite.versions`` entries."""
     object_id, version, event_id, event_type, actor, occurred_at, correlation_id, s = row
-    return (f"{object_id}\t{version}\t{event_id}\t{event_type}\t{_e(actor)}\t"
-            f"{_ts(occurred_at)}\t{_e(correlation_id)}\t{_state_text(s, texts)}\n")
+    return (
+        f"{object_id}\t{version}\t{event_id}\t{event_type}\t{_e(actor)}\t"
+        f"{_ts(occurred_at)}\t{_e(correlation_id)}\t{_state_text(s, texts)}\n"
+    )
 
 
 def outcome_line(r: tuple[Any, ...]) -> str:
     """OUTCOME_COLUMNS as a COPY text line, from ``BatchWrite.outcomes`` entries."""
-    (event_id, object_id, event_type, tenant, actor, status, reason, version, correlation_id,
-     occurred_at, partition, offset) = r
-    return (f"{event_id}\t{object_id}\t{event_type}\t{_e(tenant)}\t{_e(actor)}\t{status}\t"
-            f"{_en(reason)}\t{version}\t{_e(correlation_id)}\t{_ts(occurred_at)}\t{partition}\t{offset}\n")
+    (
+        event_id,
+        object_id,
+        event_type,
+        tenant,
+        actor,
+        status,
+        reason,
+        version,
+        correlation_id,
+        occurred_at,
+        partition,
+        offset,
+    ) = r
+    return (
+        f"{event_id}\t{object_id}\t{event_type}\t{_e(tenant)}\t{_e(actor)}\t{status}\t"
+        f"{_en(reason)}\t{version}\t{_e(correlation_id)}\t{_ts(occurred_at)}\t{partition}\t{offset}\n"
+    )
 
 
 def upload_line(u: Upload) -> str:
     """UPLOAD_COLUMNS as a COPY text line."""
-    return (f"{u.upload_id}\t{u.object_id}\t{u.state.value}\t{_e(u.source)}\t{u.requested_version}\t"
-            f"{_ts(u.requested_at)}\t{_ts(u.deadline)}\t{_en(u.declared_sha256)}\t{_in(u.declared_size)}\t"
-            f"{_en(u.sha256)}\t{_in(u.size)}\t{_en(u.key)}\t{_b(u.dedup)}\t{_en(u.reason)}\t"
-            f"{_tsn(u.finished_at)}\n")
+    return (
+        f"{u.upload_id}\t{u.object_id}\t{u.state.value}\t{_e(u.source)}\t{u.requested_version}\t"
+        f"{_ts(u.requested_at)}\t{_ts(u.deadline)}\t{_en(u.declared_sha256)}\t{_in(u.declared_size)}\t"
+        f"{_en(u.sha256)}\t{_in(u.size)}\t{_en(u.key)}\t{_b(u.dedup)}\t{_en(u.reason)}\t"
+        f"{_tsn(u.finished_at)}\n"
+    )
 
 
 #: column order of the COPY lines above (objects: identity columns first, then state)
 OBJECT_COPY_COLUMNS = (
-    "object_id", "tenant", "version", "created_at", "updated_at", "key", "metadata", "tags",
-    "content_type", "deleted", "acl", "blob_sha256", "blob_size", "blob_key", "blob_upload_id",
+    "object_id",
+    "tenant",
+    "version",
+    "created_at",
+    "updated_at",
+    "key",
+    "metadata",
+    "tags",
+    "content_type",
+    "deleted",
+    "acl",
+    "blob_sha256",
+    "blob_size",
+    "blob_key",
+    "blob_upload_id",
     "pending_upload_id",
 )
 UPLOAD_COPY_COLUMNS = UPLOAD_COLUMNS
@@ -291,8 +387,24 @@ _UPLOAD_SELECT = (
 
 def state_from_row(r: Sequence[Any], texts: TextCache | None = None) -> ObjectState:
     """An :class:`ObjectState` from a ``_OBJECT_SELECT`` row (text JSON, epoch-us times)."""
-    (object_id, tenant, key, version, metadata_text, tags, content_type, deleted, acl_text, bsha,
-     bsize, bkey, bupload, pending, created_at, updated_at) = r
+    (
+        object_id,
+        tenant,
+        key,
+        version,
+        metadata_text,
+        tags,
+        content_type,
+        deleted,
+        acl_text,
+        bsha,
+        bsize,
+        bkey,
+        bupload,
+        pending,
+        created_at,
+        updated_at,
+    ) = r
     metadata = _loads(metadata_text)
     acl = {p: frozenset(perms) for p, perms in _loads(acl_text).items()}
     tags_t = tuple(tags)
@@ -318,13 +430,39 @@ def state_from_row(r: Sequence[Any], texts: TextCache | None = None) -> ObjectSt
 
 def upload_from_row(r: Sequence[Any]) -> Upload:
     """An :class:`Upload` from an ``_UPLOAD_SELECT`` row."""
-    (upload_id, object_id, state, source, requested_version, requested_at, deadline, dsha, dsize,
-     sha, size, key, dedup, reason, finished_at) = r
+    (
+        upload_id,
+        object_id,
+        state,
+        source,
+        requested_version,
+        requested_at,
+        deadline,
+        dsha,
+        dsize,
+        sha,
+        size,
+        key,
+        dedup,
+        reason,
+        finished_at,
+    ) = r
     return Upload(
-        upload_id=upload_id, object_id=object_id, state=UploadState(state), source=source,
-        requested_version=requested_version, requested_at=requested_at, deadline=deadline,
-        declared_sha256=dsha, declared_size=dsize, sha256=sha, size=size, key=key, dedup=dedup,
-        reason=reason, finished_at=finished_at,
+        upload_id=upload_id,
+        object_id=object_id,
+        state=UploadState(state),
+        source=source,
+        requested_version=requested_version,
+        requested_at=requested_at,
+        deadline=deadline,
+        declared_sha256=dsha,
+        declared_size=dsize,
+        sha256=sha,
+        size=size,
+        key=key,
+        dedup=dedup,
+        reason=reason,
+        finished_at=finished_at,
     )
 
 
@@ -344,11 +482,19 @@ class BatchWrite:
     checkpoints: dict[tuple[str, int], int] = field(default_factory=dict)
     texts: TextCache = field(default_factory=TextCache)
 
-    def version_row(self, s: ObjectState, event_id: str, event_type: str, actor: str,
-                    occurred_at: int, correlation_id: str) -> None:
+    def version_row(
+        self,
+        s: ObjectState,
+        event_id: str,
+        event_type: str,
+        actor: str,
+        occurred_at: int,
+        correlation_id: str,
+    ) -> None:
         # the state is immutable: keep it and format the snapshot at write time
-        self.versions.append((s.object_id, s.version, event_id, event_type, actor, occurred_at,
-                              correlation_id, s))
+        self.versions.append(
+            (s.object_id, s.version, event_id, event_type, actor, occurred_at, correlation_id, s)
+        )
 
 
 class ReadModel:
@@ -357,8 +503,15 @@ class ReadModel:
     #: a memo larger than this is dropped (and refilled from Postgres as batches need it)
     MEMO_LIMIT = 500_000
 
-    def __init__(self, conn: psycopg.Connection, schema: str, *, memo: bool = False,
-                 complete: bool = False, defer_blobs: bool = False) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        schema: str,
+        *,
+        memo: bool = False,
+        complete: bool = False,
+        defer_blobs: bool = False,
+    ) -> None:
         """``memo``: keep the fold states this model wrote in memory so later batches need
         not load them again. Only valid while nobody else writes the objects (the caller
         resets it on rebalance, checkpoint mismatch or a failed batch: :meth:`memo_reset`).
@@ -418,8 +571,9 @@ class ReadModel:
     def lock_for_batch(self) -> None:
         self.conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (lock_key(self.schema),))
 
-    def checkpoints(self, topic: str, *, lock: bool = False,
-                    partitions: Iterable[int] | None = None) -> dict[int, int]:
+    def checkpoints(
+        self, topic: str, *, lock: bool = False, partitions: Iterable[int] | None = None
+    ) -> dict[int, int]:
         """Stored checkpoints of ``topic`` (only ``partitions`` when given: a batch locks
         just its own rows, so projectors on other partitions are not serialized)."""
         q = "SELECT partition, next_offset FROM {s}.checkpoints WHERE topic = %s"
@@ -437,13 +591,22 @@ class ReadModel:
         parts = sorted(partitions)
         with self.conn.pipeline():
             self.conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (lock_key(self.schema),))
-            cur = self.conn.execute(self._q(
-                "SELECT partition, next_offset FROM {s}.checkpoints WHERE topic = %s "
-                "AND partition = ANY(%s::int[]) ORDER BY partition FOR UPDATE"), (topic, parts))
+            cur = self.conn.execute(
+                self._q(
+                    "SELECT partition, next_offset FROM {s}.checkpoints WHERE topic = %s "
+                    "AND partition = ANY(%s::int[]) ORDER BY partition FOR UPDATE"
+                ),
+                (topic, parts),
+            )
         return dict(cur.fetchall())
 
-    def load_all(self, object_ids: Iterable[str], upload_ids: Iterable[str], event_ids: Iterable[str],
-                 texts: TextCache | None = None) -> tuple[dict[str, ObjectState], dict[str, Upload], set[str]]:
+    def load_all(
+        self,
+        object_ids: Iterable[str],
+        upload_ids: Iterable[str],
+        event_ids: Iterable[str],
+        texts: TextCache | None = None,
+    ) -> tuple[dict[str, ObjectState], dict[str, Upload], set[str]]:
         """:meth:`load_objects`, :meth:`load_uploads` and :meth:`applied` with the queries
         the memo cannot answer sent together (one round trip)."""
         objects: dict[str, ObjectState] = {}
@@ -470,14 +633,26 @@ class ReadModel:
         c_o = c_u = c_e = None
         with self.conn.pipeline():
             if miss_o:
-                c_o = self.conn.execute(self._q(
-                    f"SELECT {_OBJECT_SELECT} FROM {{s}}.objects WHERE object_id = ANY(%s::uuid[])"), (miss_o,))
+                c_o = self.conn.execute(
+                    self._q(
+                        f"SELECT {_OBJECT_SELECT} FROM {{s}}.objects WHERE object_id = ANY(%s::uuid[])"
+                    ),
+                    (miss_o,),
+                )
             if miss_u:
-                c_u = self.conn.execute(self._q(
-                    f"SELECT {_UPLOAD_SELECT} FROM {{s}}.uploads WHERE upload_id = ANY(%s::uuid[])"), (miss_u,))
+                c_u = self.conn.execute(
+                    self._q(
+                        f"SELECT {_UPLOAD_SELECT} FROM {{s}}.uploads WHERE upload_id = ANY(%s::uuid[])"
+                    ),
+                    (miss_u,),
+                )
             if ev:
-                c_e = self.conn.execute(self._q(
-                    "SELECT event_id::text FROM {s}.event_outcomes WHERE event_id = ANY(%s::uuid[])"), (ev,))
+                c_e = self.conn.execute(
+                    self._q(
+                        "SELECT event_id::text FROM {s}.event_outcomes WHERE event_id = ANY(%s::uuid[])"
+                    ),
+                    (ev,),
+                )
         if c_o is not None:
             for r in c_o.fetchall():
                 objects[r[0]] = state_from_row(r, texts)
@@ -487,7 +662,9 @@ class ReadModel:
         seen = {r[0] for r in c_e.fetchall()} if c_e is not None else set()
         return objects, uploads, seen
 
-    def load_objects(self, object_ids: Iterable[str], texts: TextCache | None = None) -> dict[str, ObjectState]:
+    def load_objects(
+        self, object_ids: Iterable[str], texts: TextCache | None = None
+    ) -> dict[str, ObjectState]:
         out: dict[str, ObjectState] = {}
         if self.memo:
             memo, ids = self._objects, []
@@ -502,7 +679,10 @@ class ReadModel:
         if not ids:
             return out
         rows = self.conn.execute(
-            self._q(f"SELECT {_OBJECT_SELECT} FROM {{s}}.objects WHERE object_id = ANY(%s::uuid[])"), (ids,),
+            self._q(
+                f"SELECT {_OBJECT_SELECT} FROM {{s}}.objects WHERE object_id = ANY(%s::uuid[])"
+            ),
+            (ids,),
         ).fetchall()
         for r in rows:
             out[r[0]] = state_from_row(r, texts)
@@ -523,7 +703,10 @@ class ReadModel:
         if not ids:
             return out
         rows = self.conn.execute(
-            self._q(f"SELECT {_UPLOAD_SELECT} FROM {{s}}.uploads WHERE upload_id = ANY(%s::uuid[])"), (ids,),
+            self._q(
+                f"SELECT {_UPLOAD_SELECT} FROM {{s}}.uploads WHERE upload_id = ANY(%s::uuid[])"
+            ),
+            (ids,),
         ).fetchall()
         for r in rows:
             out[r[0]] = upload_from_row(r)
@@ -536,14 +719,23 @@ class ReadModel:
         if not ids:
             return set()
         rows = self.conn.execute(
-            self._q("SELECT event_id::text FROM {s}.event_outcomes WHERE event_id = ANY(%s::uuid[])"), (ids,)
+            self._q(
+                "SELECT event_id::text FROM {s}.event_outcomes WHERE event_id = ANY(%s::uuid[])"
+            ),
+            (ids,),
         ).fetchall()
         return {r[0] for r in rows}
 
     # --- the write -------------------------------------------------------------------------
-    def _copy_text(self, table: str, columns: Sequence[str], lines: Iterable[str], *, temp: bool = False) -> None:
+    def _copy_text(
+        self, table: str, columns: Sequence[str], lines: Iterable[str], *, temp: bool = False
+    ) -> None:
         """COPY pre-formatted text lines, written in large buffers (not row by row)."""
-        target = sql.Identifier(table) if temp else sql.SQL("{}.{}").format(self._s, sql.Identifier(table))
+        target = (
+            sql.Identifier(table)
+            if temp
+            else sql.SQL("{}.{}").format(self._s, sql.Identifier(table))
+        )
         stmt = sql.SQL("COPY {t} ({c}) FROM STDIN").format(
             t=target, c=sql.SQL(", ").join(map(sql.Identifier, columns))
         )
@@ -577,8 +769,12 @@ class ReadModel:
             sql.SQL(
                 "INSERT INTO {s}.{t} ({cols}) SELECT {cols} FROM {stg} ON CONFLICT ({k}) DO UPDATE SET {u}"
             ).format(
-                s=self._s, t=sql.Identifier(table), cols=cols, stg=sql.Identifier(f"staging_{table}"),
-                k=sql.Identifier(key), u=updates,
+                s=self._s,
+                t=sql.Identifier(table),
+                cols=cols,
+                stg=sql.Identifier(f"staging_{table}"),
+                k=sql.Identifier(key),
+                u=updates,
             )
         )
 
@@ -587,21 +783,34 @@ class ReadModel:
         texts = batch.texts
         with translated():
             if batch.outcomes:
-                self._copy_text("event_outcomes", OUTCOME_COLUMNS, map(outcome_line, batch.outcomes))
+                self._copy_text(
+                    "event_outcomes", OUTCOME_COLUMNS, map(outcome_line, batch.outcomes)
+                )
             if batch.versions:
-                self._copy_text("object_versions", VERSION_COLUMNS,
-                                (version_line(v, texts) for v in batch.versions))
+                self._copy_text(
+                    "object_versions",
+                    VERSION_COLUMNS,
+                    (version_line(v, texts) for v in batch.versions),
+                )
             if batch.objects or batch.uploads:
                 self._ensure_temp()
             if batch.objects:
-                self._copy_text("staging_objects", OBJECT_COPY_COLUMNS,
-                                (object_line(s, texts) for s in batch.objects.values()), temp=True)
+                self._copy_text(
+                    "staging_objects",
+                    OBJECT_COPY_COLUMNS,
+                    (object_line(s, texts) for s in batch.objects.values()),
+                    temp=True,
+                )
                 self._upsert_from_staging("objects", "object_id", OBJECT_COLUMNS)
             if batch.acl_changed:
                 self._write_acl_entries(batch)
             if batch.uploads:
-                self._copy_text("staging_uploads", UPLOAD_COPY_COLUMNS,
-                                map(upload_line, batch.uploads.values()), temp=True)
+                self._copy_text(
+                    "staging_uploads",
+                    UPLOAD_COPY_COLUMNS,
+                    map(upload_line, batch.uploads.values()),
+                    temp=True,
+                )
                 self._upsert_from_staging("uploads", "upload_id", UPLOAD_COLUMNS)
                 if not self.defer_blobs:
                     self._write_blobs(batch)
@@ -615,7 +824,11 @@ class ReadModel:
                             "ON CONFLICT (topic, partition) "
                             "DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
                         ),
-                        ([t for (t, _), _ in items], [p for (_, p), _ in items], [o for _, o in items]),
+                        (
+                            [t for (t, _), _ in items],
+                            [p for (_, p), _ in items],
+                            [o for _, o in items],
+                        ),
                     )
                     # delivered at commit, so a woken waiter always finds the rows it waits for
                     self.conn.execute("SELECT pg_notify(%s, '')", (notify_channel(self.schema),))
@@ -631,15 +844,20 @@ class ReadModel:
 
     def _write_acl_entries(self, batch: BatchWrite) -> None:
         ids = sorted(batch.acl_changed)
-        self.conn.execute(self._q("DELETE FROM {s}.acl_entries WHERE object_id = ANY(%s::uuid[])"), (ids,))
+        self.conn.execute(
+            self._q("DELETE FROM {s}.acl_entries WHERE object_id = ANY(%s::uuid[])"), (ids,)
+        )
         rows = [
             (oid, principal, perm)
             for oid in ids
             for principal, perms in sorted(batch.objects[oid].acl.items())
             for perm in sorted(perms)
         ]
-        self._copy_text("acl_entries", ("object_id", "principal", "permission"),
-                        (f"{_e(o)}\t{_e(p)}\t{_e(m)}\n" for o, p, m in rows))
+        self._copy_text(
+            "acl_entries",
+            ("object_id", "principal", "permission"),
+            (f"{_e(o)}\t{_e(p)}\t{_e(m)}\n" for o, p, m in rows),
+        )
 
     def _write_blobs(self, batch: BatchWrite) -> None:
         """Blobs known to be stored (stored or orphaned uploads) and their ref counts."""

@@ -17,21 +17,22 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 import psycopg
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from psycopg import sql
 
-from infra import logging as blog
-from infra.errors import CodecError, StackError
-from infra.kafka import end_offsets, make_consumer, make_producer, translate
-from infra.postgres import connect, translated
-from infra.settings import Settings
-from projectors.applier import Record, apply_isolating
-from projectors.dlq import DeadLetters
-from projectors.readmodel import ReadModel, lock_key, migrate
-from schemas.codec import Codec, default_codec
+from blobledger.infra import logging as blog
+from blobledger.infra.errors import CodecError, StackError
+from blobledger.infra.kafka import end_offsets, make_consumer, make_producer, translate
+from blobledger.infra.postgres import connect, translated
+from blobledger.infra.settings import Settings
+from blobledger.projectors.applier import Record, apply_isolating
+from blobledger.projectors.dlq import DeadLetters
+from blobledger.projectors.readmodel import ReadModel, lock_key, migrate
+from blobledger.schemas.codec import Codec, default_codec
 
 log = blog.get_logger(__name__)
 
@@ -89,9 +90,16 @@ class Progress:
 class Rebuilder:
     """Reads the events topic from the beginning and folds it into ``target`` schema."""
 
-    def __init__(self, settings: Settings, target: str, *, codec: Codec | None = None,
-                 batch_size: int = 20000, partitions: Iterable[int] | None = None,
-                 defer_blobs: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        target: str,
+        *,
+        codec: Codec | None = None,
+        batch_size: int = 20000,
+        partitions: Iterable[int] | None = None,
+        defer_blobs: bool = False,
+    ) -> None:
         """``partitions``: fold only these (a worker of a parallel rebuild); ``defer_blobs``:
         collect blob rows instead of writing them (see :class:`ReadModel`)."""
         self.settings = settings
@@ -106,8 +114,10 @@ class Rebuilder:
         self.dlq = DeadLetters(make_producer(settings), settings.dlq_topic)
         # a throwaway group: replay assigns partitions itself and never commits offsets
         self.consumer: Consumer = make_consumer(
-            settings, f"{settings.projector_group}.replay.{int(time.time() * 1000)}",
-            **{"enable.partition.eof": True, "fetch.wait.max.ms": 100})
+            settings,
+            f"{settings.projector_group}.replay.{int(time.time() * 1000)}",
+            **{"enable.partition.eof": True, "fetch.wait.max.ms": 100},
+        )
         self.next: dict[int, int] = {}
         self.events = 0
         self.dead = 0
@@ -116,7 +126,10 @@ class Rebuilder:
         md = self.consumer.list_topics(self.topic, timeout=10)
         t = md.topics.get(self.topic)
         if t is None or t.error is not None:
-            raise StackError(f"topic {self.topic} not found; is this the right broker and prefix?", service="kafka")
+            raise StackError(
+                f"topic {self.topic} not found; is this the right broker and prefix?",
+                service="kafka",
+            )
         return sorted(t.partitions)
 
     def high_watermarks(self) -> dict[int, int]:
@@ -129,11 +142,15 @@ class Rebuilder:
         if not stored:
             # a fresh private schema (or our disjoint share of it: partitions own their
             # objects) that only we write: fold from memory, no lookups
-            self.model = ReadModel(self.conn, self.target, complete=True, defer_blobs=self.defer_blobs)
+            self.model = ReadModel(
+                self.conn, self.target, complete=True, defer_blobs=self.defer_blobs
+            )
         self.next = {p: stored.get(p, 0) for p in parts}
         self.consumer.assign([TopicPartition(self.topic, p, o) for p, o in self.next.items()])
 
-    def fold_until(self, targets: dict[int, int], progress: Callable[[int], None] | None = None) -> None:
+    def fold_until(
+        self, targets: dict[int, int], progress: Callable[[int], None] | None = None
+    ) -> None:
         """Fold every record below ``targets[partition]``; records at or past it are left
         for later (the consumer is re-positioned so nothing is skipped)."""
         remaining = {p for p, t in targets.items() if self.next.get(p, 0) < t}
@@ -148,7 +165,9 @@ class Rebuilder:
                     if err.code() == KafkaError._PARTITION_EOF:
                         # the end: offsets left below the target were transaction markers
                         if m.partition() in remaining and m.offset() >= targets[m.partition()]:
-                            self.next[m.partition()] = max(self.next.get(m.partition(), 0), targets[m.partition()])
+                            self.next[m.partition()] = max(
+                                self.next.get(m.partition(), 0), targets[m.partition()]
+                            )
                         continue
                     raise translate(err)
                 p, off = m.partition(), m.offset()
@@ -156,7 +175,11 @@ class Rebuilder:
                     if p not in paused:
                         # went past the target: rewind to it and stop reading this partition
                         self.consumer.pause([TopicPartition(self.topic, p)])
-                        self.consumer.seek(TopicPartition(self.topic, p, max(self.next.get(p, 0), targets.get(p, 0))))
+                        self.consumer.seek(
+                            TopicPartition(
+                                self.topic, p, max(self.next.get(p, 0), targets.get(p, 0))
+                            )
+                        )
                         paused.add(p)
                     continue
                 try:
@@ -194,8 +217,15 @@ class Rebuilder:
 
 
 # --- the parallel phase: partitions split across worker processes -------------------------------
-def _worker(settings: Settings, target: str, partitions: list[int], targets: dict[int, int],
-            progress: Any, slot: int, results: Any) -> None:
+def _worker(
+    settings: Settings,
+    target: str,
+    partitions: list[int],
+    targets: dict[int, int],
+    progress: Any,
+    slot: int,
+    results: Any,
+) -> None:
     """A process of a parallel rebuild: folds its partitions up to ``targets`` into
     ``target`` (disjoint partitions hold disjoint objects), deferring blob rows, and sends
     back what the parent needs: counts and the blob rows to write once."""
@@ -213,7 +243,7 @@ def _worker(settings: Settings, target: str, partitions: list[int], targets: dic
             results.put((slot, None, r.events, r.dead, r.model.blob_rows))
         finally:
             r.close()
-    except BaseException as e:  # noqa: BLE001 - reported to the parent, which fails the rebuild
+    except BaseException as e:
         results.put((slot, f"{type(e).__name__}: {e}\n{traceback.format_exc()}", 0, 0, {}))
 
 
@@ -228,8 +258,13 @@ def deal_partitions(partitions: dict[int, int], n: int) -> list[list[int]]:
     return [sorted(s) for s in shares if s]
 
 
-def parallel_fold(settings: Settings, target: str, targets: dict[int, int], workers: int,
-                  progress: Callable[[int], None] | None = None) -> tuple[int, int]:
+def parallel_fold(
+    settings: Settings,
+    target: str,
+    targets: dict[int, int],
+    workers: int,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[int, int]:
     """Fold ``targets`` (partition -> end offset) into the empty schema ``target`` with up
     to ``workers`` processes; then write the merged blob rows. Returns (events, dead)."""
     busy = {p: t for p, t in targets.items() if t > 0}
@@ -237,8 +272,15 @@ def parallel_fold(settings: Settings, target: str, targets: dict[int, int], work
     ctx = multiprocessing.get_context("spawn")  # no librdkafka/psycopg state crosses a fork
     counts = ctx.Array("q", len(shares), lock=False)
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(settings, target, share, targets, counts, i, results),
-                         name=f"replay-worker-{i}", daemon=True) for i, share in enumerate(shares)]
+    procs = [
+        ctx.Process(
+            target=_worker,
+            args=(settings, target, share, targets, counts, i, results),
+            name=f"replay-worker-{i}",
+            daemon=True,
+        )
+        for i, share in enumerate(shares)
+    ]
     for proc in procs:
         proc.start()
     got: dict[int, tuple[Any, ...]] = {}
@@ -248,8 +290,11 @@ def parallel_fold(settings: Settings, target: str, targets: dict[int, int], work
                 slot, error, events, dead, blobs = results.get(timeout=0.5)
                 got[slot] = (error, events, dead, blobs)
             except Exception:  # queue.Empty: check for workers that died without a word
-                if any(not p.is_alive() and p.exitcode not in (0, None) for i, p in enumerate(procs)
-                       if i not in got):
+                if any(
+                    not p.is_alive() and p.exitcode not in (0, None)
+                    for i, p in enumerate(procs)
+                    if i not in got
+                ):
                     raise StackError("a replay worker died; see its log", service="replay")
             if progress:
                 progress(sum(counts))
@@ -286,9 +331,13 @@ def drop_secondary_indexes(conn: psycopg.Connection, schema: str) -> list[str]:
         "SELECT i.indexname, i.indexdef FROM pg_indexes i "
         "WHERE i.schemaname = %s AND NOT EXISTS (SELECT 1 FROM pg_constraint c "
         "JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = i.schemaname "
-        "AND c.conname = i.indexname) ORDER BY i.indexname", (schema,)).fetchall()
+        "AND c.conname = i.indexname) ORDER BY i.indexname",
+        (schema,),
+    ).fetchall()
     for name, _ in rows:
-        conn.execute(sql.SQL("DROP INDEX {}.{}").format(sql.Identifier(schema), sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP INDEX {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+        )
     return [d for _, d in rows]
 
 
@@ -313,11 +362,15 @@ def default_workers() -> int:
 def _columns(conn: psycopg.Connection, schema: str, table: str) -> list[str]:
     rows = conn.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
-        "ORDER BY ordinal_position", (schema, table)).fetchall()
+        "ORDER BY ordinal_position",
+        (schema, table),
+    ).fetchall()
     return [r[0] for r in rows if r[0] not in EXCLUDED_COLUMNS.get(table, ())]
 
 
-def compare(conn: psycopg.Connection, live: str, rebuilt: str, limit: int = 20) -> dict[str, dict[str, list[str]]]:
+def compare(
+    conn: psycopg.Connection, live: str, rebuilt: str, limit: int = 20
+) -> dict[str, dict[str, list[str]]]:
     """Digest every table in both schemas; for tables that differ, list primary keys
     present only on one side or with different contents."""
     diffs: dict[str, dict[str, list[str]]] = {}
@@ -327,31 +380,52 @@ def compare(conn: psycopg.Connection, live: str, rebuilt: str, limit: int = 20) 
         pk_sql = sql.SQL(", ").join(map(sql.Identifier, pk))
 
         def digest(schema: str) -> str:
-            q = sql.SQL("SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
-                        "FROM (SELECT {c} FROM {s}.{t}) t").format(
-                c=col_sql, s=sql.Identifier(schema), t=sql.Identifier(table))
+            q = sql.SQL(
+                "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
+                "FROM (SELECT {c} FROM {s}.{t}) t"
+            ).format(c=col_sql, s=sql.Identifier(schema), t=sql.Identifier(table))
             return conn.execute(q).fetchone()[0]
 
         if digest(live) == digest(rebuilt):
             continue
 
         def only(a: str, b: str) -> list[str]:
-            q = sql.SQL("SELECT {pk} FROM (SELECT {c} FROM {a}.{t} EXCEPT SELECT {c} FROM {b}.{t}) x "
-                        "ORDER BY 1 LIMIT %s").format(
-                pk=pk_sql, c=col_sql, a=sql.Identifier(a), b=sql.Identifier(b), t=sql.Identifier(table))
+            q = sql.SQL(
+                "SELECT {pk} FROM (SELECT {c} FROM {a}.{t} EXCEPT SELECT {c} FROM {b}.{t}) x "
+                "ORDER BY 1 LIMIT %s"
+            ).format(
+                pk=pk_sql,
+                c=col_sql,
+                a=sql.Identifier(a),
+                b=sql.Identifier(b),
+                t=sql.Identifier(table),
+            )
             return ["/".join(map(str, r)) for r in conn.execute(q, (limit,)).fetchall()]
 
-        diffs[table] = {"live_only_or_changed": only(live, rebuilt), "rebuilt_only_or_changed": only(rebuilt, live)}
+        diffs[table] = {
+            "live_only_or_changed": only(live, rebuilt),
+            "rebuilt_only_or_changed": only(rebuilt, live),
+        }
     return diffs
 
 
 def _schema_exists(conn: psycopg.Connection, schema: str) -> bool:
-    return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is not None
+    return (
+        conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+        is not None
+    )
 
 
-def replay(settings: Settings, *, verify: bool = False, swap: bool = True, progress: bool = True,
-           codec: Codec | None = None, workers: int | None = None,
-           drop_indexes: bool = True) -> ReplayReport:
+def replay(
+    settings: Settings,
+    *,
+    verify: bool = False,
+    swap: bool = True,
+    progress: bool = True,
+    codec: Codec | None = None,
+    workers: int | None = None,
+    drop_indexes: bool = True,
+) -> ReplayReport:
     """Rebuild into ``<schema>_rebuild`` while the live schema serves, then swap.
 
     With ``workers`` > 1 (default: one per core) the partitions are split across that many
@@ -369,7 +443,9 @@ def replay(settings: Settings, *, verify: bool = False, swap: bool = True, progr
     admin = connect(settings, autocommit=True)
     try:
         with translated():
-            admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(target)))
+            admin.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(target))
+            )
             migrate(admin, target)
             indexes = drop_secondary_indexes(admin, target) if drop_indexes else []
         highs = end_offsets(settings, settings.events_topic)
@@ -377,7 +453,9 @@ def replay(settings: Settings, *, verify: bool = False, swap: bool = True, progr
         parallel_events = 0
         t_fold = time.monotonic()
         if workers > 1 and sum(1 for h in highs.values() if h) > 1:
-            parallel_events, report.dead_letters = parallel_fold(settings, target, highs, workers, bar.update)
+            parallel_events, report.dead_letters = parallel_fold(
+                settings, target, highs, workers, bar.update
+            )
         rebuilder = Rebuilder(settings, target, codec=codec)
         try:
             rebuilder.start()
@@ -388,9 +466,13 @@ def replay(settings: Settings, *, verify: bool = False, swap: bool = True, progr
             t_index = time.monotonic()
             if indexes:
                 create_indexes(settings, indexes, workers)
-            log.info("replay phases", setup_seconds=round(t_fold - started, 2),
-                     fold_seconds=round(t_index - t_fold, 2),
-                     index_seconds=round(time.monotonic() - t_index, 2), workers=workers)
+            log.info(
+                "replay phases",
+                setup_seconds=round(t_fold - started, 2),
+                fold_seconds=round(t_index - t_fold, 2),
+                index_seconds=round(time.monotonic() - t_index, 2),
+                workers=workers,
+            )
             with translated():
                 # exclusive: waits for the live projectors' in-flight batches, holds new ones
                 admin.execute("SELECT pg_advisory_lock(%s)", (lock_key(live),))
@@ -407,9 +489,14 @@ def replay(settings: Settings, *, verify: bool = False, swap: bool = True, progr
                     if swap:
                         with admin.transaction():
                             if live_exists:
-                                admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(live)))
-                            admin.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(
-                                sql.Identifier(target), sql.Identifier(live)))
+                                admin.execute(
+                                    sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(live))
+                                )
+                            admin.execute(
+                                sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(
+                                    sql.Identifier(target), sql.Identifier(live)
+                                )
+                            )
                         report.swapped = True
                 finally:
                     admin.execute("SELECT pg_advisory_unlock(%s)", (lock_key(live),))
@@ -419,13 +506,20 @@ def replay(settings: Settings, *, verify: bool = False, swap: bool = True, progr
             rebuilder.close()
         if not swap:
             with translated():
-                admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(target)))
+                admin.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(target))
+                )
     finally:
         admin.close()
     report.seconds = time.monotonic() - started
-    log.info("replay finished", events=report.events, seconds=round(report.seconds, 2),
-             events_per_second=round(report.events_per_second), swapped=report.swapped,
-             verified=report.verified)
+    log.info(
+        "replay finished",
+        events=report.events,
+        seconds=round(report.seconds, 2),
+        events_per_second=round(report.events_per_second),
+        swapped=report.swapped,
+        verified=report.verified,
+    )
     return report
 
 
@@ -438,7 +532,9 @@ def ensure_database(settings: Settings) -> bool:
         return False
     except psycopg.OperationalError as e:
         if "does not exist" not in str(e):
-            raise StackError(f"cannot reach the read-model database: {e}", service="postgres") from e
+            raise StackError(
+                f"cannot reach the read-model database: {e}", service="postgres"
+            ) from e
     maint = psycopg.conninfo.make_conninfo(settings.dsn, dbname="postgres")
     with translated(), psycopg.connect(maint, autocommit=True, connect_timeout=10) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
@@ -451,13 +547,20 @@ def _print(report: ReplayReport, as_json: bool, what: str) -> None:
     if as_json:
         print(json.dumps(out))
         return
-    print(f"{what}: folded {report.events} events in {report.seconds:.1f}s "
-          f"({report.events_per_second:,.0f} events/s); swapped={report.swapped}")
+    print(
+        f"{what}: folded {report.events} events in {report.seconds:.1f}s "
+        f"({report.events_per_second:,.0f} events/s); swapped={report.swapped}"
+    )
     if report.dead_letters:
-        print(f"  {report.dead_letters} undecodable message(s) sent to the DLQ (`blobledger dlq list`)")
+        print(
+            f"  {report.dead_letters} undecodable message(s) sent to the DLQ (`blobledger dlq list`)"
+        )
     if report.verified is not None:
-        print("  verify: rebuilt read model equals the live one" if report.verified
-              else "  verify: DIFFERENCES between the live and the rebuilt read model:")
+        print(
+            "  verify: rebuilt read model equals the live one"
+            if report.verified
+            else "  verify: DIFFERENCES between the live and the rebuilt read model:"
+        )
         for table, sides in report.differences.items():
             for side, keys in sides.items():
                 if keys:
@@ -465,26 +568,51 @@ def _print(report: ReplayReport, as_json: bool, what: str) -> None:
 
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
-    p = argparse.ArgumentParser(prog="blobledger replay",
-                                description="Rebuild the read model from the log into a fresh schema and swap it in.")
-    p.add_argument("--verify", action="store_true", help="compare rebuilt and live models by digest; list differences")
-    p.add_argument("--no-swap", action="store_true", help="rebuild (and verify) without replacing the live model")
-    p.add_argument("--workers", type=int, default=None,
-                   help="processes folding partitions in parallel (default: one per core)")
+    p = argparse.ArgumentParser(
+        prog="blobledger replay",
+        description="Rebuild the read model from the log into a fresh schema and swap it in.",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare rebuilt and live models by digest; list differences",
+    )
+    p.add_argument(
+        "--no-swap",
+        action="store_true",
+        help="rebuild (and verify) without replacing the live model",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes folding partitions in parallel (default: one per core)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     blog.configure()
-    report = replay(settings or Settings.from_env(), verify=args.verify, swap=not args.no_swap,
-                    progress=not args.json, workers=args.workers)
+    report = replay(
+        settings or Settings.from_env(),
+        verify=args.verify,
+        swap=not args.no_swap,
+        progress=not args.json,
+        workers=args.workers,
+    )
     _print(report, args.json, "replay")
     return 0 if report.verified in (None, True) else 3
 
 
 def recover_main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
-    p = argparse.ArgumentParser(prog="blobledger recover",
-                                description="Rebuild a lost read model (dropped database or schema) from the log.")
-    p.add_argument("--workers", type=int, default=None,
-                   help="processes folding partitions in parallel (default: one per core)")
+    p = argparse.ArgumentParser(
+        prog="blobledger recover",
+        description="Rebuild a lost read model (dropped database or schema) from the log.",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes folding partitions in parallel (default: one per core)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     blog.configure()

@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from infra import logging as blog
-from infra.errors import CodecError, TransientError
-from infra.kafka import make_consumer, make_producer, translate
-from infra.postgres import connect, translate as pg_translate
-from infra.settings import Settings
-from projectors.applier import BatchStats, Record, apply_isolating
-from projectors.dlq import DeadLetters
-from projectors.readmodel import ReadModel, migrate
-from schemas.codec import Codec, default_codec
+from blobledger.infra import logging as blog
+from blobledger.infra.errors import CodecError, TransientError
+from blobledger.infra.kafka import make_consumer, make_producer, translate
+from blobledger.infra.postgres import connect, translate as pg_translate
+from blobledger.infra.settings import Settings
+from blobledger.projectors.applier import BatchStats, Record, apply_isolating
+from blobledger.projectors.dlq import DeadLetters
+from blobledger.projectors.readmodel import ReadModel, migrate
+from blobledger.schemas.codec import Codec, default_codec
 
 log = blog.get_logger(__name__)
 
@@ -56,20 +56,29 @@ class Totals:
 class Projector:
     """One projector process: a consumer, a Postgres connection, a DLQ producer."""
 
-    def __init__(self, settings: Settings, *, codec: Codec | None = None,
-                 schema: str | None = None, group_id: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        codec: Codec | None = None,
+        schema: str | None = None,
+        group_id: str | None = None,
+    ) -> None:
         self.settings = settings
         self.topic = settings.events_topic
         self.schema = schema or settings.read_model_schema
         self.codec = codec or default_codec()
-        self.conn: psycopg.Connection = connect(settings, synchronous_commit=settings.projector_synchronous_commit)
+        self.conn: psycopg.Connection = connect(
+            settings, synchronous_commit=settings.projector_synchronous_commit
+        )
         migrate(self.conn, self.schema)
         # the memo keeps folded states between batches (reset on rebalance, checkpoint
         # mismatch and failed batches), so a batch loads only objects it has not seen
         self.model = ReadModel(self.conn, self.schema, memo=True)
         self.dlq = DeadLetters(make_producer(settings), settings.dlq_topic)
         self.consumer: Consumer = make_consumer(
-            settings, group_id or settings.projector_group,
+            settings,
+            group_id or settings.projector_group,
             # eager rebalancing: on_assign gets the whole assignment, which we re-seek
             **{"partition.assignment.strategy": "roundrobin"},
         )
@@ -88,8 +97,11 @@ class Projector:
             self.positions[tp.partition] = offset or 0
         consumer.assign(partitions)
         self._assigned.set()
-        log.info("partitions assigned", partitions=[tp.partition for tp in partitions],
-                 checkpoints={tp.partition: self.positions[tp.partition] for tp in partitions})
+        log.info(
+            "partitions assigned",
+            partitions=[tp.partition for tp in partitions],
+            checkpoints={tp.partition: self.positions[tp.partition] for tp in partitions},
+        )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.model.memo_reset()
@@ -136,8 +148,12 @@ class Projector:
             try:
                 event = self.codec.decode(m.value())
             except CodecError as e:
-                log.warning("dead-lettering undecodable message", partition=m.partition(),
-                            offset=m.offset(), error=str(e))
+                log.warning(
+                    "dead-lettering undecodable message",
+                    partition=m.partition(),
+                    offset=m.offset(),
+                    error=str(e),
+                )
                 self.dlq.send(m, e)
                 dead += 1
                 # still advance the checkpoint past it: a record without an event is not folded
@@ -149,8 +165,12 @@ class Projector:
         self.dlq.flush()
 
         def dead_letter(rec: Record, error: BaseException) -> None:
-            log.warning("dead-lettering a message the read model refused", partition=rec.partition,
-                        offset=rec.offset, error=str(error))
+            log.warning(
+                "dead-lettering a message the read model refused",
+                partition=rec.partition,
+                offset=rec.offset,
+                error=str(error),
+            )
             self.dlq.send(by_position[(rec.partition, rec.offset)], error)
             self.dlq.flush()
 
@@ -203,7 +223,9 @@ class Projector:
     def _reconnect_if_broken(self) -> None:
         if self.conn.closed or self.conn.broken:
             try:
-                self.conn = connect(self.settings, synchronous_commit=self.settings.projector_synchronous_commit)
+                self.conn = connect(
+                    self.settings, synchronous_commit=self.settings.projector_synchronous_commit
+                )
                 self.model = ReadModel(self.conn, self.schema, memo=True)
                 # our consumer may have moved past what was committed: re-seek
                 stored = self._stored_checkpoints()
@@ -225,10 +247,16 @@ class Projector:
 
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="blobledger projector",
-                                     description="Fold the events topic into the Postgres read model.")
-    parser.add_argument("--idle-exit", type=float, default=None,
-                        help="exit after this many seconds without new events")
+    parser = argparse.ArgumentParser(
+        prog="blobledger projector",
+        description="Fold the events topic into the Postgres read model.",
+    )
+    parser.add_argument(
+        "--idle-exit",
+        type=float,
+        default=None,
+        help="exit after this many seconds without new events",
+    )
     args = parser.parse_args(argv)
     blog.configure()
     settings = settings or Settings.from_env()
@@ -241,6 +269,10 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
         totals = projector.run(stop, idle_exit=args.idle_exit)
     finally:
         projector.close()
-    log.info("projector stopped", applied=totals.applied, rejected=totals.rejected,
-             dead_letters=totals.dead_letters)
+    log.info(
+        "projector stopped",
+        applied=totals.applied,
+        rejected=totals.rejected,
+        dead_letters=totals.dead_letters,
+    )
     return 0

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from infra import logging as blog
-from infra.errors import TimeoutExpired, TransientError
-from infra.postgres import translate
-from infra.settings import Settings
-from producers.publisher import Receipt
-from projectors.readmodel import ReadModel, notify_channel
+from blobledger.infra import logging as blog
+from blobledger.infra.errors import TimeoutExpired, TransientError
+from blobledger.infra.postgres import translate
+from blobledger.infra.settings import Settings
+from blobledger.producers.publisher import Receipt
+from blobledger.projectors.readmodel import ReadModel, notify_channel
 
 log = blog.get_logger(__name__)
 
@@ -57,7 +57,7 @@ class OutcomeWaiter:
             self._thread = threading.Thread(target=self._run, name="outcome-waiter", daemon=True)
             self._thread.start()
 
-    def expect(self, receipt: Receipt) -> "Future[EventOutcome]":
+    def expect(self, receipt: Receipt) -> Future[EventOutcome]:
         future: Future[EventOutcome] = Future()
         with self._lock:
             self._pending[receipt.event_id] = (receipt, future)
@@ -86,7 +86,9 @@ class OutcomeWaiter:
             try:
                 if conn is None or conn.closed:
                     conn = psycopg.connect(self.settings.dsn, autocommit=True, connect_timeout=10)
-                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(notify_channel(self.schema))))
+                    conn.execute(
+                        sql.SQL("LISTEN {}").format(sql.Identifier(notify_channel(self.schema)))
+                    )
                 self._wake.clear()
                 self._resolve(conn)
                 with self._lock:
@@ -131,7 +133,10 @@ class OutcomeWaiter:
             ).format(s),
             ([r.event_id for r, _ in ready],),
         ).fetchall()
-        found = {str(row[0]): EventOutcome(str(row[0]), str(row[1]), row[2], row[3], row[4]) for row in rows}
+        found = {
+            str(row[0]): EventOutcome(str(row[0]), str(row[1]), row[2], row[3], row[4])
+            for row in rows
+        }
         with self._lock:
             for receipt, future in ready:
                 self._pending.pop(receipt.event_id, None)
@@ -139,9 +144,12 @@ class OutcomeWaiter:
                 if outcome is None:
                     # folded past it without an outcome: it was already applied under the
                     # same event id earlier (a duplicate publish) or dead-lettered
-                    future.set_exception(TransientError(
-                        f"event {receipt.event_id} was passed by the projection without an outcome; "
-                        "see `blobledger dlq list`"))
+                    future.set_exception(
+                        TransientError(
+                            f"event {receipt.event_id} was passed by the projection without an outcome; "
+                            "see `blobledger dlq list`"
+                        )
+                    )
                 else:
                     future.set_result(outcome)
 

@@ -19,8 +19,8 @@ from typing import Any
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from infra.errors import CodecError, TruncatedMessageError, UnknownSchemaError
-from schemas.events import EVENT_TYPES, Event
+from blobledger.infra.errors import CodecError, TruncatedMessageError, UnknownSchemaError
+from blobledger.schemas.events import EVENT_TYPES, Event
 
 MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
@@ -48,8 +48,10 @@ def _inline(schema: Any, named: dict[str, Any]) -> Any:
     if isinstance(schema, list):
         return [_inline(s, named) for s in schema]
     if isinstance(schema, dict):
-        return {k: (_inline(v, named) if k in ("type", "items", "values", "fields") else v)
-                for k, v in schema.items()}
+        return {
+            k: (_inline(v, named) if k in ("type", "items", "values", "fields") else v)
+            for k, v in schema.items()
+        }
     return schema
 
 
@@ -121,7 +123,9 @@ class Codec:
                 f"{HEADER_LEN}-byte single-object header"
             )
         if data[:2] != MAGIC:
-            raise CodecError(f"not Avro single-object encoding (marker {data[:2].hex()}, expected c301)")
+            raise CodecError(
+                f"not Avro single-object encoding (marker {data[:2].hex()}, expected c301)"
+            )
         writer = self.by_fingerprint.get(bytes(data[2:HEADER_LEN]))
         if writer is None:
             raise UnknownSchemaError(

@@ -10,7 +10,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from typing import Any, ClassVar
 
 
@@ -34,7 +34,7 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
 
@@ -45,7 +45,7 @@ def us_to_datetime(us: int) -> datetime:
 
 def datetime_to_us(dt: datetime) -> int:
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return (dt - _EPOCH) // _US
 
 
@@ -60,7 +60,7 @@ class Envelope:
     causation_id: str | None = None
     expected_version: int | None = None
 
-    def caused(self, *, actor: str, event_id: str | None = None) -> "Envelope":
+    def caused(self, *, actor: str, event_id: str | None = None) -> Envelope:
         """The envelope of an event caused by this one: same object, tenant and correlation."""
         return Envelope(
             object_id=self.object_id,
@@ -99,14 +99,22 @@ class Event:
         return record
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> "Event":
+    def from_record(cls, record: dict[str, Any]) -> Event:
         """The event of a decoded Avro record, refusing values the schema's types let
         through but the read model cannot hold (:func:`check_record`): a
         :class:`SchemaViolation` (a ``ValueError``) sends the message to the DLQ."""
         e = record["envelope"]
         _check_envelope(e)
-        env = Envelope(e["object_id"], e["actor"], e["tenant"], e["event_id"], e["occurred_at"],
-                       e["correlation_id"], e.get("causation_id"), e.get("expected_version"))
+        env = Envelope(
+            e["object_id"],
+            e["actor"],
+            e["tenant"],
+            e["event_id"],
+            e["occurred_at"],
+            e["correlation_id"],
+            e.get("causation_id"),
+            e.get("expected_version"),
+        )
         names = _payload_fields(cls)
         _check_payload(cls, record, names)
         return cls(env, *[record[n] for n in names])
@@ -152,7 +160,9 @@ def _too_long(v: str, limit: int) -> bool:
     return len(v) > limit // 4 and len(v.encode("utf-8", "surrogatepass")) > limit
 
 
-_is_two_uuids = re.compile(r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}){2}\Z").match
+_is_two_uuids = re.compile(
+    r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}){2}\Z"
+).match
 
 
 def _check_envelope(e: dict[str, Any]) -> None:
@@ -160,9 +170,13 @@ def _check_envelope(e: dict[str, Any]) -> None:
     # says precisely what is wrong (or finds nothing: a long but valid multibyte actor)
     t = e["occurred_at"]
     tenant, actor = e["tenant"], e["actor"]
-    if (_is_two_uuids(e["event_id"] + e["object_id"]) is not None
-            and "\x00" not in tenant + actor + e["correlation_id"] + (e.get("causation_id") or "")
-            and len(tenant) <= 64 and len(actor) <= 128 and MIN_US <= t <= MAX_US):
+    if (
+        _is_two_uuids(e["event_id"] + e["object_id"]) is not None
+        and "\x00" not in tenant + actor + e["correlation_id"] + (e.get("causation_id") or "")
+        and len(tenant) <= 64
+        and len(actor) <= 128
+        and MIN_US <= t <= MAX_US
+    ):
         return
     _check_envelope_slowly(e)
 
@@ -202,12 +216,14 @@ def _check_payload(cls: type, record: dict[str, Any], names: tuple[str, ...]) ->
                 if "\x00" in x:
                     raise SchemaViolation(f"{cls.__name__}.{name} has an item with a NUL character")
                 if _too_long(x, ITEM_LIMIT):
-                    raise SchemaViolation(f"{cls.__name__}.{name} has an item longer than {ITEM_LIMIT} bytes")
+                    raise SchemaViolation(
+                        f"{cls.__name__}.{name} has an item longer than {ITEM_LIMIT} bytes"
+                    )
         elif name in TIME_FIELDS and not MIN_US <= v <= MAX_US:
             raise SchemaViolation(f"{cls.__name__}.{name} {v} is outside years 1..9999")
 
 
-def check_event(event: "Event") -> None:
+def check_event(event: Event) -> None:
     """Raise :class:`SchemaViolation` when ``event`` could not be decoded back (producers
     call it before publishing, so nothing they send is dead-lettered for it)."""
     type(event).from_record(event.to_record())

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from infra.settings import Settings
-from infra.testing.services import ThreadedProjector
+from blobledger.infra.settings import Settings
+from blobledger.infra.testing.services import ThreadedProjector
 
 
 @pytest.fixture

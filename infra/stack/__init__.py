@@ -3,7 +3,7 @@
 ``Stack(settings).up()`` is the Python entry point; ``blobledger stack up|down|status`` the CLI.
 """
 
-from infra.stack.base import ServiceStatus
-from infra.stack.launcher import Stack
+from blobledger.infra.stack.base import ServiceStatus
+from blobledger.infra.stack.launcher import Stack
 
 __all__ = ["ServiceStatus", "Stack"]

@@ -58,7 +58,9 @@ def spawn(
     """Start ``argv`` detached from our session, output appended to ``log_file``."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
-        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode())
+        log.write(
+            f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode()
+        )
         log.flush()
         proc = subprocess.Popen(
             list(argv),

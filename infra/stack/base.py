@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 
 import structlog
 
-from infra.errors import StackError
-from infra.settings import Settings
-from infra.stack import _process
+from blobledger.infra.errors import StackError
+from blobledger.infra.settings import Settings
+from blobledger.infra.stack import _process
 
 log = structlog.get_logger(__name__)
 
@@ -91,7 +91,7 @@ class Service(ABC):
         try:
             self.probe(timeout)
             return True
-        except Exception:  # noqa: BLE001 - any failure to answer counts as unhealthy
+        except Exception:
             return False
 
     def status(self) -> ServiceStatus:
@@ -137,9 +137,11 @@ class Service(ABC):
         while time.monotonic() < deadline:
             try:
                 self.probe(min(5.0, max(0.5, deadline - time.monotonic())))
-                log.info("service.ready", service=self.name, seconds=round(time.monotonic() - started, 2))
+                log.info(
+                    "service.ready", service=self.name, seconds=round(time.monotonic() - started, 2)
+                )
                 return
-            except Exception as e:  # noqa: BLE001 - keep polling; remember why for the error message
+            except Exception as e:
                 last_error = e
             if self.pid() is None:
                 raise StackError(

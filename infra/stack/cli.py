@@ -7,11 +7,11 @@ import json
 import sys
 from collections.abc import Sequence
 
-from infra.errors import BlobledgerError
-from infra.logging import configure as configure_logging
-from infra.settings import Settings
-from infra.stack.base import ServiceStatus
-from infra.stack.launcher import Stack
+from blobledger.infra.errors import BlobledgerError
+from blobledger.infra.logging import configure as configure_logging
+from blobledger.infra.settings import Settings
+from blobledger.infra.stack.base import ServiceStatus
+from blobledger.infra.stack.launcher import Stack
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,7 +22,9 @@ def _parser() -> argparse.ArgumentParser:
         "Data and logs live in BLOBLEDGER_DATA_DIR (default ./.blobledger).",
     )
     p.add_argument("action", choices=["up", "down", "status"])
-    p.add_argument("services", nargs="*", help="postgres, s3, log-store, kafka (default: all embedded)")
+    p.add_argument(
+        "services", nargs="*", help="postgres, s3, log-store, kafka (default: all embedded)"
+    )
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait per service")
     return p
@@ -30,11 +32,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _print(statuses: list[ServiceStatus], settings: Settings, as_json: bool) -> None:
     if as_json:
-        print(json.dumps({
-            "data_dir": str(settings.data_dir.absolute()),
-            "healthy": all(s.healthy for s in statuses),
-            "services": {s.name: s.as_dict() for s in statuses},
-        }))
+        print(
+            json.dumps(
+                {
+                    "data_dir": str(settings.data_dir.absolute()),
+                    "healthy": all(s.healthy for s in statuses),
+                    "services": {s.name: s.as_dict() for s in statuses},
+                }
+            )
+        )
         return
     print(f"data dir: {settings.data_dir.absolute()}")
     print(f"{'service':<9} {'health':<8} {'pid':>7}  endpoint")
@@ -63,9 +69,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if all(s.healthy for s in statuses) else 3
     except BlobledgerError as e:
         if args.json:
-            print(json.dumps({"error": str(e), "code": e.code,
-                              "service": getattr(e, "service", None),
-                              "log_file": getattr(e, "log_file", None)}))
+            print(
+                json.dumps(
+                    {
+                        "error": str(e),
+                        "code": e.code,
+                        "service": getattr(e, "service", None),
+                        "log_file": getattr(e, "log_file", None),
+                    }
+                )
+            )
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -12,21 +12,28 @@ from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
-from infra.errors import StackError
-from infra.settings import Settings
-from infra.stack.base import Service, ServiceStatus
-from infra.stack.postgres import EmbeddedPostgres
-from infra.stack.seaweed import SeaweedLogStore, SeaweedS3
-from infra.stack.tansu import TansuKafka
+from blobledger.infra.errors import StackError
+from blobledger.infra.settings import Settings
+from blobledger.infra.stack.base import Service, ServiceStatus
+from blobledger.infra.stack.postgres import EmbeddedPostgres
+from blobledger.infra.stack.seaweed import SeaweedLogStore, SeaweedS3
+from blobledger.infra.stack.tansu import TansuKafka
 
 log = structlog.get_logger(__name__)
 
 #: start order: the broker keeps its log in its own S3 (the log store), which comes first.
 #: "s3" is the blob store only: stopping it leaves the broker (the metadata path) running.
 ORDER = ("postgres", "s3", "log-store", "kafka")
-ALIASES = {"seaweed": "s3", "seaweedfs": "s3", "blob-store": "s3", "tansu": "kafka",
-           "pg": "postgres", "broker-s3": "log-store", "log-s3": "log-store",
-           "seaweed-log": "log-store"}
+ALIASES = {
+    "seaweed": "s3",
+    "seaweedfs": "s3",
+    "blob-store": "s3",
+    "tansu": "kafka",
+    "pg": "postgres",
+    "broker-s3": "log-store",
+    "log-s3": "log-store",
+    "seaweed-log": "log-store",
+}
 #: what a service needs running first (started with it by ``up``)
 NEEDS = {"kafka": ("log-store",)}
 
@@ -71,8 +78,11 @@ class Stack:
         takes as long as its slowest chain)."""
         wanted = self._wanted(services)
         todo = [s for s in self.embedded if wanted is None or s.name in wanted]
-        chains = [[s for s in todo if s.name == "postgres"], [s for s in todo if s.name == "s3"],
-                  [s for s in todo if s.name in ("log-store", "kafka")]]
+        chains = [
+            [s for s in todo if s.name == "postgres"],
+            [s for s in todo if s.name == "s3"],
+            [s for s in todo if s.name in ("log-store", "kafka")],
+        ]
         with ThreadPoolExecutor(max_workers=3, thread_name_prefix="stack-up") as pool:
             futures = [pool.submit(self._start_chain, chain) for chain in chains if chain]
             errors = [f.exception() for f in futures]
@@ -85,8 +95,12 @@ class Stack:
         for svc in chain:
             t0 = time.monotonic()
             started = svc.start(self.timeout)
-            log.info("stack.service_up", service=svc.name, started=started,
-                     seconds=round(time.monotonic() - t0, 2))
+            log.info(
+                "stack.service_up",
+                service=svc.name,
+                started=started,
+                seconds=round(time.monotonic() - t0, 2),
+            )
 
     def down(self, services: Iterable[str] | None = None) -> None:
         """Stop our services in reverse order (the broker before its log store goes away).
@@ -98,7 +112,7 @@ class Stack:
             if (wanted is None or svc.name in wanted) and (svc.embedded or svc.pid() is not None):
                 try:
                     svc.stop()
-                except Exception as e:  # noqa: BLE001 - keep stopping the others
+                except Exception as e:
                     errors.append(f"{svc.name}: {e}")
         if errors:
             raise StackError("could not stop cleanly: " + "; ".join(errors))
@@ -106,8 +120,11 @@ class Stack:
     def status(self) -> list[ServiceStatus]:
         """Every service the settings call for (the log store only when the embedded broker
         logs to S3), external ones included."""
-        return [self._services[n].status() for n in ORDER
-                if n != "log-store" or self._services[n].embedded]
+        return [
+            self._services[n].status()
+            for n in ORDER
+            if n != "log-store" or self._services[n].embedded
+        ]
 
     def healthy(self) -> bool:
         return all(s.healthy for s in self.status())
@@ -117,13 +134,17 @@ class Stack:
         blob store only; ``log-store`` is the broker's storage."""
         svc = self.service(name)
         if not svc.embedded:
-            raise StackError("is not run by this stack (external, or not needed with these "
-                             "settings)", service=svc.name)
+            raise StackError(
+                "is not run by this stack (external, or not needed with these settings)",
+                service=svc.name,
+            )
         svc.stop()
 
     def start_service(self, name: str) -> None:
         svc = self.service(name)
         if not svc.embedded:
-            raise StackError("is not run by this stack (external, or not needed with these "
-                             "settings)", service=svc.name)
+            raise StackError(
+                "is not run by this stack (external, or not needed with these settings)",
+                service=svc.name,
+            )
         svc.start(self.timeout)

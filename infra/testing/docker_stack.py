@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from infra.errors import StackError
-from infra.ports import free_ports
-from infra.settings import Settings
-from infra.testing import ServiceName
+from blobledger.infra.errors import StackError
+from blobledger.infra.ports import free_ports
+from blobledger.infra.settings import Settings
+from blobledger.infra.testing import ServiceName
 
 if TYPE_CHECKING:
     from testcontainers.core.container import DockerContainer
@@ -100,7 +100,7 @@ def _ping_with_sdk(base_url: str, timeout: float) -> dict[str, str] | None:
             return {"server": "unknown"} if client.ping() else None
         finally:
             client.close()
-    except Exception:  # noqa: BLE001 - any failure means "does not answer"
+    except Exception:
         return None
 
 
@@ -119,8 +119,11 @@ def engine_host() -> str | None:
 def no_engine_reason() -> str:
     """Why no engine is usable, worded for a skip reason or an error."""
     explicit = os.environ.get("DOCKER_HOST")
-    where = (f"DOCKER_HOST={explicit} does not answer" if explicit else
-             "no Docker API answers on " + ", ".join(CANDIDATE_SOCKETS) + " (DOCKER_HOST unset)")
+    where = (
+        f"DOCKER_HOST={explicit} does not answer"
+        if explicit
+        else "no Docker API answers on " + ", ".join(CANDIDATE_SOCKETS) + " (DOCKER_HOST unset)"
+    )
     return f"{where}; start one with `bash infra/containers/engine.sh`"
 
 
@@ -128,7 +131,7 @@ def engine_available() -> bool:
     """True when a Docker-API engine answers a ping within a few seconds."""
     try:
         return engine_host() is not None
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
@@ -165,11 +168,17 @@ def configure_testcontainers() -> Engine:
         from testcontainers.core.config import ConnectionMode
         from testcontainers.core.config import testcontainers_config as tc
     except ImportError as e:
-        raise StackError(f"docker mode needs testcontainers: pip install 'blobledger[test]' ({e})",
-                         service="docker") from e
+        raise StackError(
+            f"docker mode needs testcontainers: pip install 'blobledger[test]' ({e})",
+            service="docker",
+        ) from e
 
     if os.environ.get("TESTCONTAINERS_RYUK_DISABLED"):
-        tc.ryuk_disabled = os.environ["TESTCONTAINERS_RYUK_DISABLED"].lower() in ("1", "true", "yes")
+        tc.ryuk_disabled = os.environ["TESTCONTAINERS_RYUK_DISABLED"].lower() in (
+            "1",
+            "true",
+            "yes",
+        )
     if os.environ.get("TESTCONTAINERS_HOST_OVERRIDE"):
         tc.tc_host_override = os.environ["TESTCONTAINERS_HOST_OVERRIDE"]
     if os.environ.get("TESTCONTAINERS_CONNECTION_MODE"):
@@ -195,11 +204,14 @@ class DockerStackConfig:
     def from_settings(cls, settings: Settings) -> DockerStackConfig:
         """Images, flavor and timeouts from settings (``BLOBLEDGER_DOCKER_*`` variables)."""
         kafka_image = settings.docker_kafka_image
-        flavor = (settings.docker_broker_flavor
-                  or ("tansu" if "tansu" in kafka_image.lower() else "apache")).lower()
+        flavor = (
+            settings.docker_broker_flavor
+            or ("tansu" if "tansu" in kafka_image.lower() else "apache")
+        ).lower()
         if flavor not in ("apache", "tansu"):
-            raise StackError(f"BLOBLEDGER_DOCKER_BROKER_FLAVOR={flavor!r}: use apache or tansu",
-                             service="kafka")
+            raise StackError(
+                f"BLOBLEDGER_DOCKER_BROKER_FLAVOR={flavor!r}: use apache or tansu", service="kafka"
+            )
         storage = settings.test_broker_storage.lower()
         if storage not in ("s3", "memory"):
             raise StackError(f"broker storage {storage!r}: use s3 or memory", service="kafka")
@@ -229,7 +241,7 @@ def _logs_tail(container: DockerContainer, lines: int = 30) -> str:
     try:
         raw = container.get_wrapped_container().logs(tail=lines)
         return raw.decode("utf-8", "replace").rstrip() or "(no output)"
-    except Exception as e:  # noqa: BLE001 - the container may already be gone
+    except Exception as e:
         return f"(logs unavailable: {e})"
 
 
@@ -258,8 +270,10 @@ class _Service:
             try:
                 status, code = _status(self.container)
             except Exception as e:
-                raise StackError(f"container of image {self.image} vanished while starting: {e}",
-                                 service=self.name) from e
+                raise StackError(
+                    f"container of image {self.image} vanished while starting: {e}",
+                    service=self.name,
+                ) from e
             if status in ("exited", "dead"):
                 raise StackError(
                     f"container of image {self.image} exited with code {code} before it was "
@@ -269,7 +283,7 @@ class _Service:
             try:
                 self.probe()
                 return time.monotonic() - t0
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 last = e
             if time.monotonic() >= deadline:
                 raise StackError(
@@ -285,12 +299,14 @@ def _kafka_probe(bootstrap: str) -> Callable[[], None]:
     def probe() -> None:
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({
-            "bootstrap.servers": bootstrap,
-            "broker.address.family": "v4",
-            "socket.connection.setup.timeout.ms": 2000,
-            "log_level": 0,  # a refused connection while starting is expected, not news
-        })
+        admin = AdminClient(
+            {
+                "bootstrap.servers": bootstrap,
+                "broker.address.family": "v4",
+                "socket.connection.setup.timeout.ms": 2000,
+                "log_level": 0,  # a refused connection while starting is expected, not news
+            }
+        )
         md = admin.list_topics(timeout=3)
         if not md.brokers:
             raise RuntimeError("metadata lists no broker")
@@ -305,7 +321,9 @@ def _postgres_probe(admin_dsn: str) -> Callable[[], None]:
         with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=3) as conn:
             conn.execute("SELECT 1").fetchone()
             # the embedded stack serves a `blobledger` database; match it
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'blobledger'").fetchone():
+            if not conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = 'blobledger'"
+            ).fetchone():
                 conn.execute("CREATE DATABASE blobledger")
 
     return probe
@@ -318,10 +336,17 @@ def _s3_probe(settings: Settings, endpoint: str, buckets: Sequence[str]) -> Call
         from botocore.exceptions import ClientError
 
         client = boto3.client(
-            "s3", endpoint_url=endpoint, aws_access_key_id=settings.s3_access_key,
-            aws_secret_access_key=settings.s3_secret_key, region_name=settings.s3_region,
-            config=Config(connect_timeout=3, read_timeout=5, retries={"max_attempts": 1},
-                          s3={"addressing_style": "path"}),
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=settings.s3_access_key,
+            aws_secret_access_key=settings.s3_secret_key,
+            region_name=settings.s3_region,
+            config=Config(
+                connect_timeout=3,
+                read_timeout=5,
+                retries={"max_attempts": 1},
+                s3={"addressing_style": "path"},
+            ),
         )
         for bucket in buckets:
             try:
@@ -334,8 +359,9 @@ def _s3_probe(settings: Settings, endpoint: str, buckets: Sequence[str]) -> Call
 
 
 # --- containers ---------------------------------------------------------------------------------
-def _container(image: str, name: str, labels: dict[str, str],
-               client_kw: dict[str, Any]) -> DockerContainer:
+def _container(
+    image: str, name: str, labels: dict[str, str], client_kw: dict[str, Any]
+) -> DockerContainer:
     from testcontainers.core.container import DockerContainer
 
     c = DockerContainer(image, docker_client_kw=client_kw, name=name)
@@ -355,22 +381,38 @@ def _command(config: DockerStackConfig, service: str, default: Sequence[str]) ->
 S3_INTERNAL_ALIAS = "s3"
 
 
-def _build_postgres(config: DockerStackConfig, port: int, host: str, bind_ip: str | None,
-                    labels: dict[str, str], suffix: str, client_kw: dict[str, Any]) -> _Service:
+def _build_postgres(
+    config: DockerStackConfig,
+    port: int,
+    host: str,
+    bind_ip: str | None,
+    labels: dict[str, str],
+    suffix: str,
+    client_kw: dict[str, Any],
+) -> _Service:
     c = _container(config.postgres_image, f"blobledger-postgres-{suffix}", labels, client_kw)
     # trust: throwaway test databases; the password satisfies the official image's entrypoint
     c.with_env("POSTGRES_HOST_AUTH_METHOD", "trust").with_env("POSTGRES_PASSWORD", "postgres")
     # PGDATA comes from the image (official and ours both set it); fsync off: test speed only
-    c.with_command(_command(config, "postgres",
-                            ["postgres", "-c", "fsync=off", "-c", "full_page_writes=off"]))
+    c.with_command(
+        _command(config, "postgres", ["postgres", "-c", "fsync=off", "-c", "full_page_writes=off"])
+    )
     _bind(c, 5432, port, bind_ip)
     admin_dsn = f"postgresql://postgres@{host}:{port}/postgres"
     return _Service("postgres", config.postgres_image, c, _postgres_probe(admin_dsn))
 
 
-def _build_s3(config: DockerStackConfig, settings: Settings, port: int, host: str,
-              bind_ip: str | None, labels: dict[str, str], suffix: str,
-              network: Network | None, client_kw: dict[str, Any]) -> _Service:
+def _build_s3(
+    config: DockerStackConfig,
+    settings: Settings,
+    port: int,
+    host: str,
+    bind_ip: str | None,
+    labels: dict[str, str],
+    suffix: str,
+    network: Network | None,
+    client_kw: dict[str, Any],
+) -> _Service:
     c = _container(config.s3_image, f"blobledger-s3-{suffix}", labels, client_kw)
     if config.s3_is_minio:
         inner = 9000
@@ -381,24 +423,39 @@ def _build_s3(config: DockerStackConfig, settings: Settings, port: int, host: st
         inner = 8333
         c.with_env("AWS_ACCESS_KEY_ID", settings.s3_access_key)
         c.with_env("AWS_SECRET_ACCESS_KEY", settings.s3_secret_key)
-        default = ["mini", "-dir=/data", "-ip=127.0.0.1", "-ip.bind=0.0.0.0",
-                   "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+        default = [
+            "mini",
+            "-dir=/data",
+            "-ip=127.0.0.1",
+            "-ip.bind=0.0.0.0",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+        ]
     c.with_command(_command(config, "s3", default))
     _bind(c, inner, port, bind_ip)
     if network is not None:
         c.with_network(network).with_network_aliases(S3_INTERNAL_ALIAS)
     buckets = [settings.s3_bucket] + ([settings.broker_bucket] if config.tansu_on_s3 else [])
-    return _Service("s3", config.s3_image, c,
-                    _s3_probe(settings, f"http://{host}:{port}", buckets))
+    return _Service("s3", config.s3_image, c, _s3_probe(settings, f"http://{host}:{port}", buckets))
 
 
 def _s3_inner_port(config: DockerStackConfig) -> int:
     return 9000 if config.s3_is_minio else 8333
 
 
-def _build_kafka(config: DockerStackConfig, settings: Settings, port: int, host: str,
-                 bind_ip: str | None, labels: dict[str, str], suffix: str,
-                 network: Network | None, client_kw: dict[str, Any]) -> _Service:
+def _build_kafka(
+    config: DockerStackConfig,
+    settings: Settings,
+    port: int,
+    host: str,
+    bind_ip: str | None,
+    labels: dict[str, str],
+    suffix: str,
+    network: Network | None,
+    client_kw: dict[str, Any],
+) -> _Service:
     c = _container(config.kafka_image, f"blobledger-kafka-{suffix}", labels, client_kw)
     if config.broker_flavor == "tansu":
         if config.tansu_on_s3:
@@ -412,9 +469,15 @@ def _build_kafka(config: DockerStackConfig, settings: Settings, port: int, host:
             )
         else:
             storage = "memory://tansu/"
-        default = ["broker", "--listener-url", f"tcp://0.0.0.0:{port}",
-                   "--advertised-listener-url", f"tcp://{host}:{port}",
-                   "--storage-engine", storage]
+        default = [
+            "broker",
+            "--listener-url",
+            f"tcp://0.0.0.0:{port}",
+            "--advertised-listener-url",
+            f"tcp://{host}:{port}",
+            "--storage-engine",
+            storage,
+        ]
         c.with_command(_command(config, "kafka", default))
     else:  # Apache Kafka, single KRaft node: broker + controller in one process
         c.with_envs(
@@ -446,8 +509,13 @@ class DockerRunningStack:
 
     mode = "docker"
 
-    def __init__(self, settings: Settings, services: dict[str, _Service], stack_id: str,
-                 config: DockerStackConfig):
+    def __init__(
+        self,
+        settings: Settings,
+        services: dict[str, _Service],
+        stack_id: str,
+        config: DockerStackConfig,
+    ):
         self.settings = settings
         self.services = services
         self.stack_id = stack_id
@@ -465,8 +533,9 @@ class DockerRunningStack:
         try:
             svc.container.get_wrapped_container().stop(timeout=5)
         except Exception as e:
-            raise StackError(f"cannot stop container of image {svc.image}: {e}",
-                             service=service) from e
+            raise StackError(
+                f"cannot stop container of image {svc.image}: {e}", service=service
+            ) from e
         log.info("docker_stack.stopped", service=service)
 
     def start(self, service: ServiceName) -> None:
@@ -475,8 +544,9 @@ class DockerRunningStack:
         try:
             svc.container.get_wrapped_container().start()
         except Exception as e:
-            raise StackError(f"cannot start container of image {svc.image}: {e}",
-                             service=service) from e
+            raise StackError(
+                f"cannot start container of image {svc.image}: {e}", service=service
+            ) from e
         took = svc.wait_ready(self.config.ready_timeout)
         log.info("docker_stack.restarted", service=service, seconds=round(took, 2))
 
@@ -538,7 +608,7 @@ def _teardown(services: list[_Service], network: Network | None) -> list[str]:
     def remove(svc: _Service) -> None:
         try:
             svc.container.stop(force=True, delete_volume=True)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             problems.append(f"{svc.name} ({svc.image}): {e}")
 
     # side by side: podman takes 1-3 s per forced removal
@@ -547,14 +617,15 @@ def _teardown(services: list[_Service], network: Network | None) -> list[str]:
     if network is not None:
         try:
             network.remove()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             problems.append(f"network {network.name}: {e}")
     return problems
 
 
 @contextlib.contextmanager
-def docker_stack(settings: Settings,
-                 config: DockerStackConfig | None = None) -> Iterator[DockerRunningStack]:
+def docker_stack(
+    settings: Settings, config: DockerStackConfig | None = None
+) -> Iterator[DockerRunningStack]:
     """Start Postgres, S3 and Kafka containers, wait until each really serves, yield a
     :class:`DockerRunningStack`; remove everything on exit, also when startup or a test
     failed. A container that fails readiness raises :class:`StackError` naming its image."""
@@ -585,8 +656,9 @@ def docker_stack(settings: Settings,
             network = Network(docker_client_kw=kw, docker_network_kw={"labels": labels}).create()
         postgres = _build_postgres(config, pg_port, host, bind_ip, labels, stack_id, kw)
         s3 = _build_s3(config, settings, s3_port, host, bind_ip, labels, stack_id, network, kw)
-        kafka = _build_kafka(config, settings, kafka_port, host, bind_ip, labels, stack_id,
-                             network, kw)
+        kafka = _build_kafka(
+            config, settings, kafka_port, host, bind_ip, labels, stack_id, network, kw
+        )
         timings: dict[str, float] = {}
         # Postgres and S3 boot side by side; the broker may keep its log in S3, so it waits.
         for svc in (postgres, s3):
@@ -601,17 +673,25 @@ def docker_stack(settings: Settings,
                 postgres_dsn=f"postgresql://postgres@{host}:{pg_port}/blobledger",
                 s3_endpoint=f"http://{host}:{s3_port}",
                 # what the broker really does with its log (tests skip durability on memory)
-                **({"broker_storage": config.broker_storage}
-                   if config.broker_flavor == "tansu" else {}),
+                **(
+                    {"broker_storage": config.broker_storage}
+                    if config.broker_flavor == "tansu"
+                    else {}
+                ),
             ),
             {s.name: s for s in started},
             stack_id,
             config,
         )
-        log.info("docker_stack.ready", stack_id=stack_id, seconds=round(time.monotonic() - t0, 2),
-                 ready_seconds={k: round(v, 2) for k, v in timings.items()},
-                 images={s.name: s.image for s in started}, flavor=config.broker_flavor,
-                 broker_storage=config.broker_storage if config.broker_flavor == "tansu" else None)
+        log.info(
+            "docker_stack.ready",
+            stack_id=stack_id,
+            seconds=round(time.monotonic() - t0, 2),
+            ready_seconds={k: round(v, 2) for k, v in timings.items()},
+            images={s.name: s.image for s in started},
+            flavor=config.broker_flavor,
+            broker_storage=config.broker_storage if config.broker_flavor == "tansu" else None,
+        )
         yield running
     finally:
         failing = sys.exc_info()[0] is not None
@@ -619,8 +699,9 @@ def docker_stack(settings: Settings,
         if problems:
             log.error("docker_stack.teardown_failed", stack_id=stack_id, problems=problems)
             if not failing:
-                raise StackError("teardown left things behind: " + "; ".join(problems),
-                                 service="docker")
+                raise StackError(
+                    "teardown left things behind: " + "; ".join(problems), service="docker"
+                )
 
 
 def _start(svc: _Service, started: list[_Service]) -> None:
@@ -634,6 +715,7 @@ def _start(svc: _Service, started: list[_Service]) -> None:
         hint = ""
         if "not found" in str(e).lower() or "no such image" in str(e).lower():
             hint = " (image missing? on this machine run `bash infra/containers/engine.sh`)"
-        raise StackError(f"cannot start container of image {svc.image}: {e}{hint}",
-                         service=svc.name) from e
+        raise StackError(
+            f"cannot start container of image {svc.image}: {e}{hint}", service=svc.name
+        ) from e
     started.append(svc)

@@ -12,18 +12,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from infra.ports import free_ports
-from infra.settings import Settings
-from infra.stack.launcher import Stack
-from infra.stack.seaweed import grpc_port, stack_ports
-from infra.testing import ServiceName
+from blobledger.infra.ports import free_ports
+from blobledger.infra.settings import Settings
+from blobledger.infra.stack.launcher import Stack
+from blobledger.infra.stack.seaweed import grpc_port, stack_ports
+from blobledger.infra.testing import ServiceName
 
 
 def embedded_settings(base: Settings, data_dir: Path, *, broker_storage: str = "s3") -> Settings:
     """``base`` pointed at an embedded stack in ``data_dir`` on free ports."""
     # a developer's default-port stack may be down now and started later: keep clear of it
-    (s3, master, volume, filer, log_s3, log_master, log_volume, log_filer,
-     pg, kafka) = free_ports(10, partner=grpc_port, with_partner=8, avoid=stack_ports(Settings()))
+    (s3, master, volume, filer, log_s3, log_master, log_volume, log_filer, pg, kafka) = free_ports(
+        10, partner=grpc_port, with_partner=8, avoid=stack_ports(Settings())
+    )
     return base.with_(
         data_dir=data_dir,
         kafka_bootstrap=None,

@@ -12,8 +12,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from infra.settings import Settings
-from infra.stack.seaweed import s3_client
+from blobledger.infra.settings import Settings
+from blobledger.infra.stack.seaweed import s3_client
 
 
 def with_database(dsn: str, dbname: str) -> str:
@@ -37,12 +37,19 @@ def create_database(admin_dsn: str, name: str) -> str:
 def drop_database(admin_dsn: str, name: str) -> None:
     with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
         # FORCE: a failed test may still hold pool connections
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 def _s3(settings: Settings):  # type: ignore[no-untyped-def]
-    return s3_client(settings.s3_url, settings.s3_access_key, settings.s3_secret_key,
-                     settings.s3_region, timeout=30)
+    return s3_client(
+        settings.s3_url,
+        settings.s3_access_key,
+        settings.s3_secret_key,
+        settings.s3_region,
+        timeout=30,
+    )
 
 
 def create_bucket(settings: Settings, bucket: str) -> None:

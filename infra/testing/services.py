@@ -12,19 +12,20 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from infra.settings import Settings
+from blobledger.infra.settings import Settings
 
 
 class ThreadedProjector:
     """A projector folding in a background thread."""
 
     def __init__(self, settings: Settings) -> None:
-        from projectors.runner import Projector
+        from blobledger.projectors.runner import Projector
 
         self.projector = Projector(settings)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.projector.run, args=(self._stop,), daemon=True,
-                                        name="test-projector")
+        self._thread = threading.Thread(
+            target=self.projector.run, args=(self._stop,), daemon=True, name="test-projector"
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -33,7 +34,7 @@ class ThreadedProjector:
             self._thread.join(15)
             self.projector.close()
 
-    def __enter__(self) -> "ThreadedProjector":
+    def __enter__(self) -> ThreadedProjector:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -45,8 +46,8 @@ class ThreadedWorker:
     tests do not share dedup state through the user's cache file."""
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
-        from blob_worker.hashcache import HashCache
-        from blob_worker.runner import Worker
+        from blobledger.blob_worker.hashcache import HashCache
+        from blobledger.blob_worker.runner import Worker
 
         self.worker = Worker.create(settings, hash_cache=HashCache(), **kwargs)
         self._thread = threading.Thread(target=self.worker.run, daemon=True, name="test-worker")
@@ -60,7 +61,7 @@ class ThreadedWorker:
             self._thread.join(60)
             self.worker.close()
 
-    def __enter__(self) -> "ThreadedWorker":
+    def __enter__(self) -> ThreadedWorker:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -13,11 +13,20 @@ from tests.integration.support import child_env
 pytestmark = pytest.mark.e2e
 
 
-def cli(settings, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run([sys.executable, "-m", "infra.cli", *args], env=child_env(settings, BLOBLEDGER_ACTOR="erin"),
-                       capture_output=True, text=True, timeout=timeout)
+def cli(
+    settings, *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run(
+        [sys.executable, "-m", "blobledger.infra.cli", *args],
+        env=child_env(settings, BLOBLEDGER_ACTOR="erin"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and p.returncode != 0:
-        raise AssertionError(f"blobledger {' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+        raise AssertionError(
+            f"blobledger {' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}"
+        )
     return p
 
 
@@ -28,12 +37,30 @@ def test_help_and_unknown_command(settings):
 
 
 def test_object_lifecycle_from_the_shell(settings, projector):
-    created = json.loads(cli(settings, "object", "create", "cli/a.txt", "--set", "color=red",
-                             "--tag", "x", "--json").stdout)
+    created = json.loads(
+        cli(
+            settings, "object", "create", "cli/a.txt", "--set", "color=red", "--tag", "x", "--json"
+        ).stdout
+    )
     assert created["status"] == "accepted" and created["version"] == 1
-    updated = json.loads(cli(settings, "object", "update", "cli/a.txt", "--set", "size=3", "-e", "1", "--json").stdout)
+    updated = json.loads(
+        cli(
+            settings, "object", "update", "cli/a.txt", "--set", "size=3", "-e", "1", "--json"
+        ).stdout
+    )
     assert updated["version"] == 2
-    conflict = cli(settings, "object", "update", "cli/a.txt", "--set", "size=4", "-e", "1", "--json", check=False)
+    conflict = cli(
+        settings,
+        "object",
+        "update",
+        "cli/a.txt",
+        "--set",
+        "size=4",
+        "-e",
+        "1",
+        "--json",
+        check=False,
+    )
     assert conflict.returncode == 1 and "version 2" in conflict.stderr
     assert json.loads(conflict.stdout)["error"] == "conflict"
     got = json.loads(cli(settings, "object", "get", "cli/a.txt", "--json").stdout)

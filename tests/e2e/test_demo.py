@@ -14,9 +14,23 @@ pytestmark = pytest.mark.e2e
 
 
 def run_demo(settings, size_mib: int = 16) -> dict:
-    p = subprocess.run([sys.executable, "-m", "infra.cli", "demo", "--json", "--size-mib", str(size_mib),
-                        "--timeout", "180"],
-                       env=child_env(settings), capture_output=True, text=True, timeout=400)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "blobledger.infra.cli",
+            "demo",
+            "--json",
+            "--size-mib",
+            str(size_mib),
+            "--timeout",
+            "180",
+        ],
+        env=child_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert p.returncode == 0, f"demo failed ({p.returncode}):\n{p.stdout}\n{p.stderr[-4000:]}"
     return json.loads(p.stdout.strip().splitlines()[-1])
 

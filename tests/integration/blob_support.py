@@ -10,10 +10,10 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from infra.randfile import write_random_file
-from infra.s3 import make_s3_client
-from infra.settings import Settings
-from infra.testing.services import ThreadedWorker  # noqa: F401 - re-exported for the tests
+from blobledger.infra.randfile import write_random_file
+from blobledger.infra.s3 import make_s3_client
+from blobledger.infra.settings import Settings
+from blobledger.infra.testing.services import ThreadedWorker  # noqa: F401 - re-exported for the tests
 
 MiB = 1024 * 1024
 

@@ -8,17 +8,17 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import psycopg
 from psycopg import sql
 
-from infra.kafka import headers_for, make_producer
-from infra.settings import Settings
-from infra.testing.services import ThreadedProjector  # noqa: F401 - re-exported for the tests
-from projectors.replay import VERIFIED_TABLES, _columns
-from schemas.codec import default_codec
-from schemas.events import Event
+from blobledger.infra.kafka import headers_for, make_producer
+from blobledger.infra.settings import Settings
+from blobledger.infra.testing.services import ThreadedProjector  # noqa: F401 - re-exported for the tests
+from blobledger.projectors.replay import VERIFIED_TABLES, _columns
+from blobledger.schemas.codec import default_codec
+from blobledger.schemas.events import Event
 
 
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -34,8 +34,12 @@ class Proc:
 
     def __init__(self, settings: Settings, args: Sequence[str], log_path: str) -> None:
         self.log = open(log_path, "ab")
-        self.p = subprocess.Popen([sys.executable, "-m", "infra.cli", *args], env=child_env(settings),
-                                  stdout=self.log, stderr=subprocess.STDOUT)
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "blobledger.infra.cli", *args],
+            env=child_env(settings),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     def kill(self) -> None:
         if self.p.poll() is None:
@@ -70,7 +74,9 @@ def publish_all(settings: Settings, events: Sequence[Event], topic: str | None =
     for e in events:
         while True:
             try:
-                producer.produce(topic, key=e.object_id.encode(), value=codec.encode(e), headers=headers_for(e))
+                producer.produce(
+                    topic, key=e.object_id.encode(), value=codec.encode(e), headers=headers_for(e)
+                )
                 break
             except BufferError:
                 producer.poll(0.1)
@@ -81,14 +87,19 @@ def publish_all(settings: Settings, events: Sequence[Event], topic: str | None =
 def checkpoint_total(settings: Settings) -> int:
     with psycopg.connect(settings.dsn, autocommit=True) as conn:
         try:
-            row = conn.execute(sql.SQL("SELECT coalesce(sum(next_offset), 0) FROM {}.checkpoints").format(
-                sql.Identifier(settings.read_model_schema))).fetchone()
+            row = conn.execute(
+                sql.SQL("SELECT coalesce(sum(next_offset), 0) FROM {}.checkpoints").format(
+                    sql.Identifier(settings.read_model_schema)
+                )
+            ).fetchone()
         except psycopg.errors.UndefinedTable:
             return 0
     return int(row[0])
 
 
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1, what: str = "condition") -> None:
+def wait_for(
+    predicate, timeout: float = 60.0, interval: float = 0.1, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -103,8 +114,9 @@ def digests(settings: Settings, schema: str | None = None) -> dict[str, str]:
     with psycopg.connect(settings.dsn, autocommit=True) as conn:
         for table in VERIFIED_TABLES:
             cols = sql.SQL(", ").join(map(sql.Identifier, _columns(conn, schema, table)))
-            q = sql.SQL("SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
-                        "FROM (SELECT {c} FROM {s}.{t}) t").format(c=cols, s=sql.Identifier(schema),
-                                                                   t=sql.Identifier(table))
+            q = sql.SQL(
+                "SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
+                "FROM (SELECT {c} FROM {s}.{t}) t"
+            ).format(c=cols, s=sql.Identifier(schema), t=sql.Identifier(table))
             out[table] = conn.execute(q).fetchone()[0]
     return out

@@ -12,14 +12,14 @@ from urllib.parse import urlsplit
 import pytest
 import urllib3
 
-from blob_worker import cli as blob_cli
-from blob_worker.reader import ByteRange, open_object_blob, presigned_get_url
-from blob_worker.reaper import Reaper
-from infra.errors import ValidationError
-from infra.postgres import connect
-from infra.s3 import make_s3_client
-from producers.client import Client
-from producers.publisher import Publisher
+from blobledger.blob_worker import cli as blob_cli
+from blobledger.blob_worker.reader import ByteRange, open_object_blob, presigned_get_url
+from blobledger.blob_worker.reaper import Reaper
+from blobledger.infra.errors import ValidationError
+from blobledger.infra.postgres import connect
+from blobledger.infra.s3 import make_s3_client
+from blobledger.producers.client import Client
+from blobledger.producers.publisher import Publisher
 
 from .blob_support import (
     MiB,
@@ -62,7 +62,12 @@ def test_large_upload_verified_end_to_end_then_dedup(settings, worker, tmp_path)
     with Client(settings, actor="alice") as alice:
         r = _attach(alice, "big/one", str(path))
         view = wait_terminal(alice, r.upload_id, timeout=300)
-        assert (view.state, view.sha256, view.size, view.dedup) == ("stored", sha, 210 * MiB + 123, False)
+        assert (view.state, view.sha256, view.size, view.dedup) == (
+            "stored",
+            sha,
+            210 * MiB + 123,
+            False,
+        )
         assert view.key == f"blobs/sha256/{sha[:2]}/{sha}"
         obj = alice.get("big/one")
         assert obj.blob.sha256 == sha and obj.pending_upload_id is None
@@ -78,11 +83,16 @@ def test_large_upload_verified_end_to_end_then_dedup(settings, worker, tmp_path)
 
         # `blobledger get -o`: streamed to a file, verified
         out = tmp_path / "copy.bin"
-        assert blob_cli.get_main(["big/one", "-o", str(out), "--actor", "alice"], settings=settings) == 0
+        assert (
+            blob_cli.get_main(["big/one", "-o", str(out), "--actor", "alice"], settings=settings)
+            == 0
+        )
         assert sha256_file(out) == sha
 
         # a range, and a presigned URL that works without credentials
-        part = open_object_blob(alice, "big/one", s3=s3, byte_range=ByteRange(MiB, 2 * MiB - 1)).reader.read()
+        part = open_object_blob(
+            alice, "big/one", s3=s3, byte_range=ByteRange(MiB, 2 * MiB - 1)
+        ).reader.read()
         with open(path, "rb") as f:
             f.seek(MiB)
             assert part == f.read(MiB)
@@ -111,7 +121,9 @@ def test_reupload_of_the_same_file_sends_nothing(settings, worker, tmp_path):
         assert time.monotonic() - t0 < 10
 
 
-def test_http_source_and_reading_while_a_newer_upload_is_pending(settings, projector, origin, tmp_path):
+def test_http_source_and_reading_while_a_newer_upload_is_pending(
+    settings, projector, origin, tmp_path
+):
     sha = make_file(tmp_path / "web.bin", 30 * MiB + 7)
     with Client(settings, actor="alice") as alice:
         w = ThreadedWorker(settings)
@@ -145,7 +157,10 @@ def test_every_bad_input_is_compensated_with_its_reason(settings, worker, origin
         "truncated": (f"{origin.url}/truncate/half.bin", {}, "truncated_source"),
     }
     with Client(settings, actor="alice") as alice:
-        uploads = {name: _attach(alice, f"bad/{name}", src, **kw).upload_id for name, (src, kw, _) in cases.items()}
+        uploads = {
+            name: _attach(alice, f"bad/{name}", src, **kw).upload_id
+            for name, (src, kw, _) in cases.items()
+        }
         for name, (_, _, reason) in cases.items():
             view = wait_terminal(alice, uploads[name], timeout=120)
             assert (name, view.state, view.reason) == (name, "compensated", reason)
@@ -160,7 +175,10 @@ def test_every_bad_input_is_compensated_with_its_reason(settings, worker, origin
     assert open_multipart_uploads(settings) == []
     s3 = make_s3_client(settings)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=settings.s3_bucket).get("Contents", [])]
-    assert all(k.startswith("blobs/sha256/") for k in keys) and f"blobs/sha256/{good_sha[:2]}/{good_sha}" not in keys
+    assert (
+        all(k.startswith("blobs/sha256/") for k in keys)
+        and f"blobs/sha256/{good_sha[:2]}/{good_sha}" not in keys
+    )
 
 
 def test_size_over_the_limit_is_compensated(settings, projector, tmp_path):
@@ -204,10 +222,14 @@ def test_deadline_passed_before_start_and_reaper(settings, projector, tmp_path):
         time.sleep(1.5)
         publisher = Publisher(quick)
         s3 = make_s3_client(quick)
-        stale = s3.create_multipart_upload(Bucket=quick.s3_bucket, Key="blobs/sha256/ab/stale")["UploadId"]
+        stale = s3.create_multipart_upload(Bucket=quick.s3_bucket, Key="blobs/sha256/ab/stale")[
+            "UploadId"
+        ]
         try:
             with connect(quick, autocommit=True) as conn:
-                report = Reaper(quick, conn=conn, s3=s3, publisher=publisher).run_once(multipart_older_than=0)
+                report = Reaper(quick, conn=conn, s3=s3, publisher=publisher).run_once(
+                    multipart_older_than=0
+                )
         finally:
             publisher.close()
         assert report.compensated >= 1 and report.aborted_multipart >= 1
@@ -235,6 +257,7 @@ def test_s3_outage_retries_while_metadata_keeps_its_latency(settings, projector,
     w = ThreadedWorker(via_proxy, transfer_attempts=30, max_backoff=2.0)
     try:
         with Client(settings, actor="alice") as alice:
+
             def metadata_latency() -> float:
                 samples = []
                 for i in range(10):
@@ -248,8 +271,11 @@ def test_s3_outage_retries_while_metadata_keeps_its_latency(settings, projector,
             before = metadata_latency()
             proxy.cut()
             r = _attach(alice, "outage/blob", str(path))
-            wait_for(lambda: w.worker.transfer.breaker.state.value != "closed", timeout=60,
-                     what="the S3 breaker to open")
+            wait_for(
+                lambda: w.worker.transfer.breaker.state.value != "closed",
+                timeout=60,
+                what="the S3 breaker to open",
+            )
             during = metadata_latency()
             assert alice.upload(r.upload_id).state == "pending"
             proxy.restore()
@@ -271,6 +297,8 @@ def test_put_cli_follows_the_upload_to_completion(settings, worker, tmp_path, ca
     out, err = capsys.readouterr()
     assert code == 0 and sha in out and "stored" in out
     assert "MB/s" in err  # the progress bar, fed by the worker's progress topic
-    code = blob_cli.put_main(["cli/a", str(tmp_path / "missing"), "--actor", "alice", "--json"], settings=settings)
+    code = blob_cli.put_main(
+        ["cli/a", str(tmp_path / "missing"), "--actor", "alice", "--json"], settings=settings
+    )
     body = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 1 and (body["state"], body["reason"]) == ("compensated", "source_not_found")

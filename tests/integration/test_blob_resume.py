@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from infra.s3 import make_s3_client
-from producers.client import Client
+from blobledger.infra.s3 import make_s3_client
+from blobledger.producers.client import Client
 
 from .blob_support import MiB, make_file, open_multipart_uploads, wait_terminal
 from .support import Proc, wait_for
@@ -23,7 +23,11 @@ def _parts_done(settings) -> int:
     if not uploads:
         return 0
     u = uploads[0]
-    return len(s3.list_parts(Bucket=settings.s3_bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts", []))
+    return len(
+        s3.list_parts(Bucket=settings.s3_bucket, Key=u["Key"], UploadId=u["UploadId"]).get(
+            "Parts", []
+        )
+    )
 
 
 def _assigned(log_path) -> bool:
@@ -64,8 +68,11 @@ def test_worker_killed_mid_upload_resumes_on_redelivery(settings, projector, tmp
     finally:
         first.stop()
     assert open_multipart_uploads(s) == []
-    lines = [json.loads(line) for line in (tmp_path / "worker2.log").read_text().splitlines()
-             if line.startswith("{")]
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / "worker2.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
     resumed = [x for x in lines if x.get("event") == "multipart.resumed"]
     stored = [x for x in lines if x.get("event") == "upload.stored"]
     assert resumed and resumed[0]["parts"] >= 4
@@ -74,16 +81,22 @@ def test_worker_killed_mid_upload_resumes_on_redelivery(settings, projector, tmp
     assert all(x.get("event_id") and x.get("correlation_id") for x in resumed + stored)
 
 
-def test_killed_worker_and_a_permanent_failure_leave_no_open_upload_after_the_reaper(settings, projector, tmp_path):
+def test_killed_worker_and_a_permanent_failure_leave_no_open_upload_after_the_reaper(
+    settings, projector, tmp_path
+):
     """If nobody redelivers (the command was compensated meanwhile), the reaper aborts the
     abandoned multipart upload."""
-    from blob_worker.reaper import Reaper
-    from infra.postgres import connect
-    from producers.publisher import Publisher
+    from blobledger.blob_worker.reaper import Reaper
+    from blobledger.infra.postgres import connect
+    from blobledger.producers.publisher import Publisher
 
     deadline_s = 10
-    s = settings.with_(min_part_size=5 * MiB, max_in_flight_parts=2, data_dir=tmp_path / "w",
-                       upload_deadline_seconds=deadline_s)
+    s = settings.with_(
+        min_part_size=5 * MiB,
+        max_in_flight_parts=2,
+        data_dir=tmp_path / "w",
+        upload_deadline_seconds=deadline_s,
+    )
     path = tmp_path / "big.bin"
     make_file(path, 200 * MiB)
     worker = Proc(s, ["worker"], str(tmp_path / "worker.log"))
@@ -95,14 +108,22 @@ def test_killed_worker_and_a_permanent_failure_leave_no_open_upload_after_the_re
             alice.create("resume/b")
             attached_at = time.monotonic()
             r = alice.attach_blob("resume/b", str(path))
-            wait_for(lambda: _parts_done(s) >= 2, timeout=deadline_s, interval=0.05, what="parts uploaded")
+            wait_for(
+                lambda: _parts_done(s) >= 2,
+                timeout=deadline_s,
+                interval=0.05,
+                what="parts uploaded",
+            )
             worker.kill()
-            time.sleep(max(0.0, attached_at + deadline_s + 0.5 - time.monotonic()))  # past the deadline
+            time.sleep(
+                max(0.0, attached_at + deadline_s + 0.5 - time.monotonic())
+            )  # past the deadline
             publisher = Publisher(s)
             try:
                 with connect(s, autocommit=True) as conn:
-                    report = Reaper(s, conn=conn, s3=make_s3_client(s), publisher=publisher).run_once(
-                        multipart_older_than=0)
+                    report = Reaper(
+                        s, conn=conn, s3=make_s3_client(s), publisher=publisher
+                    ).run_once(multipart_older_than=0)
             finally:
                 publisher.close()
             assert report.compensated == 1 and report.aborted_multipart == 1

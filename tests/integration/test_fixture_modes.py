@@ -18,12 +18,12 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from infra.errors import StackError
-from infra.kafka import make_consumer, make_producer
-from infra.settings import Settings
-from infra.stack.seaweed import s3_client
-from infra.testing import RunningStack
-from infra.testing.docker_stack import (
+from blobledger.infra.errors import StackError
+from blobledger.infra.kafka import make_consumer, make_producer
+from blobledger.infra.settings import Settings
+from blobledger.infra.stack.seaweed import s3_client
+from blobledger.infra.testing import RunningStack
+from blobledger.infra.testing.docker_stack import (
     LABEL,
     LABEL_PID,
     DockerStackConfig,
@@ -34,6 +34,7 @@ from infra.testing.docker_stack import (
 )
 
 pytestmark = pytest.mark.integration
+
 
 def _require_engine() -> None:
     if not engine_available():
@@ -55,7 +56,7 @@ def stack(request: pytest.FixtureRequest) -> Iterator[RunningStack]:
         with docker_stack(base) as running:
             yield running
     else:
-        from infra.testing.embedded import embedded_stack
+        from blobledger.infra.testing.embedded import embedded_stack
 
         storage = base.test_broker_storage
         with embedded_stack(base, broker_storage=storage) as running:
@@ -63,8 +64,9 @@ def stack(request: pytest.FixtureRequest) -> Iterator[RunningStack]:
 
 
 # --- the contract, on every mode -----------------------------------------------------------------
-def test_stack_settings_resolve_every_endpoint(stack: RunningStack,
-                                               request: pytest.FixtureRequest) -> None:
+def test_stack_settings_resolve_every_endpoint(
+    stack: RunningStack, request: pytest.FixtureRequest
+) -> None:
     assert stack.mode == request.node.callspec.params["stack"]
     s = stack.settings
     assert s.kafka_bootstrap and s.postgres_dsn and s.s3_endpoint
@@ -96,16 +98,22 @@ def test_postgres_runs_queries_in_a_fresh_database(settings: Settings) -> None:
     with psycopg.connect(settings.dsn, autocommit=True) as conn:
         row = conn.execute("SELECT current_database()").fetchone()
         assert row and str(row[0]).startswith("bl_test_")
-        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
-                            ).fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchone() == (0,)
         conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
         conn.execute("INSERT INTO t VALUES (1, 'one'), (2, 'two')")
         assert conn.execute("SELECT v FROM t ORDER BY id").fetchall() == [("one",), ("two",)]
 
 
 def test_s3_put_and_get_an_object(settings: Settings) -> None:
-    client = s3_client(settings.s3_url, settings.s3_access_key, settings.s3_secret_key,
-                       settings.s3_region, timeout=30)
+    client = s3_client(
+        settings.s3_url,
+        settings.s3_access_key,
+        settings.s3_secret_key,
+        settings.s3_region,
+        timeout=30,
+    )
     body = os.urandom(256 * 1024)
     client.put_object(Bucket=settings.s3_bucket, Key="dir/blob.bin", Body=body)
     assert client.get_object(Bucket=settings.s3_bucket, Key="dir/blob.bin")["Body"].read() == body
@@ -113,8 +121,9 @@ def test_s3_put_and_get_an_object(settings: Settings) -> None:
     assert [o["Key"] for o in listed] == ["dir/blob.bin"]
 
 
-def test_a_stopped_postgres_comes_back_on_the_same_endpoint(stack: RunningStack,
-                                                             settings: Settings) -> None:
+def test_a_stopped_postgres_comes_back_on_the_same_endpoint(
+    stack: RunningStack, settings: Settings
+) -> None:
     with psycopg.connect(settings.dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE survivor (v text)")
         conn.execute("INSERT INTO survivor VALUES ('kept')")
@@ -179,8 +188,10 @@ def _networks(stack_id: str) -> list[str]:
 def test_teardown_leaves_no_container_even_when_the_test_fails() -> None:
     _require_engine()
     stack_id = ""
-    with pytest.raises(RuntimeError, match="the test failed"), \
-            docker_stack(Settings.from_env()) as running:
+    with (
+        pytest.raises(RuntimeError, match="the test failed"),
+        docker_stack(Settings.from_env()) as running,
+    ):
         stack_id = running.stack_id
         assert len(_containers(**{LABEL: stack_id})) == 3
         raise RuntimeError("the test failed")
@@ -218,8 +229,10 @@ def test_a_container_that_never_answers_times_out_naming_its_image() -> None:
     mine = {LABEL: "", LABEL_PID: str(os.getpid())}
     before = set(_containers(**mine))
     t0 = time.monotonic()
-    with pytest.raises(StackError, match="did not become ready within 4 s") as failed, \
-            docker_stack(base, config):
+    with (
+        pytest.raises(StackError, match="did not become ready within 4 s") as failed,
+        docker_stack(base, config),
+    ):
         pytest.fail("the stack started although Postgres never answers")
     assert time.monotonic() - t0 < 60
     assert failed.value.service == "postgres"

@@ -10,12 +10,18 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from infra.errors import ConflictError
-from producers.client import Client
-from projectors.dlq import list_dead_letters, retry_dead_letters
-from projectors.lag import projection_lag, wait_caught_up
-from projectors.replay import ensure_database, replay
-from schemas.events import Envelope, MetadataUpdated, ObjectCreated, TagsChanged, object_id_for
+from blobledger.infra.errors import ConflictError
+from blobledger.producers.client import Client
+from blobledger.projectors.dlq import list_dead_letters, retry_dead_letters
+from blobledger.projectors.lag import projection_lag, wait_caught_up
+from blobledger.projectors.replay import ensure_database, replay
+from blobledger.schemas.events import (
+    Envelope,
+    MetadataUpdated,
+    ObjectCreated,
+    TagsChanged,
+    object_id_for,
+)
 
 from .support import checkpoint_total, digests, projector_process, publish_all, wait_for
 
@@ -28,13 +34,20 @@ def workload(n_objects: int, n_updates: int, seed: int = 1) -> list:
     events = []
     keys = [f"w/{i:05d}" for i in range(n_objects)]
     for k in keys:
-        events.append(ObjectCreated(Envelope(object_id=object_id_for("default", k), actor="alice"),
-                                    key=k, metadata_json='{"n":0}'))
+        events.append(
+            ObjectCreated(
+                Envelope(object_id=object_id_for("default", k), actor="alice"),
+                key=k,
+                metadata_json='{"n":0}',
+            )
+        )
     versions = {k: 1 for k in keys}
     for i in range(n_updates):
         k = rnd.choice(keys)
         expected = versions[k] if rnd.random() < 0.9 else versions[k] + 5
-        env = Envelope(object_id=object_id_for("default", k), actor="alice", expected_version=expected)
+        env = Envelope(
+            object_id=object_id_for("default", k), actor="alice", expected_version=expected
+        )
         if rnd.random() < 0.7:
             events.append(MetadataUpdated(env, patch_json=f'{{"n":{i}}}'))
         else:
@@ -60,7 +73,12 @@ def test_read_your_writes_and_queries(settings, projector):
         assert {o.key for o in alice.list(tag="doc").items} == {"docs/readme.md"}
         assert [h.version for h in alice.history("docs/readme.md")] == [1, 2]
         assert alice.as_of("docs/readme.md", version=1).snapshot.metadata == {"title": "Hi"}
-        assert alice.as_of("docs/readme.md", at=r2.outcome and alice.history("docs/readme.md")[0].occurred_at).version == 1
+        assert (
+            alice.as_of(
+                "docs/readme.md", at=r2.outcome and alice.history("docs/readme.md")[0].occurred_at
+            ).version
+            == 1
+        )
         assert len(alice.audit()) == 7
     with Client(settings, actor="mallory") as mallory:
         assert mallory.list(prefix="docs/").items == []  # filtered by read permission
@@ -94,14 +112,21 @@ def test_projector_killed_mid_batch_equals_fresh_replay(settings, tmp_path):
     for _ in range(3):
         with projector_process(settings, str(tmp_path / "projector.log")) as proc:
             start = checkpoint_total(settings)
-            wait_for(lambda start=start: checkpoint_total(settings) > start + 500 or checkpoint_total(settings) >= total,
-                     timeout=120, what="projector progress")
+            wait_for(
+                lambda start=start: (
+                    checkpoint_total(settings) > start + 500 or checkpoint_total(settings) >= total
+                ),
+                timeout=120,
+                what="projector progress",
+            )
             time.sleep(random.uniform(0.0, 0.3))
             proc.kill()  # SIGKILL, somewhere inside a batch
     with projector_process(settings, str(tmp_path / "projector.log")):
         wait_caught_up(settings, timeout=180)
     with psycopg.connect(settings.dsn) as conn:
-        n = conn.execute(f"SELECT count(*) FROM {settings.read_model_schema}.event_outcomes").fetchone()[0]
+        n = conn.execute(
+            f"SELECT count(*) FROM {settings.read_model_schema}.event_outcomes"
+        ).fetchone()[0]
     assert n == total  # every event applied exactly once
     report = replay(settings, verify=True, swap=False, progress=False)
     assert report.verified, report.differences
@@ -121,15 +146,20 @@ def test_two_projectors_with_rebalance(settings, tmp_path):
             pa.stop()  # a leaves: another rebalance, b takes every partition
             wait_caught_up(settings, timeout=180)
     with psycopg.connect(settings.dsn) as conn:
-        n = conn.execute(f"SELECT count(*) FROM {settings.read_model_schema}.event_outcomes").fetchone()[0]
+        n = conn.execute(
+            f"SELECT count(*) FROM {settings.read_model_schema}.event_outcomes"
+        ).fetchone()[0]
     assert n == len(events)
     report = replay(settings, verify=True, swap=False, progress=False)
     assert report.verified, report.differences
 
 
 def test_poison_messages_go_to_dlq_and_projector_continues(settings, projector):
-    from infra.kafka import make_producer
-    codec_valid = ObjectCreated(Envelope(object_id=object_id_for("default", "ok/after"), actor="alice"), key="ok/after")
+    from blobledger.infra.kafka import make_producer
+
+    codec_valid = ObjectCreated(
+        Envelope(object_id=object_id_for("default", "ok/after"), actor="alice"), key="ok/after"
+    )
     producer = make_producer(settings)
     key = object_id_for("default", "ok/after").encode()
     garbage = [b"\x00\x01not avro at all", b"\xc3\x01" + b"\xee" * 8 + b"body", b"\xc3"]
@@ -169,7 +199,10 @@ def test_replay_swaps_while_live_and_recover_after_drop(settings, projector):
     dbname = psycopg.conninfo.conninfo_to_dict(settings.dsn)["dbname"]
     admin = psycopg.conninfo.make_conninfo(settings.dsn, dbname="postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,))
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (dbname,),
+        )
         conn.execute(f'DROP DATABASE "{dbname}"')
     assert ensure_database(settings) is True
     report = replay(settings, progress=False)
@@ -179,7 +212,7 @@ def test_replay_swaps_while_live_and_recover_after_drop(settings, projector):
 def test_projector_commits_do_not_wait_for_wal_flush_unless_asked(settings):
     """A projection can be redone from the log, so its commits skip the fsync wait; the
     setting restores durable commits for operators who want them."""
-    from projectors.runner import Projector
+    from blobledger.projectors.runner import Projector
 
     for durable, expected in ((False, "off"), (True, "on")):
         p = Projector(settings.with_(projector_synchronous_commit=durable))

@@ -23,12 +23,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from blob_worker.transfer import content_key
-from infra.s3 import head, make_s3_client
-from infra.settings import Settings
-from infra.testing import RunningStack
-from producers.client import Client
-from projectors.dlq import list_dead_letters
+from blobledger.blob_worker.transfer import content_key
+from blobledger.infra.s3 import head, make_s3_client
+from blobledger.infra.settings import Settings
+from blobledger.infra.testing import RunningStack
+from blobledger.producers.client import Client
+from blobledger.projectors.dlq import list_dead_letters
 
 from .blob_support import MiB, ThreadedWorker, open_multipart_uploads, wait_terminal
 from .support import ThreadedProjector, wait_for
@@ -58,7 +58,7 @@ class SlowOrigin:
                 chunk, t0 = 256 * 1024, time.monotonic()
                 try:
                     for off in range(0, len(data), chunk):
-                        self.wfile.write(data[off:off + chunk])
+                        self.wfile.write(data[off : off + chunk])
                         ahead = (off + chunk) / rate - (time.monotonic() - t0)
                         if ahead > 0:
                             time.sleep(ahead)
@@ -131,7 +131,8 @@ def outcome_count(settings: Settings) -> int:
     try:
         with psycopg.connect(settings.dsn, autocommit=True, connect_timeout=3) as conn:
             q = sql.SQL("SELECT count(*) FROM {}.event_outcomes").format(
-                sql.Identifier(settings.read_model_schema))
+                sql.Identifier(settings.read_model_schema)
+            )
             return int(conn.execute(q).fetchone()[0])  # type: ignore[index]
     except psycopg.Error:
         return -1
@@ -139,7 +140,9 @@ def outcome_count(settings: Settings) -> int:
 
 def report(name: str, **values: Any) -> None:
     """Timings for the record (shown with ``pytest -s`` / in the captured output)."""
-    pretty = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+    pretty = ", ".join(
+        f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
+    )
     print(f"\n[outage] {name}: {pretty}")
 
 
@@ -189,8 +192,11 @@ def test_blob_store_outage_mid_upload_metadata_keeps_its_latency(embedded, setti
                 assert alice.upload(up.upload_id).state == "pending"
                 assert alive(projector)
                 # long enough for the worker's breaker to open and attempts to fail
-                wait_for(lambda: w.worker.transfer.breaker.state.value != "closed", timeout=30,
-                         what="the S3 breaker to open")
+                wait_for(
+                    lambda: w.worker.transfer.breaker.state.value != "closed",
+                    timeout=30,
+                    what="the S3 breaker to open",
+                )
                 time.sleep(max(0.0, 8.0 - (time.monotonic() - t_down)))
             view = wait_terminal(alice, up.upload_id, timeout=240)
             assert view.state in ("stored", "compensated")
@@ -200,14 +206,26 @@ def test_blob_store_outage_mid_upload_metadata_keeps_its_latency(embedded, setti
                 assert hashlib.sha256(blob.reader.read()).hexdigest() == origin.sha256
             assert alice.get("outage/meta").version == 31
             assert alice.get("outage/meta").metadata == {"n": 29}
-            wait_for(lambda: outcome_count(s) >= published + 1, timeout=60,
-                     what="every event (and the upload's outcome) folded")
+            wait_for(
+                lambda: outcome_count(s) >= published + 1,
+                timeout=60,
+                what="every event (and the upload's outcome) folded",
+            )
             assert outcome_count(s) == published + 1
-            wait_for(lambda: not open_multipart_uploads(s), timeout=30,
-                     what="no multipart upload left open")
+            wait_for(
+                lambda: not open_multipart_uploads(s),
+                timeout=30,
+                what="no multipart upload left open",
+            )
         b, d = p50(baseline), p50(during)
-        report("s3", baseline_p50=b, during_p50=d, during_max=max(during), upload=view.state,
-               **{k: round(v, 2) for k, v in t.items()})
+        report(
+            "s3",
+            baseline_p50=b,
+            during_p50=d,
+            during_max=max(during),
+            upload=view.state,
+            **{k: round(v, 2) for k, v in t.items()},
+        )
         assert d < 5 * b + 0.2, (b, d)
     finally:
         w.stop()
@@ -230,23 +248,37 @@ def test_postgres_outage_publishes_succeed_and_the_projector_resumes(embedded, s
             time.sleep(3)  # the projector fails batches meanwhile and must not give up
             assert alive(projector), "the projector thread died while Postgres was down"
         t_back = time.monotonic()
-        wait_for(lambda: outcome_count(settings) == published, timeout=90,
-                 what="the projector to fold everything after Postgres came back")
+        wait_for(
+            lambda: outcome_count(settings) == published,
+            timeout=90,
+            what="the projector to fold everything after Postgres came back",
+        )
         caught_up = time.monotonic() - t_back
         assert alive(projector)
         for i in (0, 39):
             assert alice.get(f"pg/during-{i}").metadata == {"i": i}
         r = alice.create("pg/after")  # and the waiting path works again
         assert r.version == 1
-    report("postgres", publish_p50=p50(publish_latency), publish_max=max(publish_latency),
-           caught_up_after_s=caught_up, **{k: round(v, 2) for k, v in t.items()})
+    report(
+        "postgres",
+        publish_p50=p50(publish_latency),
+        publish_max=max(publish_latency),
+        caught_up_after_s=caught_up,
+        **{k: round(v, 2) for k, v in t.items()},
+    )
     assert max(publish_latency) < 2.0
 
 
 # --- (c) the broker goes away mid-upload ------------------------------------------------------
-def _broker_outage_mid_upload(embedded, settings, projector, *, down_for: float,
-                              transfer_must_finish_while_down: bool,
-                              blob_mib: int = 96) -> dict[str, Any]:
+def _broker_outage_mid_upload(
+    embedded,
+    settings,
+    projector,
+    *,
+    down_for: float,
+    transfer_must_finish_while_down: bool,
+    blob_mib: int = 96,
+) -> dict[str, Any]:
     if settings.broker_storage == "memory":
         pytest.skip("the broker keeps its log in memory here: a restart loses it")
     s = settings.with_(min_part_size=5 * MiB)
@@ -271,7 +303,9 @@ def _broker_outage_mid_upload(embedded, settings, projector, *, down_for: float,
                 # the S3 transfer does not need the broker: it may finish while it is down
                 finished = probe.stored.wait(down_for)
                 if transfer_must_finish_while_down:
-                    assert finished, f"transfer did not finish while the broker was down; last {probe.last}"
+                    assert finished, (
+                        f"transfer did not finish while the broker was down; last {probe.last}"
+                    )
                     assert head(s3, s.s3_bucket, content_key(origin.sha256)) is not None
                 assert alice.upload(up.upload_id).state == "pending"  # no outcome without a broker
                 assert alive(projector)
@@ -286,25 +320,41 @@ def _broker_outage_mid_upload(embedded, settings, projector, *, down_for: float,
             first_update_s = time.monotonic() - t1
             published += 1
             assert r.version is not None
-            wait_for(lambda: outcome_count(s) == published + 1, timeout=60,
-                     what="every event and the upload outcome folded once")
-            wait_for(lambda: not open_multipart_uploads(s), timeout=30,
-                     what="no multipart upload left open")
+            wait_for(
+                lambda: outcome_count(s) == published + 1,
+                timeout=60,
+                what="every event and the upload outcome folded once",
+            )
+            wait_for(
+                lambda: not open_multipart_uploads(s),
+                timeout=30,
+                what="no multipart upload left open",
+            )
         assert w.worker.handled == 1
         assert alive(projector)
-        return dict(transfer_finished_while_down=finished, down_wall_s=down_wall,
-                    outcome_folded_after_restart_s=outcome_after, first_update_after_s=first_update_s,
-                    **{k: round(v, 2) for k, v in t.items()})
+        return dict(
+            transfer_finished_while_down=finished,
+            down_wall_s=down_wall,
+            outcome_folded_after_restart_s=outcome_after,
+            first_update_after_s=first_update_s,
+            **{k: round(v, 2) for k, v in t.items()},
+        )
     finally:
         w.stop()
         origin.close()
 
 
-def test_broker_outage_mid_upload_the_upload_and_the_projector_resume(embedded, settings, projector):
+def test_broker_outage_mid_upload_the_upload_and_the_projector_resume(
+    embedded, settings, projector
+):
     """A few seconds without the broker (longer than the consumer session, as any real
     restart of Tansu is): the upload ends stored, its outcome folded once, nothing lost."""
-    report("kafka", **_broker_outage_mid_upload(embedded, settings, projector, down_for=5.0,
-                                                transfer_must_finish_while_down=False))
+    report(
+        "kafka",
+        **_broker_outage_mid_upload(
+            embedded, settings, projector, down_for=5.0, transfer_must_finish_while_down=False
+        ),
+    )
 
 
 # --- gaps these tests found (fixed); they keep them fixed ------------------------------------
@@ -333,7 +383,14 @@ def test_a_postgres_outage_does_not_stop_updates_being_published(embedded, setti
 def test_broker_outage_does_not_cancel_a_running_transfer(embedded, settings, projector):
     # 240 MiB at 8 MiB/s: ~30 s, so the loss of the assignment (~10 s after the stop)
     # always comes first
-    report("kafka-transfer", **_broker_outage_mid_upload(
-        embedded, settings, projector, down_for=40.0, transfer_must_finish_while_down=True,
-        blob_mib=240))
-
+    report(
+        "kafka-transfer",
+        **_broker_outage_mid_upload(
+            embedded,
+            settings,
+            projector,
+            down_for=40.0,
+            transfer_must_finish_while_down=True,
+            blob_mib=240,
+        ),
+    )

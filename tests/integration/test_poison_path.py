@@ -8,12 +8,20 @@ import secrets
 
 import pytest
 
-from producers.client import Client
-from projectors.dlq import list_dead_letters
-from projectors.lag import projection_lag, wait_caught_up
-from projectors.replay import replay
-from schemas.codec import default_codec
-from schemas.events import BlobAttached, Envelope, MetadataUpdated, ObjectCreated, TagsChanged, new_id, object_id_for
+from blobledger.producers.client import Client
+from blobledger.projectors.dlq import list_dead_letters
+from blobledger.projectors.lag import projection_lag, wait_caught_up
+from blobledger.projectors.replay import replay
+from blobledger.schemas.codec import default_codec
+from blobledger.schemas.events import (
+    BlobAttached,
+    Envelope,
+    MetadataUpdated,
+    ObjectCreated,
+    TagsChanged,
+    new_id,
+    object_id_for,
+)
 
 from .support import ThreadedProjector, publish_all
 
@@ -25,7 +33,7 @@ def _env(key: str, actor: str = "alice", **kw) -> Envelope:
 
 
 def test_poison_records_are_dead_lettered_and_later_events_applied(settings):
-    from infra.kafka import make_producer
+    from blobledger.infra.kafka import make_producer
 
     codec = default_codec()
     good = [ObjectCreated(_env("p/a"), key="p/a", metadata_json='{"n":0}')]
@@ -40,8 +48,10 @@ def test_poison_records_are_dead_lettered_and_later_events_applied(settings):
     ]
     # valid JSON with an escaped NUL: the fold rejects it (an outcome, not a dead letter)
     nul_json = MetadataUpdated(_env("p/a", expected_version=1), patch_json='{"x":"\\u0000"}')
-    later = [MetadataUpdated(_env("p/a", expected_version=1), patch_json='{"n":1}'),
-             ObjectCreated(_env("p/later"), key="p/later")]
+    later = [
+        MetadataUpdated(_env("p/a", expected_version=1), patch_json='{"n":1}'),
+        ObjectCreated(_env("p/later"), key="p/later"),
+    ]
 
     producer = make_producer(settings)
     publish_all(settings, good)
@@ -56,7 +66,9 @@ def test_poison_records_are_dead_lettered_and_later_events_applied(settings):
         assert projection_lag(settings) == 0
         with Client(settings, actor="alice") as c:
             a = c.get("p/a")
-            assert a.version == 2 and a.metadata == {"n": 1}  # the NUL patch was rejected, n=1 applied
+            assert a.version == 2 and a.metadata == {
+                "n": 1
+            }  # the NUL patch was rejected, n=1 applied
             assert c.get("p/later").version == 1  # folded after the poison
         letters = list_dead_letters(settings)
         assert len(letters) == len(poison)
@@ -80,20 +92,26 @@ def test_records_postgres_refuses_are_bisected_out(settings):
     p = ThreadedProjector(settings)  # migrates the schema
     try:
         with psycopg.connect(settings.dsn, autocommit=True) as conn:
-            conn.execute(f"ALTER TABLE {settings.read_model_schema}.objects "
-                         "ADD CONSTRAINT test_refuses CHECK (key NOT LIKE 'p/refused%')")
+            conn.execute(
+                f"ALTER TABLE {settings.read_model_schema}.objects "
+                "ADD CONSTRAINT test_refuses CHECK (key NOT LIKE 'p/refused%')"
+            )
         events = [ObjectCreated(_env(f"p/{i:03d}"), key=f"p/{i:03d}") for i in range(300)]
         refused = [ObjectCreated(_env(f"p/refused/{i}"), key=f"p/refused/{i}") for i in range(3)]
         events[17:17] = refused[:1]
         events[150:150] = refused[1:]
         publish_all(settings, events)
-        publish_all(settings, [MetadataUpdated(_env("p/000", expected_version=1), patch_json='{"n":1}')])
+        publish_all(
+            settings, [MetadataUpdated(_env("p/000", expected_version=1), patch_json='{"n":1}')]
+        )
         wait_caught_up(settings, timeout=120)
         with Client(settings, actor="alice") as c:
             assert c.get("p/000").metadata == {"n": 1}
             assert c.get("p/299").version == 1
         with psycopg.connect(settings.dsn) as conn:
-            n = conn.execute(f"SELECT count(*) FROM {settings.read_model_schema}.objects").fetchone()[0]
+            n = conn.execute(
+                f"SELECT count(*) FROM {settings.read_model_schema}.objects"
+            ).fetchone()[0]
         assert n == 300
         letters = list_dead_letters(settings)
         assert sorted(d.key for d in letters) == sorted(e.object_id for e in refused)
@@ -108,12 +126,15 @@ def test_projector_survives_invalid_ids_from_an_older_client(settings):
     """Ids Postgres would accept but that are not canonical (uppercase) are refused at
     decode: folded, they would miss the idempotency and state lookups by id text."""
     codec = default_codec()
-    from infra.kafka import make_producer
+    from blobledger.infra.kafka import make_producer
 
     oid = new_id().upper()
     producer = make_producer(settings)
-    producer.produce(settings.events_topic, key=oid.encode(),
-                     value=codec.encode(ObjectCreated(Envelope(object_id=oid, actor="alice"), key="p/up")))
+    producer.produce(
+        settings.events_topic,
+        key=oid.encode(),
+        value=codec.encode(ObjectCreated(Envelope(object_id=oid, actor="alice"), key="p/up")),
+    )
     assert producer.flush(10) == 0
     publish_all(settings, [ObjectCreated(_env("p/after"), key="p/after")])
     p = ThreadedProjector(settings)

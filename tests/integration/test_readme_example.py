@@ -2,13 +2,13 @@
 
 import pytest
 
-from infra.testing.services import ThreadedProjector, ThreadedWorker
-from producers.client import Client
+from blobledger.infra.testing.services import ThreadedProjector, ThreadedWorker
+from blobledger.producers.client import Client
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.container          # on a Docker-API engine when one answers
+@pytest.mark.container  # on a Docker-API engine when one answers
 def test_attach_is_committed(settings, tmp_path):
     blob = tmp_path / "b.bin"
     blob.write_bytes(b"hello")

@@ -20,12 +20,12 @@ import psycopg
 import pytest
 from confluent_kafka import TopicPartition
 
-from infra.errors import StackError
-from infra.kafka import make_consumer, make_producer
-from infra.settings import Settings
-from infra.stack.launcher import Stack
-from infra.testing.embedded import embedded_settings, private_dir
-from infra.topics import ensure_topics
+from blobledger.infra.errors import StackError
+from blobledger.infra.kafka import make_consumer, make_producer
+from blobledger.infra.settings import Settings
+from blobledger.infra.stack.launcher import Stack
+from blobledger.infra.testing.embedded import embedded_settings, private_dir
+from blobledger.infra.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +41,13 @@ def stack_dir() -> Iterator[Path]:
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "infra.stack.cli", *args],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+        [sys.executable, "-m", "blobledger.infra.stack.cli", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -92,8 +97,11 @@ def test_cli_up_is_idempotent_and_status_is_healthy(stack_dir: Path) -> None:
         with psycopg.connect(s.dsn) as conn:
             assert conn.execute("SELECT current_database()").fetchone() == ("blobledger",)
         boto3.client(
-            "s3", endpoint_url=s.s3_url, aws_access_key_id=s.s3_access_key,
-            aws_secret_access_key=s.s3_secret_key, region_name=s.s3_region,
+            "s3",
+            endpoint_url=s.s3_url,
+            aws_access_key_id=s.s3_access_key,
+            aws_secret_access_key=s.s3_secret_key,
+            region_name=s.s3_region,
         ).head_bucket(Bucket=s.s3_bucket)
     finally:
         down = _cli(env, "down")
@@ -193,8 +201,10 @@ def test_a_service_whose_port_is_taken_fails_with_its_name_and_log(stack_dir: Pa
     try:
         # only Postgres is embedded here, so nothing else is started
         s = Settings(
-            data_dir=stack_dir, pg_port=blocker.getsockname()[1],
-            kafka_bootstrap="127.0.0.1:1", s3_endpoint="http://127.0.0.1:1",
+            data_dir=stack_dir,
+            pg_port=blocker.getsockname()[1],
+            kafka_bootstrap="127.0.0.1:1",
+            s3_endpoint="http://127.0.0.1:1",
         )
         with pytest.raises(StackError) as err:
             Stack(s).up()
@@ -208,8 +218,10 @@ def test_a_service_whose_port_is_taken_fails_with_its_name_and_log(stack_dir: Pa
 def test_a_service_that_dies_during_startup_names_itself_and_its_log(stack_dir: Path) -> None:
     """A data dir from an unknown PostgreSQL version makes the server refuse to start."""
     s = Settings(
-        data_dir=stack_dir, pg_port=embedded_settings(Settings(), stack_dir).pg_port,
-        kafka_bootstrap="127.0.0.1:1", s3_endpoint="http://127.0.0.1:1",
+        data_dir=stack_dir,
+        pg_port=embedded_settings(Settings(), stack_dir).pg_port,
+        kafka_bootstrap="127.0.0.1:1",
+        s3_endpoint="http://127.0.0.1:1",
     )
     (stack_dir / "postgres").mkdir()
     (stack_dir / "postgres" / "PG_VERSION").write_text("7\n")
@@ -225,13 +237,14 @@ def test_a_service_that_dies_during_startup_names_itself_and_its_log(stack_dir: 
 
 
 def test_settings_fixture_gives_a_fresh_database_bucket_and_topics(
-    stack, settings: Settings  # type: ignore[no-untyped-def]
+    stack,
+    settings: Settings,  # type: ignore[no-untyped-def]
 ) -> None:
     """The shared fixtures: every endpoint resolved, per-test database, bucket and topics."""
-    from infra.kafka import make_admin
-    from infra.testing import RunningStack
-    from infra.testing.resources import database_name
-    from infra.topics import topic_names
+    from blobledger.infra.kafka import make_admin
+    from blobledger.infra.testing import RunningStack
+    from blobledger.infra.testing.resources import database_name
+    from blobledger.infra.topics import topic_names
 
     assert isinstance(stack, RunningStack)
     assert settings.kafka_bootstrap and settings.postgres_dsn and settings.s3_endpoint
@@ -239,8 +252,11 @@ def test_settings_fixture_gives_a_fresh_database_bucket_and_topics(
         (db,) = conn.execute("SELECT current_database()").fetchone()  # type: ignore[misc]
     assert db == database_name(settings.postgres_dsn) and db.startswith("bl_test_")
     boto3.client(
-        "s3", endpoint_url=settings.s3_endpoint, aws_access_key_id=settings.s3_access_key,
-        aws_secret_access_key=settings.s3_secret_key, region_name=settings.s3_region,
+        "s3",
+        endpoint_url=settings.s3_endpoint,
+        aws_access_key_id=settings.s3_access_key,
+        aws_secret_access_key=settings.s3_secret_key,
+        region_name=settings.s3_region,
     ).head_bucket(Bucket=settings.s3_bucket)
     metadata = make_admin(settings).list_topics(timeout=10)
     for name in topic_names(settings):

@@ -18,7 +18,10 @@ from botocore.exceptions import ClientError
 
 
 def client_error(code: str, status: int, op: str) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, op)
+    return ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        op,
+    )
 
 
 def _read(body: Any) -> bytes:
@@ -62,7 +65,9 @@ class FakeS3:
             raise client_error("404", 404, "HeadObject")
         return {"ContentLength": len(self.objects[Key])}
 
-    def put_object(self, Bucket: str, Key: str, Body: Any, ChecksumCRC32: str | None = None, **kw: Any) -> dict[str, Any]:
+    def put_object(
+        self, Bucket: str, Key: str, Body: Any, ChecksumCRC32: str | None = None, **kw: Any
+    ) -> dict[str, Any]:
         self._enter("put_object")
         data = _read(Body)
         self._check_crc(data, ChecksumCRC32, "PutObject")
@@ -90,7 +95,7 @@ class FakeS3:
         data = self.objects[Key]
         if Range:
             a, b = Range.removeprefix("bytes=").split("-")
-            data = data[int(a): (int(b) + 1 if b else None)]
+            data = data[int(a) : (int(b) + 1 if b else None)]
         return {"Body": io.BytesIO(data), "ContentLength": len(data)}
 
     # --- multipart --------------------------------------------------------------------
@@ -100,8 +105,15 @@ class FakeS3:
         self.uploads[uid] = {"Key": Key, "Initiated": datetime.now(UTC), "parts": {}}
         return {"UploadId": uid}
 
-    def upload_part(self, Bucket: str, Key: str, UploadId: str, PartNumber: int, Body: Any,
-                    ChecksumCRC32: str | None = None) -> dict[str, Any]:
+    def upload_part(
+        self,
+        Bucket: str,
+        Key: str,
+        UploadId: str,
+        PartNumber: int,
+        Body: Any,
+        ChecksumCRC32: str | None = None,
+    ) -> dict[str, Any]:
         self._enter("upload_part")
         with self._lock:
             self.in_flight += 1
@@ -125,22 +137,37 @@ class FakeS3:
 
     def list_multipart_uploads(self, Bucket: str, Prefix: str = "") -> dict[str, Any]:
         self._enter("list_multipart_uploads")
-        return {"Uploads": [{"Key": u["Key"], "UploadId": uid, "Initiated": u["Initiated"]}
-                            for uid, u in self.uploads.items() if u["Key"].startswith(Prefix)]}
+        return {
+            "Uploads": [
+                {"Key": u["Key"], "UploadId": uid, "Initiated": u["Initiated"]}
+                for uid, u in self.uploads.items()
+                if u["Key"].startswith(Prefix)
+            ]
+        }
 
-    def list_parts(self, Bucket: str, Key: str, UploadId: str, PartNumberMarker: int = 0,
-                   MaxParts: int = 1000) -> dict[str, Any]:
+    def list_parts(
+        self, Bucket: str, Key: str, UploadId: str, PartNumberMarker: int = 0, MaxParts: int = 1000
+    ) -> dict[str, Any]:
         self._enter("list_parts")
         up = self.uploads.get(UploadId)
         if up is None:
             raise client_error("NoSuchUpload", 404, "ListParts")
-        parts = [{"PartNumber": n, "Size": len(d), "ETag": f'"{e}"', "LastModified": t}
-                 for n, (d, e, t) in sorted(up["parts"].items()) if n > PartNumberMarker]
-        return {"Parts": parts[:MaxParts], "IsTruncated": len(parts) > MaxParts,
-                "NextPartNumberMarker": parts[MaxParts - 1]["PartNumber"] if len(parts) > MaxParts else 0}
+        parts = [
+            {"PartNumber": n, "Size": len(d), "ETag": f'"{e}"', "LastModified": t}
+            for n, (d, e, t) in sorted(up["parts"].items())
+            if n > PartNumberMarker
+        ]
+        return {
+            "Parts": parts[:MaxParts],
+            "IsTruncated": len(parts) > MaxParts,
+            "NextPartNumberMarker": parts[MaxParts - 1]["PartNumber"]
+            if len(parts) > MaxParts
+            else 0,
+        }
 
-    def complete_multipart_upload(self, Bucket: str, Key: str, UploadId: str,
-                                  MultipartUpload: dict[str, Any]) -> dict[str, Any]:
+    def complete_multipart_upload(
+        self, Bucket: str, Key: str, UploadId: str, MultipartUpload: dict[str, Any]
+    ) -> dict[str, Any]:
         self._enter("complete_multipart_upload")
         up = self.uploads.get(UploadId)
         if up is None:

@@ -6,7 +6,7 @@ import json
 import math
 import os
 
-from benchmarks.blobs import (
+from blobledger.benchmarks.blobs import (
     MiB,
     completed_uploads,
     freshen,
@@ -79,7 +79,7 @@ def test_blob_file_and_freshen(tmp_path) -> None:  # type: ignore[no-untyped-def
     p = make_blob_file(tmp_path / "b.bin", 2 * MiB + 3)
     assert p.stat().st_size == 2 * MiB + 3
     data = p.read_bytes()
-    assert data[:MiB] != data[MiB:2 * MiB]  # the per-MiB counter varies each MiB
+    assert data[:MiB] != data[MiB : 2 * MiB]  # the per-MiB counter varies each MiB
     before = os.stat(p)
     freshen(p)
     after = os.stat(p)

@@ -5,22 +5,59 @@ import json
 import pytest
 from fastavro import parse_schema
 
-from infra.errors import CodecError, TruncatedMessageError, UnknownSchemaError
-from schemas.codec import AVRO_DIR, HEADER_LEN, MAGIC, Codec, SchemaVersion, _fingerprint, _inline, _load_json
-from schemas.events import (
-    EVENT_TYPES, AclChanged, BlobAttached, BlobStored, BlobUploadFailed, Envelope, MetadataUpdated,
-    ObjectCreated, ObjectDeleted, TagsChanged, UploadRequested, new_id,
+from blobledger.infra.errors import CodecError, TruncatedMessageError, UnknownSchemaError
+from blobledger.schemas.codec import (
+    AVRO_DIR,
+    HEADER_LEN,
+    MAGIC,
+    Codec,
+    SchemaVersion,
+    _fingerprint,
+    _inline,
+    _load_json,
+)
+from blobledger.schemas.events import (
+    EVENT_TYPES,
+    AclChanged,
+    BlobAttached,
+    BlobStored,
+    BlobUploadFailed,
+    Envelope,
+    MetadataUpdated,
+    ObjectCreated,
+    ObjectDeleted,
+    TagsChanged,
+    UploadRequested,
+    new_id,
 )
 
 ENV = Envelope(object_id=new_id(), actor="alice", expected_version=3, causation_id=new_id())
 SAMPLES = [
-    ObjectCreated(ENV, key="a/b.txt", metadata_json='{"x":1}', tags=["t1", "t2"], content_type="text/plain"),
+    ObjectCreated(
+        ENV, key="a/b.txt", metadata_json='{"x":1}', tags=["t1", "t2"], content_type="text/plain"
+    ),
     MetadataUpdated(ENV, patch_json='{"x":null}'),
     TagsChanged(ENV, added=["a"], removed=["b"]),
     AclChanged(ENV, principal="bob", permissions=["read"]),
     ObjectDeleted(ENV, reason="cleanup"),
-    BlobAttached(ENV, upload_id=new_id(), source="file:///x", declared_sha256="ab" * 32, declared_size=5, deadline=123),
-    BlobStored(ENV, upload_id=new_id(), sha256="cd" * 32, size=10, key="blobs/sha256/cd/x", dedup=True, duration_ms=4, part_count=1),
+    BlobAttached(
+        ENV,
+        upload_id=new_id(),
+        source="file:///x",
+        declared_sha256="ab" * 32,
+        declared_size=5,
+        deadline=123,
+    ),
+    BlobStored(
+        ENV,
+        upload_id=new_id(),
+        sha256="cd" * 32,
+        size=10,
+        key="blobs/sha256/cd/x",
+        dedup=True,
+        duration_ms=4,
+        part_count=1,
+    ),
     BlobUploadFailed(ENV, upload_id=new_id(), reason="timeout", detail="deadline passed"),
     UploadRequested(ENV, upload_id=new_id(), source="https://example.invalid/x", deadline=99),
 ]
@@ -93,6 +130,7 @@ def test_not_single_object_encoding(codec):
 
 def test_random_garbage_never_crashes(codec):
     import random
+
     rnd = random.Random(7)
     valid = codec.encode(SAMPLES[0])
     for _ in range(500):

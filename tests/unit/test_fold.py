@@ -2,15 +2,23 @@
 
 import random
 
-import pytest
 
-from blob_worker.lifecycle import UploadState
-from projectors.applier import BatchStats, Record, fold_records
-from projectors.fold import apply, merge_patch, may
-from projectors.readmodel import BatchWrite
-from schemas.events import (
-    AclChanged, BlobAttached, BlobStored, BlobUploadFailed, Envelope, MetadataUpdated, ObjectCreated,
-    ObjectDeleted, TagsChanged, UploadRequested, new_id,
+from blobledger.blob_worker.lifecycle import UploadState
+from blobledger.projectors.applier import BatchStats, Record, fold_records
+from blobledger.projectors.fold import merge_patch, may
+from blobledger.projectors.readmodel import BatchWrite
+from blobledger.schemas.events import (
+    AclChanged,
+    BlobAttached,
+    BlobStored,
+    BlobUploadFailed,
+    Envelope,
+    MetadataUpdated,
+    ObjectCreated,
+    ObjectDeleted,
+    TagsChanged,
+    UploadRequested,
+    new_id,
 )
 
 OID = new_id()
@@ -39,7 +47,9 @@ def created(actor="alice"):
 
 
 def test_create_then_update_bumps_version_and_merges():
-    objs, _, write, _ = run([created(), MetadataUpdated(env(expected=1), patch_json='{"b":2,"a":null}')])
+    objs, _, write, _ = run(
+        [created(), MetadataUpdated(env(expected=1), patch_json='{"b":2,"a":null}')]
+    )
     assert objs[OID].version == 2
     assert objs[OID].metadata == {"b": 2}
     assert [r[1] for r in write.versions] == [1, 2]
@@ -74,8 +84,13 @@ def test_permissions_are_enforced_and_acl_is_an_event():
     objs, _, write, _ = run([grant, upd2], objs)
     assert [o[1] for o in outcomes(write)] == ["accepted", "accepted"]
     # bob (write) cannot change the ACL; removing the last admin is refused
-    _, _, write, _ = run([AclChanged(env("bob"), principal="bob", permissions=["admin"]),
-                          AclChanged(env("alice"), principal="alice", permissions=[])], objs)
+    _, _, write, _ = run(
+        [
+            AclChanged(env("bob"), principal="bob", permissions=["admin"]),
+            AclChanged(env("alice"), principal="alice", permissions=[]),
+        ],
+        objs,
+    )
     assert [o[2] for o in outcomes(write)] == ["forbidden", "last_admin"]
 
 
@@ -108,7 +123,9 @@ def attach(uid, expected=None):
 
 
 def stored(uid, sha="aa" * 32, size=3):
-    return BlobStored(env("system:blob-worker"), upload_id=uid, sha256=sha, size=size, key=f"blobs/{sha}")
+    return BlobStored(
+        env("system:blob-worker"), upload_id=uid, sha256=sha, size=size, key=f"blobs/{sha}"
+    )
 
 
 def failed(uid, reason="timeout"):
@@ -142,7 +159,9 @@ def test_compensation_rolls_back_to_last_committed():
 
 def test_superseded_upload_completion_is_orphaned():
     u1, u2 = new_id(), new_id()
-    objs, ups, _, _ = run([created(), attach(u1), attach(u2), stored(u1), stored(u2, sha="bb" * 32)])
+    objs, ups, _, _ = run(
+        [created(), attach(u1), attach(u2), stored(u1), stored(u2, sha="bb" * 32)]
+    )
     assert objs[OID].blob.upload_id == u2
     assert ups[u1].state is UploadState.ORPHANED and ups[u2].state is UploadState.STORED
 
@@ -158,7 +177,9 @@ def test_redelivered_completion_and_compensation_are_noops():
 
 def test_completion_with_undeclared_hash_is_not_committed():
     u = new_id()
-    att = BlobAttached(env(), upload_id=u, source="file:///x", declared_sha256="cc" * 32, deadline=1)
+    att = BlobAttached(
+        env(), upload_id=u, source="file:///x", declared_sha256="cc" * 32, deadline=1
+    )
     objs, ups, write, _ = run([created(), att, stored(u, sha="dd" * 32)])
     assert objs[OID].blob is None and ups[u].state is UploadState.ORPHANED
     assert outcomes(write)[2][2] == "checksum_mismatch"
@@ -177,7 +198,9 @@ def test_command_on_events_topic_is_rejected():
 
 
 def test_merge_patch_rfc7396():
-    assert merge_patch({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"b": None, "e": 3}, "d": None}) == {"a": {"c": 2, "e": 3}}
+    assert merge_patch({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"b": None, "e": 3}, "d": None}) == {
+        "a": {"c": 2, "e": 3}
+    }
 
 
 def test_fold_is_deterministic_under_replay():
@@ -189,7 +212,11 @@ def test_fold_is_deterministic_under_replay():
         kind = rnd.randrange(6)
         actor = rnd.choice(["alice", "bob"])
         if kind == 0:
-            events.append(MetadataUpdated(env(actor, expected=rnd.choice([None, i % 7])), patch_json=f'{{"i":{i}}}'))
+            events.append(
+                MetadataUpdated(
+                    env(actor, expected=rnd.choice([None, i % 7])), patch_json=f'{{"i":{i}}}'
+                )
+            )
         elif kind == 1:
             events.append(TagsChanged(env(actor), added=[f"t{i % 5}"]))
         elif kind == 2:
@@ -199,7 +226,11 @@ def test_fold_is_deterministic_under_replay():
         elif kind == 4:
             events.append(failed(rnd.choice(uids)))
         else:
-            events.append(AclChanged(env("alice"), principal="bob", permissions=rnd.choice([["read"], ["write"], []])))
+            events.append(
+                AclChanged(
+                    env("alice"), principal="bob", permissions=rnd.choice([["read"], ["write"], []])
+                )
+            )
     a = run(events)
     b = run(events)
     assert a[0] == b[0] and a[1] == b[1]

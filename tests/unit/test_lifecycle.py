@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from blob_worker.lifecycle import Transition, UploadState, on_completion, on_compensation
+from blobledger.blob_worker.lifecycle import Transition, UploadState, on_completion, on_compensation
 
 P, S, C, O = UploadState.PENDING, UploadState.STORED, UploadState.COMPENSATED, UploadState.ORPHANED
 
@@ -52,7 +52,11 @@ def test_any_sequence_reaches_one_terminal_state_and_finalizes_at_most_once() ->
     for seq in itertools.product(["stored", "failed"], repeat=4):
         state, finalized = P, 0
         for kind in seq:
-            t = on_completion(state, is_current=True) if kind == "stored" else on_compensation(state)
+            t = (
+                on_completion(state, is_current=True)
+                if kind == "stored"
+                else on_compensation(state)
+            )
             finalized += t.finalize
             state = t.state
         assert state.terminal and finalized <= 1

@@ -3,8 +3,8 @@
 import structlog
 from structlog.testing import capture_logs
 
-from infra.logging import bound_to, get_logger
-from schemas.events import Envelope, MetadataUpdated, new_id
+from blobledger.infra.logging import bound_to, get_logger
+from blobledger.schemas.events import Envelope, MetadataUpdated, new_id
 
 
 def test_bound_to_adds_ids_to_every_line():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from blob_worker.failures import UploadFailure
-from blob_worker.planning import (
+from blobledger.blob_worker.failures import UploadFailure
+from blobledger.blob_worker.planning import (
     MiB,
     S3_MAX_PART_SIZE,
     S3_MAX_PARTS,
@@ -13,13 +13,15 @@ from blob_worker.planning import (
     iter_parts,
     plan_parts,
 )
-from infra.errors import ConfigurationError
+from blobledger.infra.errors import ConfigurationError
 
 TiB = 1024**4
 LIMIT = 5 * TiB
 
 
-def _check_tiles(size: int, min_part: int = 16 * MiB, limit: int = LIMIT) -> list[tuple[int, int, int]]:
+def _check_tiles(
+    size: int, min_part: int = 16 * MiB, limit: int = LIMIT
+) -> list[tuple[int, int, int]]:
     parts = list(iter_parts(size, min_part_size=min_part, max_blob_size=limit))
     assert [n for n, _, _ in parts] == list(range(1, len(parts) + 1))
     assert len(parts) <= S3_MAX_PARTS
@@ -33,7 +35,9 @@ def _check_tiles(size: int, min_part: int = 16 * MiB, limit: int = LIMIT) -> lis
     return parts
 
 
-@pytest.mark.parametrize("size", [0, 1, 16 * MiB - 1, 16 * MiB, 16 * MiB + 1, 1024**3, 200 * MiB + 7])
+@pytest.mark.parametrize(
+    "size", [0, 1, 16 * MiB - 1, 16 * MiB, 16 * MiB + 1, 1024**3, 200 * MiB + 7]
+)
 def test_small_and_medium_sizes_use_min_part_size(size: int) -> None:
     parts = _check_tiles(size)
     assert all(length == 16 * MiB for _, _, length in parts[:-1])
@@ -78,7 +82,10 @@ def test_unknown_size_starts_small_and_still_fits_the_limit() -> None:
     assert all(a.length <= b.length <= S3_MAX_PART_SIZE for a, b in zip(parts, parts[1:]))
     assert sum(p.length for p in parts) >= LIMIT
     # the largest period that fits: one part fewer per doubling would not
-    assert plan_parts(None, min_part_size=16 * MiB, max_blob_size=LIMIT).growth_every == plan.growth_every
+    assert (
+        plan_parts(None, min_part_size=16 * MiB, max_blob_size=LIMIT).growth_every
+        == plan.growth_every
+    )
 
 
 def test_unknown_size_under_uniform_capacity_is_uniform() -> None:

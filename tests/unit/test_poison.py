@@ -6,12 +6,20 @@ from __future__ import annotations
 
 import pytest
 
-from infra.errors import CodecError, PermanentError, TransientError
-from projectors import applier
-from projectors.applier import Record, apply_isolating, is_poison
-from schemas.codec import Codec
-from schemas.events import (
-    AclChanged, BlobAttached, BlobStored, Envelope, MetadataUpdated, ObjectCreated, TagsChanged, check_event, new_id,
+from blobledger.infra.errors import CodecError, PermanentError, TransientError
+from blobledger.projectors import applier
+from blobledger.projectors.applier import Record, apply_isolating, is_poison
+from blobledger.schemas.codec import Codec
+from blobledger.schemas.events import (
+    AclChanged,
+    BlobAttached,
+    BlobStored,
+    Envelope,
+    MetadataUpdated,
+    ObjectCreated,
+    TagsChanged,
+    check_event,
+    new_id,
 )
 
 from .test_fold import outcomes, run
@@ -34,7 +42,9 @@ BAD = {
     "uppercase uuid": ObjectCreated(env(object_id=new_id().upper()), key="k"),
     "uuid without hyphens": ObjectCreated(env(event_id=new_id().replace("-", "")), key="k"),
     "upload_id not a uuid": BlobAttached(env(), upload_id="u1", source="file:///x", deadline=1),
-    "upload_id garbage": BlobStored(env(actor="system:w"), upload_id="'; DROP TABLE x", sha256="a" * 64, key="k"),
+    "upload_id garbage": BlobStored(
+        env(actor="system:w"), upload_id="'; DROP TABLE x", sha256="a" * 64, key="k"
+    ),
     "NUL in actor": ObjectCreated(env(actor="al\x00ice"), key="k"),
     "NUL in tenant": ObjectCreated(env(tenant="t\x00"), key="k"),
     "NUL in correlation_id": ObjectCreated(env(correlation_id="c\x00"), key="k"),
@@ -45,13 +55,17 @@ BAD = {
     "NUL in removed tag": TagsChanged(env(), removed=["\x00"]),
     "NUL in source": BlobAttached(env(), upload_id=new_id(), source="file:///\x00", deadline=1),
     "occurred_at beyond year 9999": ObjectCreated(env(occurred_at=2**62), key="k"),
-    "deadline beyond year 9999": BlobAttached(env(), upload_id=new_id(), source="s", deadline=2**62),
+    "deadline beyond year 9999": BlobAttached(
+        env(), upload_id=new_id(), source="s", deadline=2**62
+    ),
     "key too long for its index": ObjectCreated(env(), key="k" * 2049),
     "multibyte key too long": ObjectCreated(env(), key="\u00e9" * 1025),
     "actor too long": ObjectCreated(env(actor="a" * 513), key="k"),
     "tag too long": TagsChanged(env(), added=["t" * 513]),
     "principal too long": AclChanged(env(), principal="p" * 513, permissions=["read"]),
-    "sha256 too long": BlobStored(env(actor="system:w"), upload_id=new_id(), sha256="a" * 129, key="k"),
+    "sha256 too long": BlobStored(
+        env(actor="system:w"), upload_id=new_id(), sha256="a" * 129, key="k"
+    ),
 }
 
 
@@ -65,20 +79,25 @@ def test_decode_refuses_what_the_read_model_cannot_hold(codec, event):
 
 
 def test_decode_accepts_valid_events(codec):
-    e = ObjectCreated(env(causation_id=new_id()), key="a/b", metadata_json='{"x":"\\u00e9"}', tags=["t"])
+    e = ObjectCreated(
+        env(causation_id=new_id()), key="a/b", metadata_json='{"x":"\\u00e9"}', tags=["t"]
+    )
     assert codec.decode(codec.encode(e)) == e
     check_event(e)
 
 
-@pytest.mark.parametrize("text", [
-    '{"a":"x\\u0000y"}',           # NUL inside a value (valid JSON; jsonb refuses it)
-    '{"a\\u0000":1}',              # ... inside a key
-    '{"a":{"b":["\\u0000"]}}',     # ... nested
-    '{"a":"\\ud800"}',             # a lone surrogate
-    '{"a":NaN}',                   # not JSON
-    '{"a":-Infinity}',
-    "[" * 100000 + "]" * 100000,   # deeper than the parser goes
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a":"x\\u0000y"}',  # NUL inside a value (valid JSON; jsonb refuses it)
+        '{"a\\u0000":1}',  # ... inside a key
+        '{"a":{"b":["\\u0000"]}}',  # ... nested
+        '{"a":"\\ud800"}',  # a lone surrogate
+        '{"a":NaN}',  # not JSON
+        '{"a":-Infinity}',
+        "[" * 100000 + "]" * 100000,  # deeper than the parser goes
+    ],
+)
 def test_fold_refuses_unstorable_metadata(text):
     oid = new_id()
     e = lambda **kw: Envelope(object_id=oid, actor="alice", **kw)  # noqa: E731
@@ -90,10 +109,17 @@ def test_fold_refuses_unstorable_metadata(text):
 
 def test_fold_keeps_escaped_text_that_is_storable():
     oid = new_id()
-    objs, _, write, _ = run([ObjectCreated(Envelope(object_id=oid, actor="a"), key="k",
-                                           metadata_json='{"a":"caf\\u00e9 \\\\u0000 \\ud83d\\ude00"}')])
+    objs, _, write, _ = run(
+        [
+            ObjectCreated(
+                Envelope(object_id=oid, actor="a"),
+                key="k",
+                metadata_json='{"a":"caf\\u00e9 \\\\u0000 \\ud83d\\ude00"}',
+            )
+        ]
+    )
     assert outcomes(write)[0][1] == "accepted"
-    assert objs[oid].metadata == {"a": "café \\u0000 \U0001F600"}
+    assert objs[oid].metadata == {"a": "café \\u0000 \U0001f600"}
 
 
 class _SqlError(Exception):
@@ -188,6 +214,11 @@ def test_environment_failures_are_not_bisected(monkeypatch):
     monkeypatch.setattr(applier, "apply_batch", _fake_apply_batch)
     model = _FakeModel({3}, _translated("42P01"))
     with pytest.raises(PermanentError):
-        apply_isolating(model, "t", [Record("t", 0, i, object()) for i in range(8)], None,
-                        lambda r, e: pytest.fail("must not dead-letter"))
+        apply_isolating(
+            model,
+            "t",
+            [Record("t", 0, i, object()) for i in range(8)],
+            None,
+            lambda r, e: pytest.fail("must not dead-letter"),
+        )
     assert model.committed_batches == [] and model.rollbacks == 1

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from blob_worker.reader import BlobIntegrityError, ByteRange, open_blob
-from infra.errors import NotFoundError, ValidationError
+from blobledger.blob_worker.reader import BlobIntegrityError, ByteRange, open_blob
+from blobledger.infra.errors import NotFoundError, ValidationError
 from tests.unit.fake_s3 import FakeS3
 
 
@@ -59,7 +59,9 @@ def test_broken_stream_resumes_with_a_range_and_still_verifies() -> None:
         def read(self, n: Any = -1) -> bytes:  # type: ignore[override]
             if self.tell() >= 40_000:
                 raise ProtocolError("connection reset")
-            return super().read(min(n, 40_000 - self.tell()) if n and n > 0 else 40_000 - self.tell())
+            return super().read(
+                min(n, 40_000 - self.tell()) if n and n > 0 else 40_000 - self.tell()
+            )
 
     real = s3.get_object
     first = {"done": False}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-from infra.errors import CircuitOpenError, PermanentError, TransientError
-from infra.retry import BreakerState, CircuitBreaker, retrying
-from infra.s3 import S3ChecksumMismatch, S3NotFound, translate
+from blobledger.infra.errors import CircuitOpenError, PermanentError, TransientError
+from blobledger.infra.retry import BreakerState, CircuitBreaker, retrying
+from blobledger.infra.s3 import S3ChecksumMismatch, S3NotFound, translate
 from tests.unit.fake_s3 import client_error
 
 
@@ -107,15 +107,18 @@ def test_retrying_retries_transient_only_and_reraises_the_last_error() -> None:
                 raise TransientError("still")
 
 
-@pytest.mark.parametrize("error, kind", [
-    (client_error("SlowDown", 503, "PutObject"), TransientError),
-    (client_error("InternalError", 500, "UploadPart"), TransientError),
-    (client_error("NoSuchUpload", 404, "UploadPart"), S3NotFound),
-    (client_error("404", 404, "HeadObject"), S3NotFound),
-    (client_error("BadDigest", 400, "UploadPart"), S3ChecksumMismatch),
-    (client_error("AccessDenied", 403, "PutObject"), PermanentError),
-    (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), TransientError),
-])
+@pytest.mark.parametrize(
+    "error, kind",
+    [
+        (client_error("SlowDown", 503, "PutObject"), TransientError),
+        (client_error("InternalError", 500, "UploadPart"), TransientError),
+        (client_error("NoSuchUpload", 404, "UploadPart"), S3NotFound),
+        (client_error("404", 404, "HeadObject"), S3NotFound),
+        (client_error("BadDigest", 400, "UploadPart"), S3ChecksumMismatch),
+        (client_error("AccessDenied", 403, "PutObject"), PermanentError),
+        (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), TransientError),
+    ],
+)
 def test_s3_error_translation(error: Exception, kind: type[Exception]) -> None:
     out = translate(error)
     assert isinstance(out, kind)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.errors import ConfigurationError
-from infra.settings import Settings
+from blobledger.infra.errors import ConfigurationError
+from blobledger.infra.settings import Settings
 
 
 def test_defaults_point_at_the_embedded_stack() -> None:
@@ -22,15 +22,17 @@ def test_defaults_point_at_the_embedded_stack() -> None:
 
 
 def test_env_values_are_coerced_to_field_types() -> None:
-    s = Settings.from_env({
-        "BLOBLEDGER_DATA_DIR": "/var/lib/bl",
-        "BLOBLEDGER_PARTITIONS": "12",
-        "BLOBLEDGER_WAIT_TIMEOUT_SECONDS": "2.5",
-        "BLOBLEDGER_TOPIC_PREFIX": "acme",
-        "BLOBLEDGER_BROKER_STORAGE": "memory",
-        "OTHER_VAR": "ignored",
-        "BLOBLEDGER_NOT_A_SETTING": "ignored too",  # unknown env keys are not errors
-    })
+    s = Settings.from_env(
+        {
+            "BLOBLEDGER_DATA_DIR": "/var/lib/bl",
+            "BLOBLEDGER_PARTITIONS": "12",
+            "BLOBLEDGER_WAIT_TIMEOUT_SECONDS": "2.5",
+            "BLOBLEDGER_TOPIC_PREFIX": "acme",
+            "BLOBLEDGER_BROKER_STORAGE": "memory",
+            "OTHER_VAR": "ignored",
+            "BLOBLEDGER_NOT_A_SETTING": "ignored too",  # unknown env keys are not errors
+        }
+    )
     assert s.data_dir == Path("/var/lib/bl")
     assert s.partitions == 12 and isinstance(s.partitions, int)
     assert s.wait_timeout_seconds == 2.5
@@ -40,8 +42,10 @@ def test_env_values_are_coerced_to_field_types() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    ['{"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN"}',
-     "security.protocol=SASL_SSL,sasl.mechanism=PLAIN"],
+    [
+        '{"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN"}',
+        "security.protocol=SASL_SSL,sasl.mechanism=PLAIN",
+    ],
 )
 def test_kafka_config_accepts_json_or_key_value_pairs(raw: str) -> None:
     s = Settings.from_env({"BLOBLEDGER_KAFKA_CONFIG": raw})
@@ -49,11 +53,13 @@ def test_kafka_config_accepts_json_or_key_value_pairs(raw: str) -> None:
 
 
 def test_external_endpoints_replace_the_embedded_ones() -> None:
-    s = Settings.from_env({
-        "BLOBLEDGER_KAFKA_BOOTSTRAP": "kafka-1:9092,kafka-2:9092",
-        "BLOBLEDGER_POSTGRES_DSN": "postgresql://app@db.internal/ledger",
-        "BLOBLEDGER_S3_ENDPOINT": "https://s3.eu-west-1.amazonaws.com",
-    })
+    s = Settings.from_env(
+        {
+            "BLOBLEDGER_KAFKA_BOOTSTRAP": "kafka-1:9092,kafka-2:9092",
+            "BLOBLEDGER_POSTGRES_DSN": "postgresql://app@db.internal/ledger",
+            "BLOBLEDGER_S3_ENDPOINT": "https://s3.eu-west-1.amazonaws.com",
+        }
+    )
     assert not s.uses_embedded_stack
     assert s.bootstrap_servers == "kafka-1:9092,kafka-2:9092"
     assert s.dsn == "postgresql://app@db.internal/ledger"
@@ -72,8 +78,13 @@ def test_empty_optional_endpoint_means_embedded() -> None:
 
 
 def test_ports_move_the_embedded_endpoints() -> None:
-    s = Settings.from_env({"BLOBLEDGER_PG_PORT": "6000", "BLOBLEDGER_KAFKA_PORT": "6001",
-                           "BLOBLEDGER_S3_PORT": "6002"})
+    s = Settings.from_env(
+        {
+            "BLOBLEDGER_PG_PORT": "6000",
+            "BLOBLEDGER_KAFKA_PORT": "6001",
+            "BLOBLEDGER_S3_PORT": "6002",
+        }
+    )
     assert s.dsn.endswith("127.0.0.1:6000/blobledger")
     assert s.bootstrap_servers == "127.0.0.1:6001"
     assert s.s3_url == "http://127.0.0.1:6002"
@@ -103,15 +114,19 @@ def test_missing_or_broken_toml_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_unknown_key_in_file_names_it(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
-    cfg.write_text('partitons = 3\n')
+    cfg.write_text("partitons = 3\n")
     with pytest.raises(ConfigurationError, match="partitons"):
         Settings.from_env({"BLOBLEDGER_CONFIG": str(cfg)})
 
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("BLOBLEDGER_PARTITIONS", "six"), ("BLOBLEDGER_WAIT_TIMEOUT_SECONDS", "soon"),
-     ("BLOBLEDGER_KAFKA_CONFIG", "no-equals-sign"), ("BLOBLEDGER_KAFKA_CONFIG", "{not json")],
+    [
+        ("BLOBLEDGER_PARTITIONS", "six"),
+        ("BLOBLEDGER_WAIT_TIMEOUT_SECONDS", "soon"),
+        ("BLOBLEDGER_KAFKA_CONFIG", "no-equals-sign"),
+        ("BLOBLEDGER_KAFKA_CONFIG", "{not json"),
+    ],
 )
 def test_invalid_values_name_the_variable(key: str, value: str) -> None:
     with pytest.raises(ConfigurationError, match=key):
@@ -136,14 +151,22 @@ def test_describe_masks_the_secret_and_is_plain_data() -> None:
 
 def test_to_env_round_trips_through_from_env() -> None:
     s = Settings(
-        data_dir=Path("/tmp/x"), kafka_bootstrap="k:1", kafka_config={"client.id": "c"},
-        partitions=2, wait_timeout_seconds=1.5,
+        data_dir=Path("/tmp/x"),
+        kafka_bootstrap="k:1",
+        kafka_config={"client.id": "c"},
+        partitions=2,
+        wait_timeout_seconds=1.5,
     )
     assert Settings.from_env(s.to_env()) == s
 
 
 def test_boolean_settings_take_the_usual_spellings_and_refuse_others() -> None:
     for word, value in (("on", True), ("TRUE", True), ("1", True), ("off", False), ("no", False)):
-        assert Settings.from_env({"BLOBLEDGER_PROJECTOR_SYNCHRONOUS_COMMIT": word}).projector_synchronous_commit is value
+        assert (
+            Settings.from_env(
+                {"BLOBLEDGER_PROJECTOR_SYNCHRONOUS_COMMIT": word}
+            ).projector_synchronous_commit
+            is value
+        )
     with pytest.raises(ConfigurationError, match="PROJECTOR_SYNCHRONOUS_COMMIT"):
         Settings.from_env({"BLOBLEDGER_PROJECTOR_SYNCHRONOUS_COMMIT": "maybe"})

@@ -6,12 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from infra.errors import ConfigurationError, StackError
-from infra.ports import ephemeral_range, free_ports
-from infra.settings import Settings
-from infra.stack.launcher import Stack
-from infra.stack.seaweed import LOG_STORE_FLAGS, SeaweedLogStore, SeaweedS3, grpc_port, stack_ports
-from infra.stack.tansu import TansuKafka
+from blobledger.infra.errors import ConfigurationError, StackError
+from blobledger.infra.ports import ephemeral_range, free_ports
+from blobledger.infra.settings import Settings
+from blobledger.infra.stack.launcher import Stack
+from blobledger.infra.stack.seaweed import (
+    LOG_STORE_FLAGS,
+    SeaweedLogStore,
+    SeaweedS3,
+    grpc_port,
+    stack_ports,
+)
+from blobledger.infra.stack.tansu import TansuKafka
 
 
 def test_grpc_ports_stay_in_range() -> None:
@@ -33,9 +39,14 @@ def test_weed_binds_loopback_only_with_every_port_from_settings(tmp_path: Path) 
 
 def _ports(argv: list[str]) -> set[int]:
     """Every fixed port a weed argv listens on (HTTP and gRPC; admin ports are picked free)."""
-    return {int(a.split("=")[1]) for a in argv
-            if ".port" in a and not a.startswith("-admin") and a.split("=")[1].isdigit()
-            and int(a.split("=")[1])}
+    return {
+        int(a.split("=")[1])
+        for a in argv
+        if ".port" in a
+        and not a.startswith("-admin")
+        and a.split("=")[1].isdigit()
+        and int(a.split("=")[1])
+    }
 
 
 def test_the_broker_log_has_its_own_seaweed_apart_from_the_blob_store(tmp_path: Path) -> None:
@@ -63,7 +74,10 @@ def test_log_store_only_when_the_embedded_broker_logs_to_s3() -> None:
     assert not SeaweedLogStore(Settings(broker_storage="memory")).embedded
     assert not SeaweedLogStore(Settings(kafka_bootstrap="broker:9092")).embedded
     assert [svc.name for svc in Stack(Settings(broker_storage="memory")).embedded] == [
-        "postgres", "s3", "kafka"]
+        "postgres",
+        "s3",
+        "kafka",
+    ]
 
 
 def test_tansu_storage_and_environment(tmp_path: Path) -> None:
@@ -85,7 +99,12 @@ def test_tansu_storage_and_environment(tmp_path: Path) -> None:
 def test_only_services_without_an_external_endpoint_are_managed() -> None:
     s = Settings(kafka_bootstrap="broker:9092", s3_endpoint="https://s3.example")
     assert [svc.name for svc in Stack(s).embedded] == ["postgres"]
-    assert [svc.name for svc in Stack(Settings()).embedded] == ["postgres", "s3", "log-store", "kafka"]
+    assert [svc.name for svc in Stack(Settings()).embedded] == [
+        "postgres",
+        "s3",
+        "log-store",
+        "kafka",
+    ]
     assert Stack(Settings()).service("tansu").name == "kafka"
     assert Stack(Settings()).service("broker-s3").name == "log-store"
     with pytest.raises(StackError, match="unknown service"):

@@ -11,26 +11,31 @@ from typing import Any
 
 import pytest
 
-from blob_worker import transfer as tr
-from blob_worker.failures import UploadFailure
-from blob_worker.hashcache import HashCache
-from blob_worker.transfer import Transfer, TransferOptions, UploadSpec, content_key
-from infra.errors import PermanentError, TransientError
-from infra.retry import CircuitBreaker
+from blobledger.blob_worker import transfer as tr
+from blobledger.blob_worker.failures import UploadFailure
+from blobledger.blob_worker.hashcache import HashCache
+from blobledger.blob_worker.transfer import Transfer, TransferOptions, UploadSpec, content_key
+from blobledger.infra.errors import PermanentError, TransientError
+from blobledger.infra.retry import CircuitBreaker
 from tests.unit.fake_s3 import FakeS3, client_error
 
 MiB = 1024 * 1024
-OPTS = TransferOptions("bucket", min_part_size=5 * MiB, max_blob_size=64 * MiB, max_in_flight=3,
-                       retry_attempts=3)
+OPTS = TransferOptions(
+    "bucket", min_part_size=5 * MiB, max_blob_size=64 * MiB, max_in_flight=3, retry_attempts=3
+)
 
 
 @pytest.fixture(autouse=True)
 def _fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     real = tr.retrying
-    monkeypatch.setattr(tr, "retrying", lambda attempts, **kw: real(attempts, initial=0.001, max_wait=0.01, **kw))
+    monkeypatch.setattr(
+        tr, "retrying", lambda attempts, **kw: real(attempts, initial=0.001, max_wait=0.01, **kw)
+    )
 
 
-def _file(tmp_path: Path, size: int, name: str = "blob.bin", seed: bytes = b"x") -> tuple[Path, bytes]:
+def _file(
+    tmp_path: Path, size: int, name: str = "blob.bin", seed: bytes = b"x"
+) -> tuple[Path, bytes]:
     data = (hashlib.sha256(seed).digest() * (size // 32 + 1))[:size]
     data = bytes(b ^ (i & 0xFF) for i, b in enumerate(data[:4096])) + data[4096:]
     path = tmp_path / name
@@ -115,12 +120,17 @@ def test_declared_hash_already_stored_never_opens_the_source(tmp_path: Path) -> 
     assert r.dedup and r.bytes_sent == 0 and r.size == len(data)
 
 
-@pytest.mark.parametrize("spec_kw, reason", [
-    ({"declared_sha256": "0" * 64}, "checksum_mismatch"),
-    ({"declared_size": 5}, "declared_size_mismatch"),
-    ({"declared_sha256": "not-hex"}, "invalid_command"),
-])
-def test_declared_mismatch_is_refused_before_any_byte_is_sent(tmp_path: Path, spec_kw: dict[str, Any], reason: str) -> None:
+@pytest.mark.parametrize(
+    "spec_kw, reason",
+    [
+        ({"declared_sha256": "0" * 64}, "checksum_mismatch"),
+        ({"declared_size": 5}, "declared_size_mismatch"),
+        ({"declared_sha256": "not-hex"}, "invalid_command"),
+    ],
+)
+def test_declared_mismatch_is_refused_before_any_byte_is_sent(
+    tmp_path: Path, spec_kw: dict[str, Any], reason: str
+) -> None:
     path, _ = _file(tmp_path, 9 * MiB)
     s3 = FakeS3()
     with pytest.raises(UploadFailure) as e:
@@ -136,11 +146,14 @@ def test_size_limit(tmp_path: Path) -> None:
     assert e.value.reason == "size_limit"
 
 
-@pytest.mark.parametrize("make, reason", [
-    (lambda p: str(p / "missing"), "source_not_found"),
-    (lambda p: str(p), "unreadable_source"),  # a directory
-    (lambda p: "ftp://example.com/x", "invalid_command"),
-])
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda p: str(p / "missing"), "source_not_found"),
+        (lambda p: str(p), "unreadable_source"),  # a directory
+        (lambda p: "ftp://example.com/x", "invalid_command"),
+    ],
+)
 def test_bad_sources(tmp_path: Path, make: Any, reason: str) -> None:
     with pytest.raises(UploadFailure) as e:
         _transfer(FakeS3()).run(UploadSpec("u1", make(tmp_path)))
@@ -162,8 +175,12 @@ def test_resume_keeps_verified_parts_and_resends_the_rest(tmp_path: Path) -> Non
     s3 = FakeS3()
     # a crashed earlier attempt: part 1 intact, part 2 of the right size but wrong bytes
     uid = s3.create_multipart_upload(Bucket="bucket", Key=content_key(sha))["UploadId"]
-    s3.upload_part(Bucket="bucket", Key=content_key(sha), UploadId=uid, PartNumber=1, Body=data[: 5 * MiB])
-    s3.upload_part(Bucket="bucket", Key=content_key(sha), UploadId=uid, PartNumber=2, Body=b"\0" * (5 * MiB))
+    s3.upload_part(
+        Bucket="bucket", Key=content_key(sha), UploadId=uid, PartNumber=1, Body=data[: 5 * MiB]
+    )
+    s3.upload_part(
+        Bucket="bucket", Key=content_key(sha), UploadId=uid, PartNumber=2, Body=b"\0" * (5 * MiB)
+    )
     s3.bytes_received = 0
     r = _transfer(s3).run(UploadSpec("u1", str(path)))
     assert s3.objects[r.key] == data
@@ -174,7 +191,10 @@ def test_resume_keeps_verified_parts_and_resends_the_rest(tmp_path: Path) -> Non
 def test_transient_part_errors_are_retried(tmp_path: Path) -> None:
     path, data = _file(tmp_path, 11 * MiB)
     s3 = FakeS3()
-    s3.fail["upload_part"] = [client_error("SlowDown", 503, "UploadPart"), client_error("InternalError", 500, "UploadPart")]
+    s3.fail["upload_part"] = [
+        client_error("SlowDown", 503, "UploadPart"),
+        client_error("InternalError", 500, "UploadPart"),
+    ]
     r = _transfer(s3).run(UploadSpec("u1", str(path)))
     assert s3.objects[r.key] == data and s3.calls.count("upload_part") == 3 + 2
 
@@ -201,7 +221,9 @@ def test_spent_retries_leave_the_upload_open_for_resume_unless_final(tmp_path: P
     assert not s3.uploads
 
 
-def test_file_changed_between_hash_and_upload_is_a_checksum_mismatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_file_changed_between_hash_and_upload_is_a_checksum_mismatch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path, _ = _file(tmp_path, 11 * MiB)
     real = tr._Job.scan_file
 
@@ -238,7 +260,7 @@ class BytesSource:
         self.uri, self.size, self._data, self._pos = "http://fake/blob", size, data[:cut], 0
 
     def readinto(self, buf: memoryview) -> int:
-        chunk = self._data[self._pos: self._pos + len(buf)]
+        chunk = self._data[self._pos : self._pos + len(buf)]
         buf[: len(chunk)] = chunk
         self._pos += len(chunk)
         if len(chunk) < len(buf) and self.size is not None and self._pos < self.size:
@@ -254,7 +276,9 @@ def _stream(monkeypatch: pytest.MonkeyPatch, src: BytesSource) -> None:
 
 
 @pytest.mark.parametrize("known_size", [True, False])
-def test_stream_goes_through_staging_and_is_promoted(monkeypatch: pytest.MonkeyPatch, known_size: bool) -> None:
+def test_stream_goes_through_staging_and_is_promoted(
+    monkeypatch: pytest.MonkeyPatch, known_size: bool
+) -> None:
     data = os.urandom(13 * MiB)
     _stream(monkeypatch, BytesSource(data, len(data) if known_size else None))
     s3 = FakeS3()
@@ -272,7 +296,9 @@ def test_stream_of_stored_content_is_dedup(monkeypatch: pytest.MonkeyPatch) -> N
     assert r.dedup and list(s3.objects) == [r.key]  # staging removed
 
 
-def test_stream_with_declared_hash_goes_straight_to_its_key(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stream_with_declared_hash_goes_straight_to_its_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     data = os.urandom(11 * MiB)
     sha = hashlib.sha256(data).hexdigest()
     _stream(monkeypatch, BytesSource(data, None))
@@ -317,9 +343,11 @@ def test_unknown_size_stream_over_the_limit(monkeypatch: pytest.MonkeyPatch) -> 
     assert e.value.reason == "size_limit" and not s3.uploads
 
 
-def test_promotion_falls_back_to_copy_when_the_rename_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from blob_worker.promotion import RenameOrCopy, SeaweedFilerRename
-    from blob_worker.transfer import ServerSideCopy
+def test_promotion_falls_back_to_copy_when_the_rename_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from blobledger.blob_worker.promotion import RenameOrCopy, SeaweedFilerRename
+    from blobledger.blob_worker.transfer import ServerSideCopy
 
     data = os.urandom(6 * MiB)
     _stream(monkeypatch, BytesSource(data, None))
@@ -339,7 +367,9 @@ def test_local_stream_mode_hashes_while_uploading_then_promotes(tmp_path: Path, 
     r = t.run(UploadSpec("u1", str(path)))
     assert s3.objects == {content_key(hashlib.sha256(data).hexdigest()): data} and not s3.uploads
     again = t.run(UploadSpec("u2", str(path)))
-    assert again.dedup and again.bytes_sent == 0 and again.key == r.key  # the stat cache still applies
+    assert (
+        again.dedup and again.bytes_sent == 0 and again.key == r.key
+    )  # the stat cache still applies
 
 
 def test_local_stream_mode_dedups_after_sending(tmp_path: Path) -> None:

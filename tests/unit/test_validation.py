@@ -2,8 +2,8 @@
 
 import pytest
 
-from infra.errors import ValidationError
-from producers import validation as v
+from blobledger.infra.errors import ValidationError
+from blobledger.producers import validation as v
 
 
 @pytest.mark.parametrize("key", ["a", "docs/readme.md", "x/y/z.bin", "ünïcode/ключ"])
@@ -11,24 +11,32 @@ def test_good_keys(key):
     assert v.validate_key(key, max_length=1024) == key
 
 
-@pytest.mark.parametrize("key", ["", "/abs", "a//b", "a/../b", "..", "./a", "a/.", "bad\x00nul", "tab\there", "x" * 1025])
+@pytest.mark.parametrize(
+    "key", ["", "/abs", "a//b", "a/../b", "..", "./a", "a/.", "bad\x00nul", "tab\there", "x" * 1025]
+)
 def test_bad_keys(key):
     with pytest.raises(ValidationError):
         v.validate_key(key, max_length=1024)
 
 
 def test_metadata_ok_and_compact():
-    assert v.metadata_json({"b": 1, "a": [1, 2.5, None, True]}, max_bytes=100, max_depth=4) == '{"a":[1,2.5,null,true],"b":1}'
+    assert (
+        v.metadata_json({"b": 1, "a": [1, 2.5, None, True]}, max_bytes=100, max_depth=4)
+        == '{"a":[1,2.5,null,true],"b":1}'
+    )
 
 
-@pytest.mark.parametrize("meta, why", [
-    ({"a": {"b": {"c": {"d": 1}}}}, "deeper"),
-    ({"a": float("nan")}, "finite"),
-    ({"a": object()}, "type"),
-    ({1: "x"}, "not a string"),
-    ({"a": "x" * 200}, "bytes"),
-    (["not", "a", "dict"], "JSON object"),
-])
+@pytest.mark.parametrize(
+    "meta, why",
+    [
+        ({"a": {"b": {"c": {"d": 1}}}}, "deeper"),
+        ({"a": float("nan")}, "finite"),
+        ({"a": object()}, "type"),
+        ({1: "x"}, "not a string"),
+        ({"a": "x" * 200}, "bytes"),
+        (["not", "a", "dict"], "JSON object"),
+    ],
+)
 def test_bad_metadata(meta, why):
     with pytest.raises(ValidationError, match=why):
         v.metadata_json(meta, max_bytes=100, max_depth=3)
