@@ -228,7 +228,7 @@ def wait_terminal(
     services: Services | None = None,
 ) -> tuple[Any, float]:
     """Poll the read model until the upload is terminal; (its view, perf_counter then)."""
-    from blobledger.infra.errors import NotFoundError
+    from blobledger.schemas.errors import NotFoundError
 
     deadline = time.monotonic() + timeout
     checked = time.monotonic()

@@ -22,7 +22,7 @@ from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
 
 from blobledger.blob_worker.reader import ByteRange, open_object_blob, presigned_get_url
 from blobledger.blob_worker.runner import progress_topic
-from blobledger.infra.errors import NotFoundError, TimeoutExpired
+from blobledger.schemas.errors import NotFoundError, TimeoutExpired
 from blobledger.infra.kafka import make_consumer
 from blobledger.infra.s3 import make_s3_client
 from blobledger.infra.settings import Settings

@@ -7,7 +7,7 @@ one of ``schemas.events.COMPENSATION_REASONS``: the runner turns it into a
 
 from __future__ import annotations
 
-from blobledger.infra.errors import PermanentError
+from blobledger.schemas.errors import PermanentError
 from blobledger.schemas.events import COMPENSATION_REASONS
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from blobledger.blob_worker.failures import UploadFailure
-from blobledger.infra.errors import ConfigurationError
+from blobledger.schemas.errors import ConfigurationError
 
 MiB = 1024 * 1024
 S3_MIN_PART_SIZE = 5 * MiB

@@ -17,7 +17,7 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from blobledger.infra.errors import NotFoundError, PermanentError, TransientError, ValidationError
+from blobledger.schemas.errors import NotFoundError, PermanentError, TransientError, ValidationError
 from blobledger.infra.s3 import S3NotFound, translate
 
 log = structlog.get_logger(__name__)

@@ -25,7 +25,7 @@ from psycopg import sql
 from blobledger.blob_worker.outcomes import REAPER_ACTOR, failed_event
 from blobledger.blob_worker.transfer import STAGING_PREFIX
 from blobledger.infra import logging as blog
-from blobledger.infra.errors import BlobledgerError
+from blobledger.schemas.errors import BlobledgerError
 from blobledger.infra.postgres import connect, translated
 from blobledger.infra.s3 import make_s3_client, translate
 from blobledger.infra.settings import Settings

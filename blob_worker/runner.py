@@ -48,7 +48,7 @@ from blobledger.blob_worker.transfer import (
     staging_key,
 )
 from blobledger.infra import logging as blog
-from blobledger.infra.errors import BlobledgerError, CodecError, TransientError
+from blobledger.schemas.errors import BlobledgerError, CodecError, TransientError
 from blobledger.infra.kafka import make_consumer, make_producer
 from blobledger.infra.retry import CircuitBreaker
 from blobledger.infra.s3 import make_s3_client

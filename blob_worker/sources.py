@@ -26,7 +26,7 @@ from urllib3.exceptions import (
 )
 
 from blobledger.blob_worker.failures import UploadFailure
-from blobledger.infra.errors import TransientError
+from blobledger.schemas.errors import TransientError
 
 
 class Source(Protocol):

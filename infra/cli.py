@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-from blobledger.infra.errors import BlobledgerError
+from blobledger.schemas.errors import BlobledgerError
 
 #: command -> (module:function, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

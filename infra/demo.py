@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from blobledger.infra import logging as blog
-from blobledger.infra.errors import BlobledgerError, StackError, TimeoutExpired
+from blobledger.schemas.errors import BlobledgerError, StackError, TimeoutExpired
 from blobledger.infra.randfile import write_random_file
 from blobledger.infra.settings import Settings
 

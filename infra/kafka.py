@@ -14,7 +14,7 @@ import time
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from blobledger.infra.errors import PermanentError, StackError, TimeoutExpired, TransientError
+from blobledger.schemas.errors import PermanentError, StackError, TimeoutExpired, TransientError
 from blobledger.infra.settings import Settings
 from blobledger.schemas.events import Event
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from blobledger.infra.errors import PermanentError, TransientError
+from blobledger.schemas.errors import PermanentError, TransientError
 from blobledger.infra.settings import Settings
 
 #: SQLSTATE classes worth retrying: connection exceptions, serialization/deadlock,

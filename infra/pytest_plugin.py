@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from blobledger.infra.errors import StackError
+from blobledger.schemas.errors import StackError
 from blobledger.infra.settings import Settings
 from blobledger.infra.testing import RunningStack, ServiceName
 

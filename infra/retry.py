@@ -24,7 +24,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from blobledger.infra.errors import CircuitOpenError, TransientError
+from blobledger.schemas.errors import CircuitOpenError, TransientError
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from blobledger.infra.errors import PermanentError, TransientError
+from blobledger.schemas.errors import PermanentError, TransientError
 from blobledger.infra.settings import Settings
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Mapping
 
-from blobledger.infra.errors import ConfigurationError
+from blobledger.schemas.errors import ConfigurationError
 
 PREFIX = "BLOBLEDGER_"
 

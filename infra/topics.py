@@ -13,7 +13,7 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic
 
-from blobledger.infra.errors import TimeoutExpired
+from blobledger.schemas.errors import TimeoutExpired
 from blobledger.infra.kafka import make_admin, translate
 from blobledger.infra.settings import Settings
 

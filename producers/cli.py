@@ -12,7 +12,7 @@ import json
 import os
 from typing import Any
 
-from blobledger.infra.errors import ValidationError
+from blobledger.schemas.errors import ValidationError
 from blobledger.infra.settings import Settings
 from blobledger.producers.client import Client, Result
 

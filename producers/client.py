@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from blobledger.infra import logging as blog
-from blobledger.infra.errors import (
+from blobledger.schemas.errors import (
     AuthorizationError,
     ConflictError,
     NotFoundError,

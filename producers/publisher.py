@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from blobledger.infra.errors import TimeoutExpired, TransientError
+from blobledger.schemas.errors import TimeoutExpired, TransientError
 from blobledger.infra.kafka import headers_for, make_producer, translate
 from blobledger.infra.settings import Settings
 from blobledger.schemas.codec import Codec, default_codec

@@ -13,7 +13,7 @@ import re
 from typing import Any
 from collections.abc import Iterable, Mapping
 
-from blobledger.infra.errors import ValidationError
+from blobledger.schemas.errors import ValidationError
 from blobledger.projectors.fold import PERMISSIONS
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import psycopg
 
-from blobledger.infra.errors import InfrastructureError, PermanentError
+from blobledger.schemas.errors import InfrastructureError, PermanentError
 from blobledger.projectors.fold import ObjectState, Upload, apply
 from blobledger.projectors.readmodel import BatchWrite, ReadModel
 from blobledger.schemas.events import BlobAttached, BlobStored, BlobUploadFailed, Event

@@ -7,7 +7,7 @@ import json
 import os
 from datetime import datetime
 
-from blobledger.infra.errors import ValidationError
+from blobledger.schemas.errors import ValidationError
 from blobledger.infra.settings import Settings
 from blobledger.producers.client import Client
 

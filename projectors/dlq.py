@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from confluent_kafka import Message, Producer, TopicPartition
 
-from blobledger.infra.errors import BlobledgerError, TransientError
+from blobledger.schemas.errors import BlobledgerError, TransientError
 from blobledger.infra.kafka import (
     end_offsets,
     header_value,

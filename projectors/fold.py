@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from collections.abc import Mapping
 
-from blobledger.blob_worker.lifecycle import UploadState, on_completion, on_compensation
+from blobledger.schemas.lifecycle import UploadState, on_completion, on_compensation
 from blobledger.schemas.events import (
     AclChanged,
     BlobAttached,

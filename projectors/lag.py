@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import psycopg
-from blobledger.infra.errors import TimeoutExpired
+from blobledger.schemas.errors import TimeoutExpired
 from blobledger.infra.kafka import end_offsets
 from blobledger.infra.postgres import connect, translated
 from blobledger.infra.settings import Settings

@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from blobledger.infra.errors import AuthorizationError, NotFoundError, ValidationError
+from blobledger.schemas.errors import AuthorizationError, NotFoundError, ValidationError
 from blobledger.infra.postgres import translated
 from blobledger.projectors.fold import IMPLIED, may
 

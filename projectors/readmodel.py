@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import psycopg
 from psycopg import sql
 
-from blobledger.blob_worker.lifecycle import UploadState
+from blobledger.schemas.lifecycle import UploadState
 from blobledger.infra.postgres import translated
 from blobledger.projectors.fold import BlobRef, ObjectState, Upload
 from blobledger.schemas.events import us_to_datetime

@@ -25,7 +25,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from psycopg import sql
 
 from blobledger.infra import logging as blog
-from blobledger.infra.errors import CodecError, StackError
+from blobledger.schemas.errors import CodecError, StackError
 from blobledger.infra.kafka import end_offsets, make_consumer, make_producer, translate
 from blobledger.infra.postgres import connect, translated
 from blobledger.infra.settings import Settings

@@ -18,7 +18,7 @@ import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from blobledger.infra import logging as blog
-from blobledger.infra.errors import CodecError, TransientError
+from blobledger.schemas.errors import CodecError, TransientError
 from blobledger.infra.kafka import make_consumer, make_producer, translate
 from blobledger.infra.postgres import connect, translate as pg_translate
 from blobledger.infra.settings import Settings

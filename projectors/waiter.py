@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from blobledger.infra import logging as blog
-from blobledger.infra.errors import TimeoutExpired, TransientError
+from blobledger.schemas.errors import TimeoutExpired, TransientError
 from blobledger.infra.postgres import translate
 from blobledger.infra.settings import Settings
 from blobledger.producers.publisher import Receipt

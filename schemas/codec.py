@@ -19,7 +19,7 @@ from typing import Any
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from blobledger.infra.errors import CodecError, TruncatedMessageError, UnknownSchemaError
+from blobledger.schemas.errors import CodecError, TruncatedMessageError, UnknownSchemaError
 from blobledger.schemas.events import EVENT_TYPES, Event
 
 MAGIC = b"\xc3\x01"

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import structlog
 
-from blobledger.infra.errors import StackError
+from blobledger.schemas.errors import StackError
 from blobledger.infra.settings import Settings
 from blobledger.infra.stack import _process
 

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from blobledger.infra.errors import BlobledgerError
+from blobledger.schemas.errors import BlobledgerError
 from blobledger.infra.logging import configure as configure_logging
 from blobledger.infra.settings import Settings
 from blobledger.infra.stack.base import ServiceStatus

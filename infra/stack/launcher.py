@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
-from blobledger.infra.errors import StackError
+from blobledger.schemas.errors import StackError
 from blobledger.infra.settings import Settings
 from blobledger.infra.stack.base import Service, ServiceStatus
 from blobledger.infra.stack.postgres import EmbeddedPostgres

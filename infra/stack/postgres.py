@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from blobledger.infra.errors import StackError
+from blobledger.schemas.errors import StackError
 from blobledger.infra.stack import _process
 from blobledger.infra.stack.base import Service
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from blobledger.infra.errors import ConfigurationError, StackError
+from blobledger.schemas.errors import ConfigurationError, StackError
 from blobledger.infra.kafka import make_admin
 from blobledger.infra.stack import _process
 from blobledger.infra.stack.base import Service

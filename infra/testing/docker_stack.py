@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from blobledger.infra.errors import StackError
+from blobledger.schemas.errors import StackError
 from blobledger.infra.ports import free_ports
 from blobledger.infra.settings import Settings
 from blobledger.infra.testing import ServiceName

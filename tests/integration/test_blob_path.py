@@ -15,7 +15,7 @@ import urllib3
 from blobledger.blob_worker import cli as blob_cli
 from blobledger.blob_worker.reader import ByteRange, open_object_blob, presigned_get_url
 from blobledger.blob_worker.reaper import Reaper
-from blobledger.infra.errors import ValidationError
+from blobledger.schemas.errors import ValidationError
 from blobledger.infra.postgres import connect
 from blobledger.infra.s3 import make_s3_client
 from blobledger.producers.client import Client

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from blobledger.infra.errors import StackError
+from blobledger.schemas.errors import StackError
 from blobledger.infra.kafka import make_consumer, make_producer
 from blobledger.infra.settings import Settings
 from blobledger.infra.stack.seaweed import s3_client

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from blobledger.infra.errors import ConflictError
+from blobledger.schemas.errors import ConflictError
 from blobledger.producers.client import Client
 from blobledger.projectors.dlq import list_dead_letters, retry_dead_letters
 from blobledger.projectors.lag import projection_lag, wait_caught_up

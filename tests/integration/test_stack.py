@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from confluent_kafka import TopicPartition
 
-from blobledger.infra.errors import StackError
+from blobledger.schemas.errors import StackError
 from blobledger.infra.kafka import make_consumer, make_producer
 from blobledger.infra.settings import Settings
 from blobledger.infra.stack.launcher import Stack

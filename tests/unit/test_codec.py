@@ -5,7 +5,7 @@ import json
 import pytest
 from fastavro import parse_schema
 
-from blobledger.infra.errors import CodecError, TruncatedMessageError, UnknownSchemaError
+from blobledger.schemas.errors import CodecError, TruncatedMessageError, UnknownSchemaError
 from blobledger.schemas.codec import (
     AVRO_DIR,
     HEADER_LEN,

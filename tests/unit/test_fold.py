@@ -3,7 +3,7 @@
 import random
 
 
-from blobledger.blob_worker.lifecycle import UploadState
+from blobledger.schemas.lifecycle import UploadState
 from blobledger.projectors.applier import BatchStats, Record, fold_records
 from blobledger.projectors.fold import merge_patch, may
 from blobledger.projectors.readmodel import BatchWrite

@@ -13,7 +13,7 @@ from blobledger.blob_worker.planning import (
     iter_parts,
     plan_parts,
 )
-from blobledger.infra.errors import ConfigurationError
+from blobledger.schemas.errors import ConfigurationError
 
 TiB = 1024**4
 LIMIT = 5 * TiB

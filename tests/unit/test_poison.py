@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from blobledger.infra.errors import CodecError, PermanentError, TransientError
+from blobledger.schemas.errors import CodecError, PermanentError, TransientError
 from blobledger.projectors import applier
 from blobledger.projectors.applier import Record, apply_isolating, is_poison
 from blobledger.schemas.codec import Codec

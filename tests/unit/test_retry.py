@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-from blobledger.infra.errors import CircuitOpenError, PermanentError, TransientError
+from blobledger.schemas.errors import CircuitOpenError, PermanentError, TransientError
 from blobledger.infra.retry import BreakerState, CircuitBreaker, retrying
 from blobledger.infra.s3 import S3ChecksumMismatch, S3NotFound, translate
 from tests.unit.fake_s3 import client_error

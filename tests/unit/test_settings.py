@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from blobledger.infra.errors import ConfigurationError
+from blobledger.schemas.errors import ConfigurationError
 from blobledger.infra.settings import Settings
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from blobledger.infra.errors import ValidationError
+from blobledger.schemas.errors import ValidationError
 from blobledger.producers import validation as v
 
 
