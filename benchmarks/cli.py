@@ -19,8 +19,8 @@ import json
 import sys
 import time
 import traceback
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 from blobledger.benchmarks.common import (
     format_table,

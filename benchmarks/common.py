@@ -8,10 +8,10 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from collections.abc import Iterable, Iterator, Sequence
 
 from blobledger.infra.settings import Settings
 

@@ -152,7 +152,7 @@ def _upload(settings: Settings, mode: str, path: Path, key: str) -> dict[str, An
 def worker_process_run(settings: Settings, path: Path) -> dict[str, Any]:
     """One ``blobledger worker --max-commands 1`` transferring ``path`` from a real command;
     its peak RSS (VmHWM sampled while it runs) and its own account of the upload (log)."""
-    from blobledger.producers.publisher import Publisher
+    from blobledger.infra.publisher import Publisher
     from blobledger.schemas.events import Envelope, UploadRequested, new_id, now_us, object_id_for
 
     log_path = Path(settings.data_dir) / "bench-logs" / f"{settings.topic_prefix}-worker.log"

@@ -147,10 +147,10 @@ def _stop_on_message(conn: Any, stop: threading.Event) -> None:
 
 def _probe(settings: Settings, ids: list[str], rate: float, conn: Any) -> None:
     """The lookup process: warm up, then one paced window per start/stop pair."""
-    from blobledger.producers.client import Client
+    from blobledger import connect
 
     try:
-        with Client(settings, actor="bench") as client:
+        with connect(settings, actor="bench") as client:
             lookups(client, ids, threading.Event(), rate, limit=WARM_LOOKUPS)  # warm, discarded
             conn.send("ready")
             while (start_at := conn.recv()) is not None:
@@ -165,7 +165,7 @@ def _probe(settings: Settings, ids: list[str], rate: float, conn: Any) -> None:
 
 
 def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
-    from blobledger.producers.client import Client
+    from blobledger import connect
 
     mib = args.blob_mib
     rounds = max(1, int(getattr(args, "blob_rounds", None) or DEFAULT_ROUNDS))
@@ -184,7 +184,7 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
     stored_keys: list[str] = []
     services = Services(s, s.topic_prefix)
     try:
-        with Client(s, actor="bench") as client, contextlib.ExitStack() as cleanup:
+        with connect(s, actor="bench") as client, contextlib.ExitStack() as cleanup:
             warm_up(client, services, scratch, f"p4/{tag}/warm")
             ids = create_objects(client, s, OBJECTS, tag)
             prober = Prober(s, ids, rate)

@@ -75,7 +75,7 @@ class Ours:
     """A projector process and a client: commands published, timed until visible."""
 
     def __init__(self, settings: Settings, log_path: str) -> None:
-        from blobledger.producers.client import Client
+        from blobledger import connect
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("BLOBLEDGER_")}
         env.update(settings.to_env())
@@ -87,7 +87,7 @@ class Ours:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self.client = Client(settings, actor="bench")
+        self.client = connect(settings, actor="bench")
         self.client.create(f"p5/warmup/{uuid.uuid4().hex[:6]}", wait=True)  # group joined, model up
         self.topic = settings.events_topic
         self.lat: list[float] = []

@@ -45,7 +45,7 @@ DEFAULT_ROUNDS = 3
 
 
 def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
-    from blobledger.producers.client import Client
+    from blobledger import connect
 
     mib = args.blob_mib
     rounds = max(1, int(getattr(args, "blob_rounds", None) or DEFAULT_ROUNDS))
@@ -61,7 +61,7 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
     stored_keys: list[str] = []
     services = Services(s, s.topic_prefix)
     try:
-        with Client(s, actor="bench") as client:
+        with connect(s, actor="bench") as client:
             warm_up(client, services, scratch, f"p6/{tag}/warm")
 
             def upload(key: str) -> dict[str, Any]:

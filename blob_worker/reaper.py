@@ -14,23 +14,24 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import structlog
 from psycopg import sql
 
 from blobledger.blob_worker.outcomes import REAPER_ACTOR, failed_event
 from blobledger.blob_worker.transfer import STAGING_PREFIX
 from blobledger.infra import logging as blog
-from blobledger.schemas.errors import BlobledgerError
-from blobledger.infra.postgres import connect, translated
-from blobledger.infra.s3 import make_s3_client, translate
+from blobledger.infra.postgres import translated
+from blobledger.infra.s3 import translate
 from blobledger.infra.settings import Settings
-from blobledger.producers.publisher import Publisher
+from blobledger.schemas.errors import BlobledgerError
 from blobledger.schemas.events import Envelope
+from blobledger.schemas.ports import BlobStore, EventPublisher
 
 log = structlog.get_logger(__name__)
 
@@ -85,16 +86,30 @@ def compensation_for(upload: ExpiredUpload):  # type: ignore[no-untyped-def]
 
 
 class Reaper:
-    def __init__(self, settings: Settings, *, conn: Any, s3: Any, publisher: Publisher) -> None:
-        self.settings, self.conn, self.s3, self.publisher = settings, conn, s3, publisher
+    """Compensates expired uploads and cleans S3. It opens a read-model connection per
+    pass (``connect``), so a pass after a Postgres outage simply works again."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        connect: Callable[[], psycopg.Connection],
+        s3: BlobStore,
+        publisher: EventPublisher,
+    ) -> None:
+        self.settings, self._connect, self.s3, self.publisher = settings, connect, s3, publisher
+
+    def close(self) -> None:
+        self.publisher.close()
 
     def compensate_expired(self) -> int:
-        expired = expired_uploads(self.conn, self.settings.read_model_schema)
+        with self._connect() as conn:
+            expired = expired_uploads(conn, self.settings.read_model_schema)
         futures = [
             self.publisher.publish_async(self.settings.events_topic, compensation_for(u))
             for u in expired
         ]
-        for u, f in zip(expired, futures):
+        for u, f in zip(expired, futures, strict=True):
             f.result(self.settings.wait_timeout_seconds)
             log.info(
                 "reaper.compensated",
@@ -159,16 +174,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     blog.configure()
-    settings = Settings.from_env()
-    publisher = Publisher(settings)
-    s3 = make_s3_client(settings)
+    from blobledger.infra import bootstrap
+
+    reaper = bootstrap.reaper(Settings.from_env())
     try:
         while True:
             try:
-                with connect(settings, autocommit=True) as conn:
-                    report = Reaper(settings, conn=conn, s3=s3, publisher=publisher).run_once(
-                        multipart_older_than=args.multipart_older_than
-                    )
+                report = reaper.run_once(multipart_older_than=args.multipart_older_than)
                 log.info(
                     "reaper.pass",
                     compensated=report.compensated,
@@ -183,4 +195,4 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             time.sleep(args.interval)
     finally:
-        publisher.close()
+        reaper.close()

@@ -35,27 +35,21 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from blobledger.blob_worker.failures import UploadFailure
-from blobledger.blob_worker.hashcache import HashCache
 from blobledger.blob_worker.outcomes import failed_event, stored_event
-from blobledger.blob_worker.promotion import promoter_for
 from blobledger.blob_worker.transfer import (
     Progress,
     Transfer,
     TransferCancelled,
-    TransferOptions,
     TransferResult,
     UploadSpec,
     staging_key,
 )
 from blobledger.infra import logging as blog
-from blobledger.schemas.errors import BlobledgerError, CodecError, TransientError
-from blobledger.infra.kafka import make_consumer, make_producer
-from blobledger.infra.retry import CircuitBreaker
-from blobledger.infra.s3 import make_s3_client
+from blobledger.infra.dlq import DeadLetters
+from blobledger.infra.publisher import Publisher
 from blobledger.infra.settings import Settings
-from blobledger.producers.publisher import Publisher
-from blobledger.projectors.dlq import DeadLetters
 from blobledger.schemas.codec import Codec, default_codec
+from blobledger.schemas.errors import BlobledgerError, CodecError, TransientError
 from blobledger.schemas.events import Event, UploadRequested, now_us
 
 log = structlog.get_logger(__name__)
@@ -71,11 +65,6 @@ MAX_BACKOFF_SECONDS = 30.0
 #: librdkafka's own thread keeps heartbeating; a rebalance waits for the next poll, so
 #: this bounds how long one worker can hold a rebalance up.
 UNPOLLED_TRANSFER_SECONDS = 20.0
-
-
-def progress_topic(settings: Settings) -> str:
-    """Ephemeral upload progress (JSON, key = upload id) for ``blobledger put``; not folded."""
-    return f"{settings.topic_prefix}.blob-progress"
 
 
 @dataclass
@@ -119,42 +108,6 @@ class Worker:
         self.handled = 0
         #: set once the group has given this worker partitions (tests, health checks)
         self.assigned = threading.Event()
-
-    @classmethod
-    def create(
-        cls,
-        settings: Settings,
-        *,
-        hash_cache: HashCache | None = None,
-        local_files: str = "hash_first",
-        **kwargs: Any,
-    ) -> Worker:
-        """The one place that wires the adapters (bootstrap). ``local_files``: see
-        ``TransferOptions.local_files`` (hash_first keeps "a stored hash costs 0 bytes"
-        for every path; stream is one pass, ~8% faster on SeaweedFS, P3)."""
-        s3 = make_s3_client(settings)
-        transfer = Transfer(
-            s3,
-            TransferOptions.from_settings(settings, local_files=local_files),
-            breaker=CircuitBreaker("s3", failure_threshold=5, reset_timeout=5.0),
-            hash_cache=hash_cache
-            if hash_cache is not None
-            else HashCache(settings.data_dir / "worker-hash-cache.sqlite"),
-        )
-        transfer.promoter = promoter_for(settings, transfer)
-        consumer = make_consumer(
-            settings,
-            settings.worker_group,
-            # we poll while a transfer runs, but a slow broker ack must not evict us
-            **{"max.poll.interval.ms": 600000},
-        )
-        return cls(
-            settings,
-            consumer=consumer,
-            publisher=Publisher(settings, producer=make_producer(settings)),
-            transfer=transfer,
-            **kwargs,
-        )
 
     # --- lifecycle ---------------------------------------------------------------------
     def stop(self) -> None:
@@ -469,7 +422,7 @@ class Worker:
     def _send_progress(self, upload_id: str, body: dict[str, Any]) -> None:
         try:
             self.publisher.producer.produce(
-                progress_topic(self.settings),
+                self.settings.progress_topic,
                 key=upload_id.encode(),
                 value=json.dumps(body).encode(),
             )
@@ -500,7 +453,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.blob_niceness:
         # bulk transfer yields the CPU to latency-sensitive metadata work on the same host
         os.nice(settings.blob_niceness)
-    worker = Worker.create(settings, local_files=args.local_files)
+    from blobledger.infra import bootstrap
+
+    worker = bootstrap.worker(settings, local_files=args.local_files)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("worker.signal", signal=signal.Signals(signum).name)

@@ -53,10 +53,10 @@ from blobledger.blob_worker.failures import UploadFailure
 from blobledger.blob_worker.hashcache import HashCache
 from blobledger.blob_worker.planning import MiB, Part, PartPlan, plan_parts
 from blobledger.blob_worker.sources import HttpSource, LocalFileSource, open_source
-from blobledger.schemas.errors import BlobledgerError, PermanentError, TransientError
 from blobledger.infra.retry import CircuitBreaker, retrying
 from blobledger.infra.s3 import S3ChecksumMismatch, S3NotFound, head, translate
 from blobledger.infra.settings import Settings
+from blobledger.schemas.errors import BlobledgerError, PermanentError, TransientError
 from blobledger.schemas.events import UploadRequested
 
 log = structlog.get_logger(__name__)

@@ -23,11 +23,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("blobledger.infra.demo:main", "run the end-to-end demo on the embedded stack"),
     "object": ("", "create|update|tag|acl|delete|get|list|history|audit objects"),
     "put": (
-        "blobledger.blob_worker.cli:put_main",
+        "blobledger.producers.blob_cli:put_main",
         "attach a file or URL to an object and follow the upload",
     ),
     "get": (
-        "blobledger.blob_worker.cli:get_main",
+        "blobledger.producers.blob_cli:get_main",
         "stream an object's blob to a file or stdout, verifying it",
     ),
     "projector": (
@@ -47,7 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "blobledger.projectors.replay:recover_main",
         "rebuild a lost read model from the log",
     ),
-    "dlq": ("blobledger.projectors.dlq:main", "list or retry dead letters"),
+    "dlq": ("blobledger.infra.dlq:main", "list or retry dead letters"),
     "bench": ("blobledger.benchmarks.cli:main", "run the benchmarks (P1..P6) and print ratios"),
 }
 
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if verb in OBJECT_WRITES:
             target = "blobledger.producers.cli:main"
         elif verb in OBJECT_READS:
-            target = "blobledger.projectors.cli:main"
+            target = "blobledger.producers.query_cli:main"
         else:
             print(
                 "usage: blobledger object {create|update|tag|acl|delete|get|list|history|audit} ...",

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from blobledger.infra import logging as blog
-from blobledger.schemas.errors import BlobledgerError, StackError, TimeoutExpired
 from blobledger.infra.randfile import write_random_file
 from blobledger.infra.settings import Settings
+from blobledger.schemas.errors import BlobledgerError, StackError, TimeoutExpired
 
 MiB = 1024 * 1024
 
@@ -99,10 +99,10 @@ def wait_until(
 
 
 def run_demo(settings: Settings, *, size: int, quiet: bool, timeout: float) -> dict[str, Any]:
+    from blobledger import connect
     from blobledger.infra.s3 import make_s3_client
     from blobledger.infra.stack.launcher import Stack
     from blobledger.infra.topics import ensure_topics
-    from blobledger.producers.client import Client
     from blobledger.projectors.lag import projection_lag
 
     started = time.monotonic()
@@ -118,7 +118,7 @@ def run_demo(settings: Settings, *, size: int, quiet: bool, timeout: float) -> d
     ]
     say(f"projector and blob worker running (logs: {log_dir}/demo-*.log)")
     try:
-        with Client(settings, actor="demo") as client:
+        with connect(settings, actor="demo") as client:
             key = f"demo/{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.bin"
             created = client.create(
                 key,

@@ -7,15 +7,14 @@ is merged last so an operator can override anything.
 
 from __future__ import annotations
 
-from typing import Any
-
 import time
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from blobledger.schemas.errors import PermanentError, StackError, TimeoutExpired, TransientError
 from blobledger.infra.settings import Settings
+from blobledger.schemas.errors import PermanentError, StackError, TimeoutExpired, TransientError
 from blobledger.schemas.events import Event
 
 

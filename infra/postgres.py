@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from blobledger.schemas.errors import PermanentError, TransientError
 from blobledger.infra.settings import Settings
+from blobledger.schemas.errors import PermanentError, TransientError
 
 #: SQLSTATE classes worth retrying: connection exceptions, serialization/deadlock,
 #: insufficient resources, operator intervention (admin shutdown, crash recovery)

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from blobledger.schemas.errors import StackError
 from blobledger.infra.settings import Settings
 from blobledger.infra.testing import RunningStack, ServiceName
+from blobledger.schemas.errors import StackError
 
 log = structlog.get_logger(__name__)
 

@@ -21,8 +21,8 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from blobledger.schemas.errors import PermanentError, TransientError
 from blobledger.infra.settings import Settings
+from blobledger.schemas.errors import PermanentError, TransientError
 
 
 class S3NotFound(PermanentError):

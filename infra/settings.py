@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping
 
 from blobledger.schemas.errors import ConfigurationError
 
@@ -117,6 +117,11 @@ class Settings:
     @property
     def dlq_topic(self) -> str:
         return f"{self.topic_prefix}.dlq"
+
+    @property
+    def progress_topic(self) -> str:
+        """Ephemeral upload progress (JSON, key = upload id) for ``blobledger put``; not folded."""
+        return f"{self.topic_prefix}.blob-progress"
 
     @property
     def topics(self) -> tuple[str, str, str]:

@@ -13,9 +13,9 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic
 
-from blobledger.schemas.errors import TimeoutExpired
 from blobledger.infra.kafka import make_admin, translate
 from blobledger.infra.settings import Settings
+from blobledger.schemas.errors import TimeoutExpired
 
 log = structlog.get_logger(__name__)
 

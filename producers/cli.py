@@ -12,9 +12,10 @@ import json
 import os
 from typing import Any
 
-from blobledger.schemas.errors import ValidationError
+from blobledger.infra import bootstrap
 from blobledger.infra.settings import Settings
-from blobledger.producers.client import Client, Result
+from blobledger.producers.client import Result
+from blobledger.schemas.errors import ValidationError
 
 
 def _json_arg(text: str) -> Any:
@@ -127,7 +128,9 @@ def _report(result: Result, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
     args = parser().parse_args(argv)
-    with Client(settings or Settings.from_env(), actor=args.actor, tenant=args.tenant) as client:
+    with bootstrap.client(
+        settings or Settings.from_env(), actor=args.actor, tenant=args.tenant
+    ) as client:
         if args.verb == "create":
             result = client.create(
                 args.key,

@@ -16,6 +16,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from blobledger.infra import logging as blog
+from blobledger.infra.settings import Settings
+from blobledger.producers import validation as v
 from blobledger.schemas.errors import (
     AuthorizationError,
     ConflictError,
@@ -25,20 +27,6 @@ from blobledger.schemas.errors import (
     TransientError,
     ValidationError,
 )
-from blobledger.infra.postgres import connect
-from blobledger.infra.settings import Settings
-from blobledger.producers import validation as v
-from blobledger.producers.publisher import Publisher, Receipt
-from blobledger.projectors.fold import may
-from blobledger.projectors.queries import (
-    AuditEntry,
-    HistoryEntry,
-    ObjectView,
-    Page,
-    Queries,
-    UploadView,
-)
-from blobledger.projectors.waiter import EventOutcome, OutcomeWaiter
 from blobledger.schemas.events import (
     AclChanged,
     BlobAttached,
@@ -53,11 +41,21 @@ from blobledger.schemas.events import (
     now_us,
     object_id_for,
 )
+from blobledger.schemas.permissions import may
+from blobledger.schemas.ports import (
+    BlobStore,
+    BlobStoreFactory,
+    EventPublisher,
+    ObjectQueries,
+    OutcomeSource,
+)
+from blobledger.schemas.receipts import EventOutcome, Receipt
+from blobledger.schemas.views import AuditEntry, HistoryEntry, ObjectView, Page, UploadView
 
 log = blog.get_logger(__name__)
 
 if TYPE_CHECKING:
-    from blobledger.blob_worker.reader import ByteRange, ObjectBlob
+    from blobledger.producers.reader import ByteRange, ObjectBlob
 
 
 @dataclass(frozen=True)
@@ -99,45 +97,37 @@ def _raise_for(outcome: EventOutcome) -> None:
 
 
 class Client:
-    """One actor's handle on blobledger. Thread-safe for publishing and waiting."""
+    """One actor's handle on blobledger. Thread-safe for publishing and waiting.
+
+    It receives its adapters (see :func:`blobledger.infra.bootstrap.client`, which wires the
+    real ones, and :mod:`blobledger.infra.memory` for in-memory twins): a publisher for the
+    log, the read side's outcome waiter and queries, and a factory of the blob store (made
+    on first use: most commands never touch S3)."""
 
     def __init__(
-        self, settings: Settings | None = None, *, actor: str, tenant: str | None = None
+        self,
+        settings: Settings,
+        *,
+        actor: str,
+        tenant: str | None = None,
+        publisher: EventPublisher,
+        outcomes: OutcomeSource,
+        queries: ObjectQueries,
+        blob_store: BlobStoreFactory,
     ) -> None:
-        self.settings = settings or Settings.from_env()
+        self.settings = settings
         self.actor = v.validate_actor(actor)
-        self.tenant = tenant or self.settings.tenant
-        self._publisher: Publisher | None = None
-        self._waiter: OutcomeWaiter | None = None
-        self._conn = None
-        self._s3: Any = None
-
-    # --- lazily created adapters ------------------------------------------------------------
-    @property
-    def publisher(self) -> Publisher:
-        if self._publisher is None:
-            self._publisher = Publisher(self.settings)
-        return self._publisher
-
-    @property
-    def waiter(self) -> OutcomeWaiter:
-        if self._waiter is None:
-            self._waiter = OutcomeWaiter(self.settings)
-        return self._waiter
-
-    @property
-    def queries(self) -> Queries:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self.settings, autocommit=True)
-        return Queries(self._conn, self.settings.read_model_schema, self.tenant)
+        self.tenant = tenant or settings.tenant
+        self.publisher = publisher
+        self.outcomes = outcomes
+        self.queries = queries
+        self._blob_store = blob_store
+        self._s3: BlobStore | None = None
 
     def close(self) -> None:
-        if self._publisher is not None:
-            self._publisher.close()
-        if self._waiter is not None:
-            self._waiter.close()
-        if self._conn is not None:
-            self._conn.close()
+        self.publisher.close()
+        self.outcomes.close()
+        self.queries.close()
 
     def __enter__(self) -> Client:
         return self
@@ -170,14 +160,13 @@ class Client:
 
     def _authorize(self, object_id: str, permission: str) -> None:
         """Refuse early when the projection already shows the actor lacks permission. The
-        fold enforces the same rule (:func:`projectors.fold.may`) on the log."""
+        fold enforces the same rule (:func:`blobledger.schemas.permissions.may`) on the log."""
         try:
             found = self.queries.acl_of(object_id)
         except TransientError as e:
             # the read model is unreachable: publishing must not depend on it, and the
             # fold applies the same rule to the event anyway
             log.warning("authorization pre-check skipped: read model unavailable", error=str(e))
-            self._conn = None
             return
         if found is None:
             return  # not projected yet: let the fold decide
@@ -200,7 +189,7 @@ class Client:
     def wait(self, receipt: Receipt, timeout: float | None = None) -> EventOutcome:
         """Block until the projection has folded ``receipt`` and return its outcome,
         raising the matching error when it was rejected."""
-        outcome = self.waiter.wait(receipt, timeout)
+        outcome = self.outcomes.wait(receipt, timeout)
         _raise_for(outcome)
         return outcome
 
@@ -348,7 +337,7 @@ class Client:
     def get(self, ref: str) -> ObjectView:
         return self.queries.get(self.object_id(ref), actor=self.actor)
 
-    def list(
+    def list_objects(
         self,
         *,
         prefix: str = "",
@@ -356,7 +345,7 @@ class Client:
         cursor: str | None = None,
         limit: int = 100,
     ) -> Page:
-        return self.queries.list(
+        return self.queries.list_objects(
             actor=self.actor, prefix=prefix, tag=tag, cursor=cursor, limit=limit
         )
 
@@ -396,11 +385,9 @@ class Client:
             time.sleep(0.1)
 
     @property
-    def s3(self) -> Any:
+    def s3(self) -> BlobStore:
         if self._s3 is None:
-            from blobledger.infra.s3 import make_s3_client
-
-            self._s3 = make_s3_client(self.settings)
+            self._s3 = self._blob_store()
         return self._s3
 
     def open_blob(
@@ -409,13 +396,13 @@ class Client:
         """A streaming reader of the object's committed blob (at ``version``, default the
         current one), with range support; a full read verifies the SHA-256. While a newer
         upload is pending the last committed blob is served and ``.notice`` says so."""
-        from blobledger.blob_worker.reader import open_object_blob
+        from blobledger.producers.reader import open_object_blob
 
         return open_object_blob(self, ref, s3=self.s3, version=version, byte_range=byte_range)
 
     def presigned_url(self, ref: str, *, expires_seconds: int = 3600) -> str:
         """A presigned GET URL of the object's committed blob."""
-        from blobledger.blob_worker.reader import presigned_get_url
+        from blobledger.producers.reader import presigned_get_url
 
         view = self.get(ref)
         if view.blob is None:

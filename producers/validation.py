@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from blobledger.schemas.errors import ValidationError
-from blobledger.projectors.fold import PERMISSIONS
+from blobledger.schemas.permissions import PERMISSIONS
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

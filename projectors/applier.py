@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, replace
 
 import psycopg
 
-from blobledger.schemas.errors import InfrastructureError, PermanentError
 from blobledger.projectors.fold import ObjectState, Upload, apply
 from blobledger.projectors.readmodel import BatchWrite, ReadModel
+from blobledger.schemas.errors import InfrastructureError, PermanentError
 from blobledger.schemas.events import BlobAttached, BlobStored, BlobUploadFailed, Event
 
 

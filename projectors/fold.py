@@ -21,11 +21,10 @@ holding the version returned by ``attach`` is not made to conflict by background
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
-from collections.abc import Mapping
 
-from blobledger.schemas.lifecycle import UploadState, on_completion, on_compensation
 from blobledger.schemas.events import (
     AclChanged,
     BlobAttached,
@@ -37,12 +36,8 @@ from blobledger.schemas.events import (
     ObjectDeleted,
     TagsChanged,
 )
-
-PERMISSIONS = frozenset({"read", "write", "admin"})
-OWNER_PERMISSIONS = frozenset(PERMISSIONS)
-EVERYONE = "*"
-#: actors allowed to finalize or roll back uploads (workers and the reaper)
-SYSTEM_PREFIX = "system:"
+from blobledger.schemas.lifecycle import UploadState, on_compensation, on_completion
+from blobledger.schemas.permissions import OWNER_PERMISSIONS, PERMISSIONS, SYSTEM_PREFIX, may
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -121,23 +116,6 @@ def _reject(state: ObjectState | None, reason: str) -> Result:
 
 
 #: each permission implies the ones it outranks: admin > write > read
-IMPLIED = {"read": ("read", "write", "admin"), "write": ("write", "admin"), "admin": ("admin",)}
-_GRANTING = {k: frozenset(v) for k, v in IMPLIED.items()}
-
-
-def may(acl: Mapping[str, frozenset[str]] | Mapping[str, Any], actor: str, permission: str) -> bool:
-    """True when ``actor`` (or everyone, ``*``) holds ``permission`` on an object with
-    this ACL. The one rule shared by the client's check and the fold's."""
-    if actor.startswith(SYSTEM_PREFIX):
-        return True
-    granting = _GRANTING[permission]
-    perms = acl.get(actor)
-    if perms and not granting.isdisjoint(perms):
-        return True
-    perms = acl.get(EVERYONE)
-    return bool(perms) and not granting.isdisjoint(perms)
-
-
 def _check(state: ObjectState | None, event: Event, permission: str) -> str | None:
     """Common guards of a command on an existing object: the reason to reject, or None."""
     env = event.envelope

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 
 import psycopg
-from blobledger.schemas.errors import TimeoutExpired
+
 from blobledger.infra.kafka import end_offsets
 from blobledger.infra.postgres import connect, translated
 from blobledger.infra.settings import Settings
 from blobledger.projectors.readmodel import ReadModel
+from blobledger.schemas.errors import TimeoutExpired
 
 
 def high_watermarks(settings: Settings, topic: str | None = None) -> dict[int, int]:

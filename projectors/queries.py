@@ -9,116 +9,25 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
-from collections.abc import Sequence
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from blobledger.schemas.errors import AuthorizationError, NotFoundError, ValidationError
 from blobledger.infra.postgres import translated
-from blobledger.projectors.fold import IMPLIED, may
-
-
-@dataclass(frozen=True)
-class BlobInfo:
-    sha256: str
-    size: int
-    key: str
-    upload_id: str
-
-
-@dataclass(frozen=True)
-class ObjectView:
-    object_id: str
-    tenant: str
-    key: str
-    version: int
-    metadata: dict[str, Any]
-    tags: list[str]
-    content_type: str | None
-    deleted: bool
-    acl: dict[str, list[str]]
-    blob: BlobInfo | None
-    pending_upload_id: str | None
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in ("created_at", "updated_at"):
-            if d.get(k) is not None:
-                d[k] = d[k].isoformat()
-        return d
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    version: int
-    event_id: str
-    event_type: str
-    actor: str
-    occurred_at: datetime
-    correlation_id: str
-    snapshot: ObjectView
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "event_id": self.event_id,
-            "event_type": self.event_type,
-            "actor": self.actor,
-            "occurred_at": self.occurred_at.isoformat(),
-            "correlation_id": self.correlation_id,
-            "snapshot": self.snapshot.to_json(),
-        }
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    event_id: str
-    object_id: str
-    event_type: str
-    status: str
-    reason: str | None
-    version: int
-    occurred_at: datetime
-    correlation_id: str
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["occurred_at"] = self.occurred_at.isoformat()
-        return d
-
-
-@dataclass(frozen=True)
-class UploadView:
-    upload_id: str
-    object_id: str
-    state: str
-    source: str
-    requested_version: int
-    sha256: str | None
-    size: int | None
-    key: str | None
-    dedup: bool
-    reason: str | None
-    deadline: datetime
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["deadline"] = self.deadline.isoformat()
-        return d
-
-
-@dataclass(frozen=True)
-class Page:
-    items: list[ObjectView]
-    next_cursor: str | None
-
+from blobledger.schemas.errors import AuthorizationError, NotFoundError, ValidationError
+from blobledger.schemas.permissions import IMPLIED, may
+from blobledger.schemas.views import (
+    AuditEntry,
+    BlobInfo,
+    HistoryEntry,
+    ObjectView,
+    Page,
+    UploadView,
+)
 
 _SNAPSHOT_COLUMNS = (
     "object_id, key, metadata, tags, content_type, deleted, acl, blob_sha256, blob_size, "
@@ -162,18 +71,41 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
 
 
 class Queries:
-    """Read API bound to a connection (autocommit) and a read-model schema."""
+    """Read API over a read-model schema for one tenant (implements
+    :class:`blobledger.schemas.ports.ObjectQueries`).
 
-    def __init__(self, conn: psycopg.Connection, schema: str, tenant: str = "default") -> None:
-        self.conn = conn
+    It connects on first use (a client that only publishes never opens a connection) and
+    reconnects after the connection broke: a read model that was down for a while is
+    usable again on the next call, without the caller rebuilding anything."""
+
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection],
+        schema: str,
+        tenant: str = "default",
+    ) -> None:
+        self._connect = connect
+        self._conn: psycopg.Connection | None = None
         self.schema = schema
         self.tenant = tenant
         self._s = sql.Identifier(schema)
 
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            with translated():
+                self._conn = self._connect()
+        return self._conn
+
     def _fetch(self, query: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        with translated(), self.conn.cursor(row_factory=dict_row) as cur:
+        conn = self._connection()
+        with translated(), conn.cursor(row_factory=dict_row) as cur:
             cur.execute(sql.SQL(query).format(s=self._s), params)
             return cur.fetchall()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def _readable_clause(self) -> str:
         return (
@@ -249,7 +181,7 @@ class Queries:
         return [self._entry(r) for r in rows]
 
     # --- lists --------------------------------------------------------------------------------
-    def list(
+    def list_objects(
         self,
         *,
         actor: str,

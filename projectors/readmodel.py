@@ -11,19 +11,19 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from datetime import datetime, timedelta, UTC
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
-from collections.abc import Iterable, Mapping, Sequence
 
 import psycopg
 from psycopg import sql
 
-from blobledger.schemas.lifecycle import UploadState
 from blobledger.infra.postgres import translated
 from blobledger.projectors.fold import BlobRef, ObjectState, Upload
 from blobledger.schemas.events import us_to_datetime
+from blobledger.schemas.lifecycle import UploadState
 
 MIGRATIONS_PACKAGE = "blobledger.projectors.migrations"
 

@@ -16,23 +16,23 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from collections.abc import Callable, Iterable
 
 import psycopg
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from psycopg import sql
 
 from blobledger.infra import logging as blog
-from blobledger.schemas.errors import CodecError, StackError
+from blobledger.infra.dlq import DeadLetters
 from blobledger.infra.kafka import end_offsets, make_consumer, make_producer, translate
 from blobledger.infra.postgres import connect, translated
 from blobledger.infra.settings import Settings
 from blobledger.projectors.applier import Record, apply_isolating
-from blobledger.projectors.dlq import DeadLetters
 from blobledger.projectors.readmodel import ReadModel, lock_key, migrate
 from blobledger.schemas.codec import Codec, default_codec
+from blobledger.schemas.errors import CodecError, StackError
 
 log = blog.get_logger(__name__)
 

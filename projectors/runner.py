@@ -18,14 +18,15 @@ import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from blobledger.infra import logging as blog
-from blobledger.schemas.errors import CodecError, TransientError
+from blobledger.infra.dlq import DeadLetters
 from blobledger.infra.kafka import make_consumer, make_producer, translate
-from blobledger.infra.postgres import connect, translate as pg_translate
+from blobledger.infra.postgres import connect
+from blobledger.infra.postgres import translate as pg_translate
 from blobledger.infra.settings import Settings
 from blobledger.projectors.applier import BatchStats, Record, apply_isolating
-from blobledger.projectors.dlq import DeadLetters
 from blobledger.projectors.readmodel import ReadModel, migrate
 from blobledger.schemas.codec import Codec, default_codec
+from blobledger.schemas.errors import CodecError, TransientError
 
 log = blog.get_logger(__name__)
 

@@ -9,32 +9,18 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
 from blobledger.infra import logging as blog
-from blobledger.schemas.errors import TimeoutExpired, TransientError
 from blobledger.infra.postgres import translate
 from blobledger.infra.settings import Settings
-from blobledger.producers.publisher import Receipt
 from blobledger.projectors.readmodel import ReadModel, notify_channel
+from blobledger.schemas.errors import TimeoutExpired, TransientError
+from blobledger.schemas.receipts import EventOutcome, Receipt
 
 log = blog.get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class EventOutcome:
-    event_id: str
-    object_id: str
-    status: str
-    reason: str | None
-    version: int
-
-    @property
-    def accepted(self) -> bool:
-        return self.status == "accepted"
 
 
 class OutcomeWaiter:

@@ -10,7 +10,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timedelta, UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 

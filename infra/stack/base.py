@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 
 import structlog
 
-from blobledger.schemas.errors import StackError
 from blobledger.infra.settings import Settings
 from blobledger.infra.stack import _process
+from blobledger.schemas.errors import StackError
 
 log = structlog.get_logger(__name__)
 

@@ -7,11 +7,11 @@ import json
 import sys
 from collections.abc import Sequence
 
-from blobledger.schemas.errors import BlobledgerError
 from blobledger.infra.logging import configure as configure_logging
 from blobledger.infra.settings import Settings
 from blobledger.infra.stack.base import ServiceStatus
 from blobledger.infra.stack.launcher import Stack
+from blobledger.schemas.errors import BlobledgerError
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
-from blobledger.schemas.errors import StackError
 from blobledger.infra.settings import Settings
 from blobledger.infra.stack.base import Service, ServiceStatus
 from blobledger.infra.stack.postgres import EmbeddedPostgres
 from blobledger.infra.stack.seaweed import SeaweedLogStore, SeaweedS3
 from blobledger.infra.stack.tansu import TansuKafka
+from blobledger.schemas.errors import StackError
 
 log = structlog.get_logger(__name__)
 

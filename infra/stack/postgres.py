@@ -16,9 +16,9 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from blobledger.schemas.errors import StackError
 from blobledger.infra.stack import _process
 from blobledger.infra.stack.base import Service
+from blobledger.schemas.errors import StackError
 
 #: Written to <pgdata>/blobledger.conf on every start (so port changes apply).
 #: A local dev/test database: durable commits, memory sized for a laptop.

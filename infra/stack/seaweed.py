@@ -24,11 +24,11 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from blobledger.schemas.errors import StackError
 from blobledger.infra.ports import free_ports
 from blobledger.infra.settings import Settings
 from blobledger.infra.stack import _process
 from blobledger.infra.stack.base import Service
+from blobledger.schemas.errors import StackError
 
 
 def grpc_port(http_port: int) -> int:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 
-from blobledger.schemas.errors import ConfigurationError, StackError
 from blobledger.infra.kafka import make_admin
 from blobledger.infra.stack import _process
 from blobledger.infra.stack.base import Service
+from blobledger.schemas.errors import ConfigurationError, StackError
 
 
 def tansu_binary() -> str:

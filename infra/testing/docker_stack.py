@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from blobledger.schemas.errors import StackError
 from blobledger.infra.ports import free_ports
 from blobledger.infra.settings import Settings
 from blobledger.infra.testing import ServiceName
+from blobledger.schemas.errors import StackError
 
 if TYPE_CHECKING:
     from testcontainers.core.container import DockerContainer

@@ -47,9 +47,9 @@ class ThreadedWorker:
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         from blobledger.blob_worker.hashcache import HashCache
-        from blobledger.blob_worker.runner import Worker
+        from blobledger.infra import bootstrap
 
-        self.worker = Worker.create(settings, hash_cache=HashCache(), **kwargs)
+        self.worker = bootstrap.worker(settings, hash_cache=HashCache(), **kwargs)
         self._thread = threading.Thread(target=self.worker.run, daemon=True, name="test-worker")
         self._thread.start()
         self._stopped = False

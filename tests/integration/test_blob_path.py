@@ -12,14 +12,13 @@ from urllib.parse import urlsplit
 import pytest
 import urllib3
 
+from blobledger import connect
 from blobledger.blob_worker import cli as blob_cli
-from blobledger.blob_worker.reader import ByteRange, open_object_blob, presigned_get_url
-from blobledger.blob_worker.reaper import Reaper
-from blobledger.schemas.errors import ValidationError
-from blobledger.infra.postgres import connect
+from blobledger.infra import bootstrap
 from blobledger.infra.s3 import make_s3_client
 from blobledger.producers.client import Client
-from blobledger.producers.publisher import Publisher
+from blobledger.producers.reader import ByteRange, open_object_blob, presigned_get_url
+from blobledger.schemas.errors import ValidationError
 
 from .blob_support import (
     MiB,
@@ -51,7 +50,7 @@ def origin(tmp_path):
 
 
 def _attach(client: Client, key: str, source: str, **kw):
-    if not client.queries.list(actor=client.actor, prefix=key).items:
+    if not client.queries.list_objects(actor=client.actor, prefix=key).items:
         client.create(key)
     return client.attach_blob(key, source, **kw)
 
@@ -59,7 +58,7 @@ def _attach(client: Client, key: str, source: str, **kw):
 def test_large_upload_verified_end_to_end_then_dedup(settings, worker, tmp_path):
     path = tmp_path / "big.bin"
     sha = make_file(path, 210 * MiB + 123)
-    with Client(settings, actor="alice") as alice:
+    with connect(settings, actor="alice") as alice:
         r = _attach(alice, "big/one", str(path))
         view = wait_terminal(alice, r.upload_id, timeout=300)
         assert (view.state, view.sha256, view.size, view.dedup) == (
@@ -113,7 +112,7 @@ def test_large_upload_verified_end_to_end_then_dedup(settings, worker, tmp_path)
 def test_reupload_of_the_same_file_sends_nothing(settings, worker, tmp_path):
     path = tmp_path / "f.bin"
     sha = make_file(path, 40 * MiB)
-    with Client(settings, actor="alice") as alice:
+    with connect(settings, actor="alice") as alice:
         first = wait_terminal(alice, _attach(alice, "re/a", str(path)).upload_id)
         t0 = time.monotonic()
         again = wait_terminal(alice, _attach(alice, "re/a", str(path)).upload_id)
@@ -125,7 +124,7 @@ def test_http_source_and_reading_while_a_newer_upload_is_pending(
     settings, projector, origin, tmp_path
 ):
     sha = make_file(tmp_path / "web.bin", 30 * MiB + 7)
-    with Client(settings, actor="alice") as alice:
+    with connect(settings, actor="alice") as alice:
         w = ThreadedWorker(settings)
         try:
             r = _attach(alice, "web/a", f"{origin.url}/web.bin")
@@ -156,7 +155,7 @@ def test_every_bad_input_is_compensated_with_its_reason(settings, worker, origin
         "http500": (f"{origin.url}/500", {}, "retry_budget_exhausted"),
         "truncated": (f"{origin.url}/truncate/half.bin", {}, "truncated_source"),
     }
-    with Client(settings, actor="alice") as alice:
+    with connect(settings, actor="alice") as alice:
         uploads = {
             name: _attach(alice, f"bad/{name}", src, **kw).upload_id
             for name, (src, kw, _) in cases.items()
@@ -187,7 +186,7 @@ def test_size_over_the_limit_is_compensated(settings, projector, tmp_path):
     make_file(path, 6 * MiB)
     w = ThreadedWorker(small)
     try:
-        with Client(small, actor="alice") as alice:
+        with connect(small, actor="alice") as alice:
             view = wait_terminal(alice, _attach(alice, "limit/a", str(path)).upload_id)
             assert (view.state, view.reason) == ("compensated", "size_limit")
     finally:
@@ -197,7 +196,7 @@ def test_size_over_the_limit_is_compensated(settings, projector, tmp_path):
 def test_two_workers_share_the_load(settings, projector, tmp_path):
     workers = [ThreadedWorker(settings), ThreadedWorker(settings)]
     try:
-        with Client(settings, actor="alice") as alice:
+        with connect(settings, actor="alice") as alice:
             ids = []
             for i in range(12):
                 path = tmp_path / f"f{i}.bin"
@@ -216,22 +215,18 @@ def test_deadline_passed_before_start_and_reaper(settings, projector, tmp_path):
     quick = settings.with_(upload_deadline_seconds=1)
     path = tmp_path / "f.bin"
     make_file(path, MiB)
-    with Client(quick, actor="alice") as alice:
+    with connect(quick, actor="alice") as alice:
         # the reaper compensates a pending upload past its deadline (no worker running)
         reaped = _attach(alice, "dl/reaped", str(path))
         time.sleep(1.5)
-        publisher = Publisher(quick)
-        s3 = make_s3_client(quick)
-        stale = s3.create_multipart_upload(Bucket=quick.s3_bucket, Key="blobs/sha256/ab/stale")[
-            "UploadId"
-        ]
+        reaper = bootstrap.reaper(quick)
+        stale = reaper.s3.create_multipart_upload(
+            Bucket=quick.s3_bucket, Key="blobs/sha256/ab/stale"
+        )["UploadId"]
         try:
-            with connect(quick, autocommit=True) as conn:
-                report = Reaper(quick, conn=conn, s3=s3, publisher=publisher).run_once(
-                    multipart_older_than=0
-                )
+            report = reaper.run_once(multipart_older_than=0)
         finally:
-            publisher.close()
+            reaper.close()
         assert report.compensated >= 1 and report.aborted_multipart >= 1
         view = wait_terminal(alice, reaped.upload_id, timeout=30)
         assert (view.state, view.reason) == ("compensated", "timeout")
@@ -256,7 +251,7 @@ def test_s3_outage_retries_while_metadata_keeps_its_latency(settings, projector,
     sha = make_file(path, 20 * MiB)
     w = ThreadedWorker(via_proxy, transfer_attempts=30, max_backoff=2.0)
     try:
-        with Client(settings, actor="alice") as alice:
+        with connect(settings, actor="alice") as alice:
 
             def metadata_latency() -> float:
                 samples = []
@@ -290,7 +285,7 @@ def test_s3_outage_retries_while_metadata_keeps_its_latency(settings, projector,
 def test_put_cli_follows_the_upload_to_completion(settings, worker, tmp_path, capsys):
     path = tmp_path / "cli.bin"
     sha = make_file(path, 60 * MiB)
-    with Client(settings, actor="alice") as alice:
+    with connect(settings, actor="alice") as alice:
         alice.create("cli/a")
     assert worker.worker.assigned.wait(60)
     code = blob_cli.put_main(["cli/a", str(path), "--actor", "alice"], settings=settings)

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from blobledger import connect
 from blobledger.infra.s3 import make_s3_client
-from blobledger.producers.client import Client
 
 from .blob_support import MiB, make_file, open_multipart_uploads, wait_terminal
 from .support import Proc, wait_for
@@ -51,7 +51,7 @@ def test_worker_killed_mid_upload_resumes_on_redelivery(settings, projector, tmp
     sha = make_file(path, 300 * MiB)
     first = Proc(s, ["worker"], str(tmp_path / "worker1.log"))
     try:
-        with Client(s, actor="alice") as alice:
+        with connect(s, actor="alice") as alice:
             alice.create("resume/a")
             r = alice.attach_blob("resume/a", str(path))
             wait_for(lambda: _parts_done(s) >= 4, timeout=120, interval=0.05, what="parts uploaded")
@@ -86,9 +86,7 @@ def test_killed_worker_and_a_permanent_failure_leave_no_open_upload_after_the_re
 ):
     """If nobody redelivers (the command was compensated meanwhile), the reaper aborts the
     abandoned multipart upload."""
-    from blobledger.blob_worker.reaper import Reaper
-    from blobledger.infra.postgres import connect
-    from blobledger.producers.publisher import Publisher
+    from blobledger.infra import bootstrap
 
     deadline_s = 10
     s = settings.with_(
@@ -104,7 +102,7 @@ def test_killed_worker_and_a_permanent_failure_leave_no_open_upload_after_the_re
         # the short deadline runs from the attach: only attach once the worker is ready,
         # or a slow group join on a loaded machine eats it before any part is sent
         wait_for(lambda: _assigned(tmp_path / "worker.log"), timeout=60, what="worker assigned")
-        with Client(s, actor="alice") as alice:
+        with connect(s, actor="alice") as alice:
             alice.create("resume/b")
             attached_at = time.monotonic()
             r = alice.attach_blob("resume/b", str(path))
@@ -118,14 +116,11 @@ def test_killed_worker_and_a_permanent_failure_leave_no_open_upload_after_the_re
             time.sleep(
                 max(0.0, attached_at + deadline_s + 0.5 - time.monotonic())
             )  # past the deadline
-            publisher = Publisher(s)
+            reaper = bootstrap.reaper(s)
             try:
-                with connect(s, autocommit=True) as conn:
-                    report = Reaper(
-                        s, conn=conn, s3=make_s3_client(s), publisher=publisher
-                    ).run_once(multipart_older_than=0)
+                report = reaper.run_once(multipart_older_than=0)
             finally:
-                publisher.close()
+                reaper.close()
             assert report.compensated == 1 and report.aborted_multipart == 1
             view = wait_terminal(alice, r.upload_id, timeout=30)
             assert (view.state, view.reason) == ("compensated", "timeout")

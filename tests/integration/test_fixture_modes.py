@@ -18,7 +18,6 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from blobledger.schemas.errors import StackError
 from blobledger.infra.kafka import make_consumer, make_producer
 from blobledger.infra.settings import Settings
 from blobledger.infra.stack.seaweed import s3_client
@@ -32,6 +31,7 @@ from blobledger.infra.testing.docker_stack import (
     engine_host,
     no_engine_reason,
 )
+from blobledger.schemas.errors import StackError
 
 pytestmark = pytest.mark.integration
 

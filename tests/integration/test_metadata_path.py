@@ -10,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from blobledger.schemas.errors import ConflictError
-from blobledger.producers.client import Client
-from blobledger.projectors.dlq import list_dead_letters, retry_dead_letters
+from blobledger import connect
+from blobledger.infra.dlq import list_dead_letters, retry_dead_letters
 from blobledger.projectors.lag import projection_lag, wait_caught_up
 from blobledger.projectors.replay import ensure_database, replay
+from blobledger.schemas.errors import ConflictError
 from blobledger.schemas.events import (
     Envelope,
     MetadataUpdated,
@@ -58,7 +58,7 @@ def workload(n_objects: int, n_updates: int, seed: int = 1) -> list:
 
 
 def test_read_your_writes_and_queries(settings, projector):
-    with Client(settings, actor="alice") as alice:
+    with connect(settings, actor="alice") as alice:
         r = alice.create("docs/readme.md", {"title": "Hi"}, tags=["doc"])
         assert r.outcome.accepted and r.version == 1
         assert alice.get("docs/readme.md").metadata == {"title": "Hi"}  # visible immediately
@@ -66,11 +66,11 @@ def test_read_your_writes_and_queries(settings, projector):
         assert r2.version == 2 and alice.get("docs/readme.md").metadata["title"] == "Hello"
         for i in range(5):
             alice.create(f"docs/page{i}", tags=["page"], wait=(i == 4))
-        page1 = alice.list(prefix="docs/page", limit=3)
-        page2 = alice.list(prefix="docs/page", limit=3, cursor=page1.next_cursor)
+        page1 = alice.list_objects(prefix="docs/page", limit=3)
+        page2 = alice.list_objects(prefix="docs/page", limit=3, cursor=page1.next_cursor)
         assert [o.key for o in page1.items + page2.items] == [f"docs/page{i}" for i in range(5)]
         assert page2.next_cursor is None
-        assert {o.key for o in alice.list(tag="doc").items} == {"docs/readme.md"}
+        assert {o.key for o in alice.list_objects(tag="doc").items} == {"docs/readme.md"}
         assert [h.version for h in alice.history("docs/readme.md")] == [1, 2]
         assert alice.as_of("docs/readme.md", version=1).snapshot.metadata == {"title": "Hi"}
         assert (
@@ -80,12 +80,12 @@ def test_read_your_writes_and_queries(settings, projector):
             == 1
         )
         assert len(alice.audit()) == 7
-    with Client(settings, actor="mallory") as mallory:
-        assert mallory.list(prefix="docs/").items == []  # filtered by read permission
+    with connect(settings, actor="mallory") as mallory:
+        assert mallory.list_objects(prefix="docs/").items == []  # filtered by read permission
 
 
 def test_racing_writers_exactly_one_wins(settings, projector):
-    with Client(settings, actor="alice") as c:
+    with connect(settings, actor="alice") as c:
         c.create("race/obj")
 
         def attempt(i: int) -> str:
@@ -168,7 +168,7 @@ def test_poison_messages_go_to_dlq_and_projector_continues(settings, projector):
     producer.flush(10)
     publish_all(settings, [codec_valid])
     wait_caught_up(settings, timeout=60)
-    with Client(settings, actor="alice") as c:
+    with connect(settings, actor="alice") as c:
         assert c.get("ok/after").key == "ok/after"  # applied after the poison
     letters = list_dead_letters(settings)
     assert len(letters) == 3
@@ -190,7 +190,7 @@ def test_replay_swaps_while_live_and_recover_after_drop(settings, projector):
     before = digests(settings)
     report = replay(settings, verify=True, progress=False)
     assert report.verified and report.swapped and report.events == 1800
-    with Client(settings, actor="alice") as c:  # the live projector keeps folding after the swap
+    with connect(settings, actor="alice") as c:  # the live projector keeps folding after the swap
         c.create("after/swap")
         assert c.get("after/swap").version == 1
     wait_caught_up(settings)

@@ -23,12 +23,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from blobledger import connect
 from blobledger.blob_worker.transfer import content_key
+from blobledger.infra.dlq import list_dead_letters
 from blobledger.infra.s3 import head, make_s3_client
 from blobledger.infra.settings import Settings
 from blobledger.infra.testing import RunningStack
 from blobledger.producers.client import Client
-from blobledger.projectors.dlq import list_dead_letters
 
 from .blob_support import MiB, ThreadedWorker, open_multipart_uploads, wait_terminal
 from .support import ThreadedProjector, wait_for
@@ -172,7 +173,7 @@ def test_blob_store_outage_mid_upload_metadata_keeps_its_latency(embedded, setti
     probe = ProgressProbe(w)
     published = 0
     try:
-        with Client(s, actor="alice") as alice:
+        with connect(s, actor="alice") as alice:
             alice.create("outage/meta")
             alice.create("outage/blob")
             published += 2
@@ -234,7 +235,7 @@ def test_blob_store_outage_mid_upload_metadata_keeps_its_latency(embedded, setti
 
 # --- (b) Postgres goes away -----------------------------------------------------------------
 def test_postgres_outage_publishes_succeed_and_the_projector_resumes(embedded, settings, projector):
-    with Client(settings, actor="alice") as alice:
+    with connect(settings, actor="alice") as alice:
         for i in range(5):
             alice.create(f"pg/before-{i}")  # folded: the projector runs
         published = 5
@@ -290,7 +291,7 @@ def _broker_outage_mid_upload(
     w = ThreadedWorker(s, transfer_attempts=4, max_backoff=2.0, unpolled_seconds=0.0)
     probe = ProgressProbe(w)
     try:
-        with Client(s, actor="alice") as alice:
+        with connect(s, actor="alice") as alice:
             alice.create("broker/obj")
             assert w.worker.assigned.wait(60)
             up = alice.attach_blob("broker/obj", origin.url, declared_sha256=origin.sha256)
@@ -359,7 +360,7 @@ def test_broker_outage_mid_upload_the_upload_and_the_projector_resume(
 
 # --- gaps these tests found (fixed); they keep them fixed ------------------------------------
 def test_a_postgres_outage_dead_letters_nothing(embedded, settings, projector):
-    with Client(settings, actor="alice") as alice:
+    with connect(settings, actor="alice") as alice:
         alice.create("dlq/first")
         with outage(embedded, "postgres"):
             for i in range(20):
@@ -372,7 +373,7 @@ def test_a_postgres_outage_dead_letters_nothing(embedded, settings, projector):
 
 
 def test_a_postgres_outage_does_not_stop_updates_being_published(embedded, settings, projector):
-    with Client(settings, actor="alice") as alice:
+    with connect(settings, actor="alice") as alice:
         alice.create("pg-upd/obj")
         alice._conn = None  # a fresh client: no connection opened before the outage either
         with outage(embedded, "postgres"):

@@ -8,8 +8,8 @@ import secrets
 
 import pytest
 
-from blobledger.producers.client import Client
-from blobledger.projectors.dlq import list_dead_letters
+from blobledger import connect
+from blobledger.infra.dlq import list_dead_letters
 from blobledger.projectors.lag import projection_lag, wait_caught_up
 from blobledger.projectors.replay import replay
 from blobledger.schemas.codec import default_codec
@@ -64,7 +64,7 @@ def test_poison_records_are_dead_lettered_and_later_events_applied(settings):
     try:
         wait_caught_up(settings, timeout=120)
         assert projection_lag(settings) == 0
-        with Client(settings, actor="alice") as c:
+        with connect(settings, actor="alice") as c:
             a = c.get("p/a")
             assert a.version == 2 and a.metadata == {
                 "n": 1
@@ -105,7 +105,7 @@ def test_records_postgres_refuses_are_bisected_out(settings):
             settings, [MetadataUpdated(_env("p/000", expected_version=1), patch_json='{"n":1}')]
         )
         wait_caught_up(settings, timeout=120)
-        with Client(settings, actor="alice") as c:
+        with connect(settings, actor="alice") as c:
             assert c.get("p/000").metadata == {"n": 1}
             assert c.get("p/299").version == 1
         with psycopg.connect(settings.dsn) as conn:
@@ -140,7 +140,7 @@ def test_projector_survives_invalid_ids_from_an_older_client(settings):
     p = ThreadedProjector(settings)
     try:
         wait_caught_up(settings, timeout=120)
-        with Client(settings, actor="alice") as c:
+        with connect(settings, actor="alice") as c:
             assert c.get("p/after").version == 1
         assert [d.error_code for d in list_dead_letters(settings)] == ["codec"]
     finally:

@@ -2,8 +2,8 @@
 
 import pytest
 
+from blobledger import connect
 from blobledger.infra.testing.services import ThreadedProjector, ThreadedWorker
-from blobledger.producers.client import Client
 
 pytestmark = pytest.mark.integration
 
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 def test_attach_is_committed(settings, tmp_path):
     blob = tmp_path / "b.bin"
     blob.write_bytes(b"hello")
-    with ThreadedProjector(settings), ThreadedWorker(settings), Client(settings, actor="me") as c:
+    with ThreadedProjector(settings), ThreadedWorker(settings), connect(settings, actor="me") as c:
         created = c.create("docs/hello.txt", {"lang": "en"})
         up = c.attach_blob("docs/hello.txt", str(blob), expected_version=created.version)
         assert c.wait_upload(up.upload_id, timeout=60).state == "stored"

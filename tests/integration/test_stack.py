@@ -20,12 +20,12 @@ import psycopg
 import pytest
 from confluent_kafka import TopicPartition
 
-from blobledger.schemas.errors import StackError
 from blobledger.infra.kafka import make_consumer, make_producer
 from blobledger.infra.settings import Settings
 from blobledger.infra.stack.launcher import Stack
 from blobledger.infra.testing.embedded import embedded_settings, private_dir
 from blobledger.infra.topics import ensure_topics
+from blobledger.schemas.errors import StackError
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,6 @@ import json
 import pytest
 from fastavro import parse_schema
 
-from blobledger.schemas.errors import CodecError, TruncatedMessageError, UnknownSchemaError
 from blobledger.schemas.codec import (
     AVRO_DIR,
     HEADER_LEN,
@@ -16,6 +15,7 @@ from blobledger.schemas.codec import (
     _inline,
     _load_json,
 )
+from blobledger.schemas.errors import CodecError, TruncatedMessageError, UnknownSchemaError
 from blobledger.schemas.events import (
     EVENT_TYPES,
     AclChanged,

@@ -2,10 +2,8 @@
 
 import random
 
-
-from blobledger.schemas.lifecycle import UploadState
 from blobledger.projectors.applier import BatchStats, Record, fold_records
-from blobledger.projectors.fold import merge_patch, may
+from blobledger.projectors.fold import merge_patch
 from blobledger.projectors.readmodel import BatchWrite
 from blobledger.schemas.events import (
     AclChanged,
@@ -20,6 +18,8 @@ from blobledger.schemas.events import (
     UploadRequested,
     new_id,
 )
+from blobledger.schemas.lifecycle import UploadState
+from blobledger.schemas.permissions import may
 
 OID = new_id()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from blobledger.schemas.lifecycle import Transition, UploadState, on_completion, on_compensation
+from blobledger.schemas.lifecycle import Transition, UploadState, on_compensation, on_completion
 
 P, S, C, O = UploadState.PENDING, UploadState.STORED, UploadState.COMPENSATED, UploadState.ORPHANED
 

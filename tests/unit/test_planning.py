@@ -6,10 +6,10 @@ import pytest
 
 from blobledger.blob_worker.failures import UploadFailure
 from blobledger.blob_worker.planning import (
-    MiB,
     S3_MAX_PART_SIZE,
     S3_MAX_PARTS,
     S3_MIN_PART_SIZE,
+    MiB,
     iter_parts,
     plan_parts,
 )

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from blobledger.schemas.errors import CodecError, PermanentError, TransientError
 from blobledger.projectors import applier
 from blobledger.projectors.applier import Record, apply_isolating, is_poison
 from blobledger.schemas.codec import Codec
+from blobledger.schemas.errors import CodecError, PermanentError, TransientError
 from blobledger.schemas.events import (
     AclChanged,
     BlobAttached,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-from blobledger.schemas.errors import CircuitOpenError, PermanentError, TransientError
 from blobledger.infra.retry import BreakerState, CircuitBreaker, retrying
 from blobledger.infra.s3 import S3ChecksumMismatch, S3NotFound, translate
+from blobledger.schemas.errors import CircuitOpenError, PermanentError, TransientError
 from tests.unit.fake_s3 import client_error
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from blobledger.schemas.errors import ConfigurationError
 from blobledger.infra.settings import Settings
+from blobledger.schemas.errors import ConfigurationError
 
 
 def test_defaults_point_at_the_embedded_stack() -> None:

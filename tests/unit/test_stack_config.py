@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from blobledger.schemas.errors import ConfigurationError, StackError
 from blobledger.infra.ports import ephemeral_range, free_ports
 from blobledger.infra.settings import Settings
 from blobledger.infra.stack.launcher import Stack
@@ -18,6 +17,7 @@ from blobledger.infra.stack.seaweed import (
     stack_ports,
 )
 from blobledger.infra.stack.tansu import TansuKafka
+from blobledger.schemas.errors import ConfigurationError, StackError
 
 
 def test_grpc_ports_stay_in_range() -> None:

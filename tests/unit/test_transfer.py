@@ -15,8 +15,8 @@ from blobledger.blob_worker import transfer as tr
 from blobledger.blob_worker.failures import UploadFailure
 from blobledger.blob_worker.hashcache import HashCache
 from blobledger.blob_worker.transfer import Transfer, TransferOptions, UploadSpec, content_key
-from blobledger.schemas.errors import PermanentError, TransientError
 from blobledger.infra.retry import CircuitBreaker
+from blobledger.schemas.errors import PermanentError, TransientError
 from tests.unit.fake_s3 import FakeS3, client_error
 
 MiB = 1024 * 1024

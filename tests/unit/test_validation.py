@@ -2,8 +2,8 @@
 
 import pytest
 
-from blobledger.schemas.errors import ValidationError
 from blobledger.producers import validation as v
+from blobledger.schemas.errors import ValidationError
 
 
 @pytest.mark.parametrize("key", ["a", "docs/readme.md", "x/y/z.bin", "ünïcode/ключ"])

@@ -17,8 +17,8 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from blobledger.schemas.errors import NotFoundError, PermanentError, TransientError, ValidationError
 from blobledger.infra.s3 import S3NotFound, translate
+from blobledger.schemas.errors import NotFoundError, PermanentError, TransientError, ValidationError
 
 log = structlog.get_logger(__name__)
 

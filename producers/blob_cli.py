@@ -16,16 +16,18 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
 
-from blobledger.blob_worker.reader import ByteRange, open_object_blob, presigned_get_url
-from blobledger.blob_worker.runner import progress_topic
-from blobledger.schemas.errors import NotFoundError, TimeoutExpired
 from blobledger.infra.kafka import make_consumer
 from blobledger.infra.s3 import make_s3_client
 from blobledger.infra.settings import Settings
+from blobledger.producers.reader import ByteRange, open_object_blob, presigned_get_url
+from blobledger.schemas.errors import NotFoundError, TimeoutExpired
+
+if TYPE_CHECKING:
+    from blobledger.producers.client import Client
 
 TERMINAL = ("stored", "compensated", "orphaned")
 
@@ -40,10 +42,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _client(settings: Settings, args: argparse.Namespace) -> Any:
-    from blobledger.producers.client import Client  # lazy: the client pulls Kafka and Postgres
+def _client(settings: Settings, args: argparse.Namespace) -> Client:
+    from blobledger.infra import bootstrap  # lazy: the client pulls Kafka and Postgres
 
-    return Client(settings, actor=args.actor, tenant=args.tenant)
+    return bootstrap.client(settings, actor=args.actor, tenant=args.tenant)
 
 
 # --- put -------------------------------------------------------------------------------
@@ -51,7 +53,7 @@ class ProgressFollower:
     """Reads upload progress from the progress topic, starting at its current end."""
 
     def __init__(self, settings: Settings) -> None:
-        self.topic = progress_topic(settings)
+        self.topic = settings.progress_topic
         self.consumer = make_consumer(
             settings,
             f"{settings.topic_prefix}.put-{uuid.uuid4()}",

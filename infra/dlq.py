@@ -11,13 +11,12 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
-from collections.abc import Iterator
 
 from confluent_kafka import Message, Producer, TopicPartition
 
-from blobledger.schemas.errors import BlobledgerError, TransientError
 from blobledger.infra.kafka import (
     end_offsets,
     header_value,
@@ -26,6 +25,7 @@ from blobledger.infra.kafka import (
     translate,
 )
 from blobledger.infra.settings import Settings
+from blobledger.schemas.errors import BlobledgerError, TransientError
 
 
 @dataclass(frozen=True)

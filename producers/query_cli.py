@@ -7,9 +7,9 @@ import json
 import os
 from datetime import datetime
 
-from blobledger.schemas.errors import ValidationError
 from blobledger.infra.settings import Settings
-from blobledger.producers.client import Client
+from blobledger.infra import bootstrap
+from blobledger.schemas.errors import ValidationError
 
 
 def _when(text: str) -> datetime:
@@ -50,7 +50,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
     args = parser().parse_args(argv)
-    with Client(settings or Settings.from_env(), actor=args.actor, tenant=args.tenant) as client:
+    with bootstrap.client(
+        settings or Settings.from_env(), actor=args.actor, tenant=args.tenant
+    ) as client:
         if args.verb == "get":
             if args.version is not None or args.at is not None:
                 entry = client.as_of(args.object, version=args.version, at=args.at)
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
                 data = client.get(args.object).to_json()
             print(json.dumps(data, indent=None if args.json else 2, default=str))
         elif args.verb == "list":
-            page = client.list(
+            page = client.list_objects(
                 prefix=args.prefix, tag=args.tag, cursor=args.cursor, limit=args.limit
             )
             if args.json:

@@ -8,26 +8,15 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from blobledger.schemas.errors import TimeoutExpired, TransientError
 from blobledger.infra.kafka import headers_for, make_producer, translate
 from blobledger.infra.settings import Settings
 from blobledger.schemas.codec import Codec, default_codec
+from blobledger.schemas.errors import TimeoutExpired, TransientError
 from blobledger.schemas.events import Event
-
-
-@dataclass(frozen=True)
-class Receipt:
-    """Where a published event sits in the log; the key to wait for its outcome."""
-
-    event_id: str
-    object_id: str
-    topic: str
-    partition: int
-    offset: int
+from blobledger.schemas.receipts import Receipt
 
 
 class Publisher:

@@ -1,0 +1,121 @@
+"""The composition root: settings -> adapters -> Client, Projector, Worker, Reaper.
+
+The one module that knows which adapter implements which port. Everything it builds
+receives its collaborators through the constructor, so a test builds the same objects
+over in-memory twins (:mod:`blobledger.infra.memory`) instead. Domain packages never
+import this module, except their command-line entry points (listed as such in the
+import contracts, ``.importlinter``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+from blobledger.infra.settings import Settings
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from blobledger.blob_worker.hashcache import HashCache
+    from blobledger.blob_worker.reaper import Reaper
+    from blobledger.blob_worker.runner import Worker
+    from blobledger.producers.client import Client
+
+
+def client(settings: Settings | None = None, *, actor: str, tenant: str | None = None) -> Client:
+    """A :class:`~blobledger.producers.client.Client` on the configured log, read model and
+    blob store. Nothing connects until it is used: a publish opens only the producer, a
+    query only the Postgres connection, a blob read only the S3 client."""
+    from blobledger.infra.postgres import connect
+    from blobledger.infra.publisher import Publisher
+    from blobledger.infra.s3 import make_s3_client
+    from blobledger.producers.client import Client
+    from blobledger.projectors.queries import Queries
+    from blobledger.projectors.waiter import OutcomeWaiter
+
+    s = settings or Settings.from_env()
+    return Client(
+        s,
+        actor=actor,
+        tenant=tenant,
+        publisher=Publisher(s),
+        outcomes=OutcomeWaiter(s),
+        queries=Queries(
+            functools.partial(connect, s, autocommit=True),
+            s.read_model_schema,
+            tenant or s.tenant,
+        ),
+        blob_store=functools.partial(make_s3_client, s),
+    )
+
+
+def projector_connection(settings: Settings) -> psycopg.Connection:
+    """A read-model writer's connection (commits need not wait for the WAL flush unless
+    the settings say so: a lost tail is re-folded from the log)."""
+    from blobledger.infra.postgres import connect
+
+    return connect(settings, synchronous_commit=settings.projector_synchronous_commit)
+
+
+def worker(
+    settings: Settings,
+    *,
+    hash_cache: HashCache | None = None,
+    local_files: str = "hash_first",
+    **kwargs: Any,
+) -> Worker:
+    """A blob :class:`~blobledger.blob_worker.runner.Worker` on the configured broker and S3.
+    ``local_files``: see ``TransferOptions.local_files`` (hash_first keeps "a stored hash
+    costs 0 bytes" for every path; stream is one pass, P3)."""
+    from blobledger.blob_worker.hashcache import HashCache
+    from blobledger.blob_worker.promotion import promoter_for
+    from blobledger.blob_worker.runner import Worker
+    from blobledger.blob_worker.transfer import Transfer, TransferOptions
+    from blobledger.infra.kafka import make_consumer, make_producer
+    from blobledger.infra.publisher import Publisher
+    from blobledger.infra.retry import CircuitBreaker
+    from blobledger.infra.s3 import make_s3_client
+
+    s3 = make_s3_client(settings)
+    transfer = Transfer(
+        s3,
+        TransferOptions.from_settings(settings, local_files=local_files),
+        breaker=CircuitBreaker("s3", failure_threshold=5, reset_timeout=5.0),
+        hash_cache=hash_cache
+        if hash_cache is not None
+        else HashCache(settings.data_dir / "worker-hash-cache.sqlite"),
+    )
+    transfer.promoter = promoter_for(settings, transfer)
+    consumer = make_consumer(
+        settings,
+        settings.worker_group,
+        # we poll while a transfer runs, but a slow broker ack must not evict us
+        **{"max.poll.interval.ms": 600000},
+    )
+    return Worker(
+        settings,
+        consumer=consumer,
+        publisher=Publisher(settings, producer=make_producer(settings)),
+        transfer=transfer,
+        **kwargs,
+    )
+
+
+def reaper(settings: Settings) -> Reaper:
+    """A :class:`~blobledger.blob_worker.reaper.Reaper` on the configured read model (an
+    autocommit connection per pass), S3 and broker."""
+    from blobledger.blob_worker.reaper import Reaper
+    from blobledger.infra.postgres import connect
+    from blobledger.infra.publisher import Publisher
+    from blobledger.infra.s3 import make_s3_client
+
+    return Reaper(
+        settings,
+        connect=functools.partial(connect, settings, autocommit=True),
+        s3=make_s3_client(settings),
+        publisher=Publisher(settings),
+    )
+
+
+__all__ = ["client", "projector_connection", "reaper", "worker"]
