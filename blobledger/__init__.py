@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from blobledger.producers.client import Client, Result
     from blobledger.schemas.errors import (
         AuthorizationError,
+        BlobIntegrityError,
         BlobledgerError,
         CircuitOpenError,
         CodecError,
@@ -37,12 +38,14 @@ if TYPE_CHECKING:
         StackError,
         TimeoutExpired,
         TransientError,
+        TruncatedMessageError,
         UnknownSchemaError,
         ValidationError,
     )
 
 _ERRORS = (
     "AuthorizationError",
+    "BlobIntegrityError",
     "BlobledgerError",
     "CircuitOpenError",
     "CodecError",
@@ -56,6 +59,7 @@ _ERRORS = (
     "StackError",
     "TimeoutExpired",
     "TransientError",
+    "TruncatedMessageError",
     "UnknownSchemaError",
     "ValidationError",
 )
@@ -67,7 +71,30 @@ _WHERE = {
     **{name: ("blobledger.schemas.errors", name) for name in _ERRORS},
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "AuthorizationError",
+    "BlobIntegrityError",
+    "BlobledgerError",
+    "CircuitOpenError",
+    "Client",
+    "CodecError",
+    "ConfigurationError",
+    "ConflictError",
+    "DomainError",
+    "InfrastructureError",
+    "NotFoundError",
+    "PermanentError",
+    "RejectedError",
+    "Result",
+    "Settings",
+    "StackError",
+    "TimeoutExpired",
+    "TransientError",
+    "TruncatedMessageError",
+    "UnknownSchemaError",
+    "ValidationError",
+    "connect",
+]
 
 
 def __getattr__(name: str) -> Any:

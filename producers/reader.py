@@ -18,17 +18,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from blobledger.infra.s3 import S3NotFound, translate
-from blobledger.schemas.errors import NotFoundError, PermanentError, TransientError, ValidationError
+from blobledger.schemas.errors import (
+    BlobIntegrityError,
+    NotFoundError,
+    TransientError,
+    ValidationError,
+)
 
 log = structlog.get_logger(__name__)
 
 CHUNK = 1024 * 1024
-
-
-class BlobIntegrityError(PermanentError):
-    """The bytes read do not hash to the blob's recorded SHA-256."""
-
-    code = "checksum_mismatch"
 
 
 @dataclass(frozen=True, slots=True)

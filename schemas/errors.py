@@ -113,3 +113,9 @@ class CircuitOpenError(TransientError):
     """A dependency failed too often; calls are refused until the breaker half-opens."""
 
     code = "circuit_open"
+
+
+class BlobIntegrityError(PermanentError):
+    """The bytes read do not hash to the blob's recorded SHA-256."""
+
+    code = "checksum_mismatch"

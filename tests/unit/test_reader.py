@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from blobledger.producers.reader import BlobIntegrityError, ByteRange, open_blob
+from blobledger.producers.reader import ByteRange, open_blob
+from blobledger.schemas.errors import BlobIntegrityError
 from blobledger.schemas.errors import NotFoundError, ValidationError
 from tests.unit.fake_s3 import FakeS3
 
