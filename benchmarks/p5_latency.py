@@ -94,7 +94,7 @@ class Ours:
         self.acks: list[float] = []
 
     def window(self, rate: float, seconds: float, *, record: bool = True) -> None:
-        pub, waiter = self.client.publisher, self.client.waiter
+        pub, waiter = self.client.publisher, self.client.outcomes
         errors: list[str] = []
         done = threading.Semaphore(0)
         cmds = _commands(int(rate * seconds), uuid.uuid4().hex[:6])

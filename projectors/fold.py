@@ -40,6 +40,8 @@ from blobledger.schemas.lifecycle import UploadState, on_compensation, on_comple
 from blobledger.schemas.permissions import OWNER_PERMISSIONS, PERMISSIONS, SYSTEM_PREFIX, may
 
 
+# States are immutable by convention (see schemas/events.py on why not ``frozen=True``):
+# every handler returns a new state (``_bump``) and never assigns to the one it was given.
 @dataclass(slots=True, unsafe_hash=True)
 class BlobRef:
     sha256: str

@@ -72,6 +72,11 @@ class Envelope:
         )
 
 
+# Events (and the fold's states) are immutable by convention, not ``frozen=True``: a frozen
+# dataclass sets every field through ``object.__setattr__``, and on the decode + fold hot
+# path (P1) that cost more than the 5% the architecture allows (measured side by side with
+# a decode + fold loop over the benchmark workload). Nothing assigns to a field after
+# construction; tests/unit/test_fold_immutability.py holds the fold to that.
 @dataclass(slots=True, unsafe_hash=True)
 class Event:
     """Base of everything that travels on a topic. ``envelope`` is always the first field."""
