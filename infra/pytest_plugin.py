@@ -4,14 +4,16 @@
 temp dir on free ports), ``docker`` (testcontainers, ``infra.testing.docker_stack``),
 ``external`` (endpoints from ``BLOBLEDGER_*``), or ``auto`` (the default): tests marked
 ``container`` run on a Docker-API engine (skipped, with the reason, when none answers)
-and all others on the embedded stack. Each stack is started once per session. ``BLOBLEDGER_TEST_BROKER_STORAGE`` (s3|memory, default s3)
-sets the embedded broker's log storage. Registered as the ``blobledger`` pytest11 plugin.
+and all others on the embedded stack. Each stack is started once per session.
+``BLOBLEDGER_TEST_BROKER_STORAGE`` (s3|memory, default s3) sets the embedded broker's log
+storage. These test-only variables are :class:`infra.testing.settings.TestSettings`; the
+stacks' services get :class:`infra.settings.Settings`. Registered as the ``blobledger``
+pytest11 plugin.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -20,6 +22,7 @@ import structlog
 
 from blobledger.infra.settings import Settings
 from blobledger.infra.testing import RunningStack, ServiceName
+from blobledger.infra.testing.settings import TestSettings
 from blobledger.schemas.errors import StackError
 
 log = structlog.get_logger(__name__)
@@ -42,8 +45,8 @@ class ExternalStack:
         pytest.skip(f"external stack: cannot start {service}")
 
 
-def requested_mode(base: Settings) -> str:
-    mode = (os.environ.get("BLOBLEDGER_TEST_STACK") or base.test_stack or "auto").lower()
+def requested_mode(test: TestSettings) -> str:
+    mode = (test.test_stack or "auto").lower()
     if mode not in ("auto", "docker", "embedded", "external"):
         raise pytest.UsageError(
             f"BLOBLEDGER_TEST_STACK={mode!r}: use auto, docker, embedded or external"
@@ -64,9 +67,10 @@ class StackPool:
     A docker stack that cannot start is remembered, so every test that needs it reports
     the same reason instead of retrying for minutes."""
 
-    def __init__(self, exits: contextlib.ExitStack, base: Settings) -> None:
+    def __init__(self, exits: contextlib.ExitStack, base: Settings, test: TestSettings) -> None:
         self.exits = exits
         self.base = base
+        self.test = test
         self.running: dict[str, RunningStack] = {}
         self.failed: dict[str, str] = {}
 
@@ -87,12 +91,12 @@ class StackPool:
         if mode == "external":
             return contextlib.nullcontext(ExternalStack(self.base))
         if mode == "docker":
-            from blobledger.infra.testing.docker_stack import docker_stack
+            from blobledger.infra.testing.docker_stack import DockerStackConfig, docker_stack
 
-            return docker_stack(self.base)
+            return docker_stack(self.base, DockerStackConfig.from_settings(self.test))
         from blobledger.infra.testing.embedded import embedded_stack
 
-        storage = self.base.test_broker_storage
+        storage = self.test.test_broker_storage
         # a private dir outside pytest's tmp tree (see infra.testing.embedded.private_dir)
         return embedded_stack(self.base, broker_storage=storage)
 
@@ -101,14 +105,14 @@ class StackPool:
 def blobledger_stacks() -> Iterator[StackPool]:
     """The stacks this session started, per mode; all stopped when the session ends."""
     with contextlib.ExitStack() as exits:
-        yield StackPool(exits, Settings.from_env())
+        yield StackPool(exits, Settings.from_env(), TestSettings.from_env())
 
 
 @pytest.fixture
 def stack(request: pytest.FixtureRequest, blobledger_stacks: StackPool) -> RunningStack:
     """The services for this test (see the module docstring for how the mode is chosen).
     Without a reachable Docker-API engine, docker-mode tests SKIP and say why."""
-    requested = requested_mode(blobledger_stacks.base)
+    requested = requested_mode(blobledger_stacks.test)
     mode = mode_for(
         requested, container_marked=request.node.get_closest_marker("container") is not None
     )

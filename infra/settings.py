@@ -3,6 +3,9 @@
 Every endpoint that is left unset falls back to the embedded stack, so the same code
 runs on the laptop stack and on Apache Kafka / managed Postgres / AWS S3 by setting
 variables alone. Tests build settings from a plain dict instead of the process env.
+What only the test fixtures use (stack mode, Docker images) is the testing package's
+``infra.testing.settings.TestSettings``, read by :func:`load_settings` from the same
+variables and file.
 """
 
 from __future__ import annotations
@@ -10,14 +13,19 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from blobledger.schemas.errors import ConfigurationError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 PREFIX = "BLOBLEDGER_"
+
+_S = TypeVar("_S", bound="DataclassInstance")
 
 
 @dataclass(frozen=True)
@@ -91,20 +99,6 @@ class Settings:
     worker_group: str = "blobledger-blob-worker"
     consumer_session_timeout_ms: int = 6000
 
-    # --- test fixtures -------------------------------------------------------------------
-    #: auto | docker | embedded | external  (auto: tests marked ``container`` on Docker)
-    test_stack: str = "auto"
-    #: broker log storage of stacks started for tests: s3 | memory
-    test_broker_storage: str = "s3"
-    #: images of the Docker-mode stack (what a Docker user expects by default); this
-    #: machine's CI points them at locally built ones (infra/containers/engine.sh --env)
-    docker_kafka_image: str = "apache/kafka:3.9.0"
-    docker_postgres_image: str = "postgres:16"
-    docker_s3_image: str = "chrislusf/seaweedfs:4.48"
-    #: apache (KRaft env config) | tansu; empty = guessed from the Kafka image name
-    docker_broker_flavor: str = ""
-    docker_ready_timeout: float = 120.0
-
     # ------------------------------------------------------------------------------------
     @property
     def events_topic(self) -> str:
@@ -174,26 +168,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``BLOBLEDGER_*`` keys; ``BLOBLEDGER_CONFIG`` names a TOML file
         whose keys (same names, lower case, no prefix) are read first and overridden by env."""
-        env = os.environ if env is None else env
-        raw: dict[str, Any] = {}
-        config_file = env.get(PREFIX + "CONFIG")
-        if config_file:
-            try:
-                raw.update(tomllib.loads(Path(config_file).read_text()))
-            except (OSError, tomllib.TOMLDecodeError) as e:
-                raise ConfigurationError(
-                    f"cannot read settings file {config_file}: {e}; fix or unset BLOBLEDGER_CONFIG"
-                ) from e
-        known = {f.name: f for f in fields(cls)}
-        for key, value in env.items():
-            if key.startswith(PREFIX) and key != PREFIX + "CONFIG":
-                name = key[len(PREFIX) :].lower()
-                if name in known:
-                    raw[name] = value
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            raise ConfigurationError(f"unknown settings {unknown}; known: {sorted(known)}")
-        return cls(**{name: _coerce(name, known[name].type, value) for name, value in raw.items()})
+        return load_settings(cls, env, shared_keys=_testing_keys)
 
     def to_env(self) -> dict[str, str]:
         """The ``BLOBLEDGER_*`` variables that reproduce these settings in a child process."""
@@ -215,6 +190,53 @@ class Settings:
             )
         out["s3_secret_key"] = "***"
         return out
+
+
+def load_settings(
+    cls: type[_S],
+    env: Mapping[str, str] | None = None,
+    *,
+    shared_keys: Callable[[], Collection[str]] = frozenset,
+) -> _S:
+    """Build the frozen dataclass ``cls`` from ``BLOBLEDGER_<FIELD>`` keys of ``env`` (default
+    the process env) over the TOML file named by ``BLOBLEDGER_CONFIG``.
+
+    Env keys ``cls`` does not know are ignored (they belong to someone else), but a file key
+    is checked, so a typo fails loudly. Several settings objects read the one file
+    (``Settings`` and the testing package's), so ``shared_keys`` returns the keys the others
+    own; it is called only when the file holds a key ``cls`` does not know."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    config_file = env.get(PREFIX + "CONFIG")
+    if config_file:
+        try:
+            raw.update(tomllib.loads(Path(config_file).read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigurationError(
+                f"cannot read settings file {config_file}: {e}; fix or unset BLOBLEDGER_CONFIG"
+            ) from e
+    known = {f.name: f for f in fields(cls)}
+    if set(raw) - set(known):
+        others = set(shared_keys())
+        raw = {name: value for name, value in raw.items() if name in known or name not in others}
+    for key, value in env.items():
+        if key.startswith(PREFIX) and key != PREFIX + "CONFIG":
+            name = key[len(PREFIX) :].lower()
+            if name in known:
+                raw[name] = value
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigurationError(f"unknown settings {unknown}; known: {sorted(known)}")
+    return cls(**{name: _coerce(name, known[name].type, value) for name, value in raw.items()})
+
+
+def _testing_keys() -> frozenset[str]:
+    """File keys of the testing package's settings (stack mode, Docker images): not typos.
+    Imported only when the file has keys Settings does not know, so the product never
+    loads the testing package otherwise."""
+    from blobledger.infra.testing.settings import TestSettings
+
+    return frozenset(f.name for f in fields(TestSettings))
 
 
 _BOOLS = {

@@ -2,7 +2,8 @@
 
 ``embedded.py`` runs a private embedded stack on free ports, ``external`` wraps settings
 from the environment, and ``docker_stack.py`` (testcontainers) starts the same services as
-containers. All three satisfy :class:`RunningStack`.
+containers. All three satisfy :class:`RunningStack`. ``settings.py`` holds what only the
+fixtures read (stack mode, broker storage of test stacks, Docker images).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Why: blobledger's users run testcontainers suites against whatever Docker-API engine they
 have, with public images. Our CI has no registry and no Docker, so the same code takes the
 images that ``infra/containers/engine.sh`` builds locally and talks to podman's Docker API.
-Images and broker flavor are settings (``infra.settings.Settings``), read from:
+Images and broker flavor are test settings (``infra.testing.settings.TestSettings``), read from:
 
   BLOBLEDGER_DOCKER_KAFKA_IMAGE     default apache/kafka:3.9.0 (KRaft, single node)
   BLOBLEDGER_DOCKER_BROKER_FLAVOR   apache | tansu  (default: tansu if the image name says so)
@@ -39,6 +39,7 @@ import structlog
 from blobledger.infra.ports import free_ports
 from blobledger.infra.settings import Settings
 from blobledger.infra.testing import ServiceName
+from blobledger.infra.testing.settings import TestSettings
 from blobledger.schemas.errors import StackError
 
 if TYPE_CHECKING:
@@ -201,8 +202,8 @@ class DockerStackConfig:
     commands: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> DockerStackConfig:
-        """Images, flavor and timeouts from settings (``BLOBLEDGER_DOCKER_*`` variables)."""
+    def from_settings(cls, settings: TestSettings) -> DockerStackConfig:
+        """Images, flavor and timeouts from test settings (``BLOBLEDGER_DOCKER_*`` variables)."""
         kafka_image = settings.docker_kafka_image
         flavor = (
             settings.docker_broker_flavor
@@ -628,9 +629,10 @@ def docker_stack(
 ) -> Iterator[DockerRunningStack]:
     """Start Postgres, S3 and Kafka containers, wait until each really serves, yield a
     :class:`DockerRunningStack`; remove everything on exit, also when startup or a test
-    failed. A container that fails readiness raises :class:`StackError` naming its image."""
+    failed. A container that fails readiness raises :class:`StackError` naming its image.
+    Without ``config``, images and flavor come from ``BLOBLEDGER_DOCKER_*`` variables."""
     engine = configure_testcontainers()
-    config = config or DockerStackConfig.from_settings(settings)
+    config = config or DockerStackConfig.from_settings(TestSettings.from_env())
     kw = engine.client_kw
     with contextlib.suppress(Exception):
         reap_orphans(kw)

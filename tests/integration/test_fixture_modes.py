@@ -31,6 +31,7 @@ from blobledger.infra.testing.docker_stack import (
     engine_host,
     no_engine_reason,
 )
+from blobledger.infra.testing.settings import TestSettings
 from blobledger.schemas.errors import StackError
 
 pytestmark = pytest.mark.integration
@@ -50,16 +51,15 @@ def _require_engine() -> None:
 )
 def stack(request: pytest.FixtureRequest) -> Iterator[RunningStack]:
     """A private stack of the requested mode for this module (overrides the plugin's)."""
-    base = Settings.from_env()
+    base, test = Settings.from_env(), TestSettings.from_env()
     if request.param == "docker":
         _require_engine()
-        with docker_stack(base) as running:
+        with docker_stack(base, DockerStackConfig.from_settings(test)) as running:
             yield running
     else:
         from blobledger.infra.testing.embedded import embedded_stack
 
-        storage = base.test_broker_storage
-        with embedded_stack(base, broker_storage=storage) as running:
+        with embedded_stack(base, broker_storage=test.test_broker_storage) as running:
             yield running
 
 
@@ -149,7 +149,7 @@ def test_a_restarted_broker_keeps_its_log(stack: RunningStack, settings: Setting
     stack.stop("kafka")
     stack.start("kafka")
     consumer = make_consumer(settings, f"after-restart-{uuid.uuid4().hex[:8]}")
-    got: list[bytes] = []
+    got: list[bytes | None] = []
     try:
         consumer.subscribe([settings.events_topic])
         deadline = time.monotonic() + 60
@@ -204,7 +204,7 @@ def test_teardown_leaves_no_container_even_when_the_test_fails() -> None:
 def test_a_container_that_exits_during_startup_names_its_image() -> None:
     _require_engine()
     base = Settings.from_env()
-    config = DockerStackConfig.from_settings(base).with_(
+    config = DockerStackConfig.from_settings(TestSettings.from_env()).with_(
         commands={"postgres": ["postgres", "--no-such-option=1"]}, ready_timeout=60
     )
     mine = {LABEL: "", LABEL_PID: str(os.getpid())}
@@ -223,7 +223,7 @@ def test_a_container_that_exits_during_startup_names_its_image() -> None:
 def test_a_container_that_never_answers_times_out_naming_its_image() -> None:
     _require_engine()
     base = Settings.from_env()
-    config = DockerStackConfig.from_settings(base).with_(
+    config = DockerStackConfig.from_settings(TestSettings.from_env()).with_(
         commands={"postgres": ["sleep", "600"]}, ready_timeout=4
     )
     mine = {LABEL: "", LABEL_PID: str(os.getpid())}

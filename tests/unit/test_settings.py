@@ -1,4 +1,5 @@
-"""Settings: env parsing, the TOML file, clear errors, and endpoint resolution."""
+"""Settings: env parsing, the TOML file, clear errors, and endpoint resolution; the test
+fixtures' own settings (TestSettings) read the same variables and file."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from blobledger.infra.settings import Settings
+from blobledger.infra.testing.settings import TestSettings
 from blobledger.schemas.errors import ConfigurationError
 
 
@@ -170,3 +172,55 @@ def test_boolean_settings_take_the_usual_spellings_and_refuse_others() -> None:
         )
     with pytest.raises(ConfigurationError, match="PROJECTOR_SYNCHRONOUS_COMMIT"):
         Settings.from_env({"BLOBLEDGER_PROJECTOR_SYNCHRONOUS_COMMIT": "maybe"})
+
+
+# --- the test fixtures' settings -----------------------------------------------------------
+TEST_ENV = {
+    "BLOBLEDGER_TEST_STACK": "docker",
+    "BLOBLEDGER_TEST_BROKER_STORAGE": "memory",
+    "BLOBLEDGER_DOCKER_KAFKA_IMAGE": "localhost/tansu:dev",
+    "BLOBLEDGER_DOCKER_POSTGRES_IMAGE": "localhost/pg:15",
+    "BLOBLEDGER_DOCKER_S3_IMAGE": "minio/minio",
+    "BLOBLEDGER_DOCKER_BROKER_FLAVOR": "tansu",
+    "BLOBLEDGER_DOCKER_READY_TIMEOUT": "30",
+}
+
+
+def test_test_and_docker_fields_are_not_product_settings() -> None:
+    product = set(Settings().describe())
+    assert not any(name.startswith(("test_", "docker_")) for name in product)
+    assert not any(key.startswith(tuple(TEST_ENV)) for key in Settings().to_env())
+    assert Settings.from_env(TEST_ENV) == Settings()  # the product ignores them
+
+
+def test_test_settings_keep_their_variable_names_and_defaults() -> None:
+    assert TestSettings.from_env({}) == TestSettings()
+    assert TestSettings().test_stack == "auto" and TestSettings().test_broker_storage == "s3"
+    t = TestSettings.from_env({**TEST_ENV, "BLOBLEDGER_PARTITIONS": "3"})
+    assert (t.test_stack, t.test_broker_storage) == ("docker", "memory")
+    assert (t.docker_kafka_image, t.docker_postgres_image, t.docker_s3_image) == (
+        "localhost/tansu:dev",
+        "localhost/pg:15",
+        "minio/minio",
+    )
+    assert t.docker_broker_flavor == "tansu"
+    assert t.docker_ready_timeout == 30.0 and isinstance(t.docker_ready_timeout, float)
+    with pytest.raises(ConfigurationError, match="BLOBLEDGER_DOCKER_READY_TIMEOUT"):
+        TestSettings.from_env({"BLOBLEDGER_DOCKER_READY_TIMEOUT": "soon"})
+
+
+def test_one_settings_file_serves_product_and_test_settings(tmp_path: Path) -> None:
+    cfg = tmp_path / "blobledger.toml"
+    cfg.write_text('partitions = 3\ntest_stack = "embedded"\ndocker_ready_timeout = 5\n')
+    env = {"BLOBLEDGER_CONFIG": str(cfg), "BLOBLEDGER_TEST_STACK": "external"}
+    assert Settings.from_env(env).partitions == 3
+    t = TestSettings.from_env(env)
+    assert (t.test_stack, t.docker_ready_timeout) == ("external", 5.0)  # env wins over the file
+
+
+def test_a_typo_in_the_file_is_an_error_for_both_settings(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('partitions = 3\ntest_stak = "docker"\n')
+    for cls in (Settings, TestSettings):
+        with pytest.raises(ConfigurationError, match="test_stak"):
+            cls.from_env({"BLOBLEDGER_CONFIG": str(cfg)})

@@ -17,6 +17,8 @@ from blobledger.infra.stack.seaweed import (
     stack_ports,
 )
 from blobledger.infra.stack.tansu import TansuKafka
+from blobledger.infra.testing.docker_stack import DockerStackConfig
+from blobledger.infra.testing.settings import TestSettings
 from blobledger.schemas.errors import ConfigurationError, StackError
 
 
@@ -140,3 +142,37 @@ def test_free_ports_stay_below_the_ephemeral_range_and_clear_of_avoided_ones() -
         every = set(ports) | {grpc_port(p) for p in ports[:8]}
         assert all(p < low for p in every), every
         assert not every & avoid
+
+
+def test_docker_stack_config_comes_from_the_test_settings() -> None:
+    default = DockerStackConfig.from_settings(TestSettings())
+    assert (default.kafka_image, default.broker_flavor, default.broker_storage) == (
+        "apache/kafka:3.9.0",
+        "apache",
+        "s3",
+    )
+    assert default.ready_timeout == 120.0
+    tansu = TestSettings(docker_kafka_image="localhost/Tansu:dev", test_broker_storage="memory")
+    config = DockerStackConfig.from_settings(tansu)
+    assert (config.broker_flavor, config.broker_storage, config.tansu_on_s3) == (
+        "tansu",
+        "memory",
+        False,
+    )
+    with pytest.raises(StackError, match="BLOBLEDGER_DOCKER_BROKER_FLAVOR"):
+        DockerStackConfig.from_settings(TestSettings(docker_broker_flavor="redpanda"))
+    with pytest.raises(StackError, match="broker storage"):
+        DockerStackConfig.from_settings(TestSettings(test_broker_storage="disk"))
+
+
+def test_the_test_stack_mode_is_checked_and_auto_splits_on_the_container_mark() -> None:
+    from blobledger.infra.pytest_plugin import mode_for, requested_mode
+
+    assert requested_mode(TestSettings()) == "auto"
+    assert requested_mode(TestSettings(test_stack="Docker")) == "docker"
+    assert requested_mode(TestSettings(test_stack="")) == "auto"
+    with pytest.raises(pytest.UsageError, match="BLOBLEDGER_TEST_STACK"):
+        requested_mode(TestSettings(test_stack="kubernetes"))
+    assert mode_for("auto", container_marked=True) == "docker"
+    assert mode_for("auto", container_marked=False) == "embedded"
+    assert mode_for("external", container_marked=True) == "external"
