@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from blobledger.blob_worker.failures import UploadFailure
 from blobledger.schemas.errors import ConfigurationError
@@ -23,8 +24,9 @@ S3_MAX_PART_SIZE = 5 * 1024 * MiB
 S3_MAX_PARTS = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class Part:
+class Part(NamedTuple):
+    """A NamedTuple, so it also reads as s3transfer's ``(number, offset, length)``."""
+
     number: int  # 1-based, as S3 numbers parts
     offset: int
     length: int  # exact for a known size; the most to read for an unknown one
@@ -108,12 +110,9 @@ def plan_parts(size: int | None, *, min_part_size: int, max_blob_size: int) -> P
     return PartPlan(None, base, lo)
 
 
-def iter_parts(
-    size: int | None, *, min_part_size: int, max_blob_size: int
-) -> Iterator[tuple[int, int, int]]:
-    """``(part_number, offset, length)`` tuples: the s3transfer-style generator form."""
-    for p in plan_parts(size, min_part_size=min_part_size, max_blob_size=max_blob_size).parts():
-        yield p.number, p.offset, p.length
+def iter_parts(size: int | None, *, min_part_size: int, max_blob_size: int) -> Iterator[Part]:
+    """The parts of the plan for ``size``: the s3transfer-style generator form."""
+    yield from plan_parts(size, min_part_size=min_part_size, max_blob_size=max_blob_size).parts()
 
 
 def _capacity(base: int, growth_every: int) -> int:

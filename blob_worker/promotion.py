@@ -10,19 +10,67 @@ MinIO, a filer that refuses).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 import structlog
 import urllib3
 
-from blobledger.blob_worker.transfer import Promoter
+from blobledger.blob_worker.planning import MiB, plan_parts
+from blobledger.blob_worker.s3calls import S3Calls
+from blobledger.blob_worker.transfer_types import Promoter
 from blobledger.infra.settings import Settings
+
+if TYPE_CHECKING:
+    from blobledger.blob_worker.transfer import Transfer
 
 log = structlog.get_logger(__name__)
 
 #: where SeaweedFS's S3 gateway keeps buckets in the filer namespace (its default)
 BUCKETS_FOLDER = "/buckets"
+S3_MAX_COPY_SIZE = 5 * 1024**3
+
+
+class ServerSideCopy:
+    """Promotion by CopyObject (<= 5 GiB) or UploadPartCopy: portable; on AWS the bytes
+    never leave S3. On SeaweedFS it rewrites the data (~140 MB/s), which is why local files
+    (the common case) avoid staging altogether."""
+
+    def __init__(self, calls: S3Calls, *, max_blob_size: int) -> None:
+        self._calls = calls
+        self._max_blob_size = max_blob_size
+
+    def promote(self, bucket: str, src: str, dst: str, size: int) -> None:
+        calls = self._calls
+        source = {"Bucket": bucket, "Key": src}
+        if size <= S3_MAX_COPY_SIZE:
+            calls.call("copy_object", Bucket=bucket, Key=dst, CopySource=source)
+            return
+        plan = plan_parts(size, min_part_size=512 * MiB, max_blob_size=self._max_blob_size)
+        mpu = calls.call("create_multipart_upload", Bucket=bucket, Key=dst)["UploadId"]
+        try:  # aborted on any failure from the moment it exists
+            parts = []
+            for p in plan.parts():
+                r = calls.call(
+                    "upload_part_copy",
+                    Bucket=bucket,
+                    Key=dst,
+                    UploadId=mpu,
+                    PartNumber=p.number,
+                    CopySource=source,
+                    CopySourceRange=f"bytes={p.offset}-{p.offset + p.length - 1}",
+                )
+                parts.append({"PartNumber": p.number, "ETag": r["CopyPartResult"]["ETag"]})
+            calls.call(
+                "complete_multipart_upload",
+                Bucket=bucket,
+                Key=dst,
+                UploadId=mpu,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            calls.abort(dst, mpu)
+            raise
 
 
 class SeaweedFilerRename:
@@ -46,9 +94,6 @@ class SeaweedFilerRename:
         if not resp.headers.get("Server", "").startswith("SeaweedFS"):
             return None
         return cls(url, pool=pool)
-
-    def is_compatible(self) -> bool:
-        return True
 
     def rename(self, bucket: str, src: str, dst: str) -> bool:
         """True when the filer moved ``src`` to ``dst``."""
@@ -80,10 +125,8 @@ class RenameOrCopy:
         self._copy.promote(bucket, src, dst, size)
 
 
-def promoter_for(settings: Settings, transfer: Any) -> Promoter:
-    """The best promotion strategy for ``settings``' S3 (``transfer`` does the copying)."""
-    from blobledger.blob_worker.transfer import ServerSideCopy
-
-    copy = ServerSideCopy(transfer)
+def promoter_for(settings: Settings, transfer: Transfer) -> Promoter:
+    """The best promotion strategy for ``settings``' S3 (``transfer``'s S3 calls copy)."""
+    copy = ServerSideCopy(transfer.calls, max_blob_size=transfer.opts.max_blob_size)
     rename = SeaweedFilerRename.detect(settings)
     return RenameOrCopy(rename, copy) if rename is not None else copy

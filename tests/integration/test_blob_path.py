@@ -13,7 +13,7 @@ import pytest
 import urllib3
 
 from blobledger import connect
-from blobledger.blob_worker import cli as blob_cli
+from blobledger.producers import blob_cli
 from blobledger.infra import bootstrap
 from blobledger.infra.s3 import make_s3_client
 from blobledger.producers.client import Client

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from blobledger.blob_worker.failures import UploadFailure
@@ -10,6 +12,7 @@ from blobledger.blob_worker.planning import (
     S3_MAX_PARTS,
     S3_MIN_PART_SIZE,
     MiB,
+    Part,
     iter_parts,
     plan_parts,
 )
@@ -19,9 +22,7 @@ TiB = 1024**4
 LIMIT = 5 * TiB
 
 
-def _check_tiles(
-    size: int, min_part: int = 16 * MiB, limit: int = LIMIT
-) -> list[tuple[int, int, int]]:
+def _check_tiles(size: int, min_part: int = 16 * MiB, limit: int = LIMIT) -> list[Part]:
     parts = list(iter_parts(size, min_part_size=min_part, max_blob_size=limit))
     assert [n for n, _, _ in parts] == list(range(1, len(parts) + 1))
     assert len(parts) <= S3_MAX_PARTS
@@ -78,8 +79,8 @@ def test_unknown_size_starts_small_and_still_fits_the_limit() -> None:
     parts = list(plan.parts())
     assert len(parts) == S3_MAX_PARTS
     assert parts[0].length == 16 * MiB
-    assert all(a.offset + a.length == b.offset for a, b in zip(parts, parts[1:]))
-    assert all(a.length <= b.length <= S3_MAX_PART_SIZE for a, b in zip(parts, parts[1:]))
+    assert all(a.offset + a.length == b.offset for a, b in pairwise(parts))
+    assert all(a.length <= b.length <= S3_MAX_PART_SIZE for a, b in pairwise(parts))
     assert sum(p.length for p in parts) >= LIMIT
     # the largest period that fits: one part fewer per doubling would not
     assert (

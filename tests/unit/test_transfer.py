@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from blobledger.blob_worker import s3calls, strategies
 from blobledger.blob_worker import transfer as tr
 from blobledger.blob_worker.failures import UploadFailure
 from blobledger.blob_worker.hashcache import HashCache
@@ -27,9 +28,11 @@ OPTS = TransferOptions(
 
 @pytest.fixture(autouse=True)
 def _fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = tr.retrying
+    real = s3calls.retrying
     monkeypatch.setattr(
-        tr, "retrying", lambda attempts, **kw: real(attempts, initial=0.001, max_wait=0.01, **kw)
+        s3calls,
+        "retrying",
+        lambda attempts, **kw: real(attempts, initial=0.001, max_wait=0.01, **kw),
     )
 
 
@@ -225,14 +228,15 @@ def test_file_changed_between_hash_and_upload_is_a_checksum_mismatch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path, _ = _file(tmp_path, 11 * MiB)
-    real = tr._Job.scan_file
+    real = strategies.hash_file
 
-    def hash_then_modify(self: Any, src: Any, plan: Any, **kw: Any) -> Any:
-        yield from real(self, src, plan, **kw)
+    def hash_then_modify(*args: Any, **kw: Any) -> Any:
+        digest = real(*args, **kw)
         with open(path, "r+b") as f:
             f.write(b"tampered")
+        return digest
 
-    monkeypatch.setattr(tr._Job, "scan_file", hash_then_modify)
+    monkeypatch.setattr(strategies, "hash_file", hash_then_modify)
     s3 = FakeS3()
     with pytest.raises(UploadFailure) as e:
         _transfer(s3).run(UploadSpec("u1", str(path)))
@@ -354,7 +358,7 @@ def test_promotion_falls_back_to_copy_when_the_rename_is_refused(
     s3 = FakeS3()
     t = _transfer(s3)
     refusing = SeaweedFilerRename("http://127.0.0.1:9")  # nothing listens there
-    t.promoter = RenameOrCopy(refusing, ServerSideCopy(t))
+    t.promoter = RenameOrCopy(refusing, ServerSideCopy(t.calls, max_blob_size=t.opts.max_blob_size))
     r = t.run(UploadSpec("u1", "http://fake/blob"))
     assert s3.objects == {r.key: data} and "copy_object" in s3.calls
 
