@@ -38,9 +38,11 @@ from psycopg import sql
 from blobledger.benchmarks.common import BenchContext, fill_events, result
 from blobledger.infra.kafka import end_offsets, make_consumer
 from blobledger.infra.settings import Settings
-from blobledger.projectors import readmodel as rm
+from blobledger.projectors import copytext as rm
 from blobledger.projectors.applier import BatchStats, Record, fold_records
-from blobledger.projectors.replay import deal_partitions
+from blobledger.projectors.migrate import migrate
+from blobledger.projectors.parallel_fold import deal_partitions
+from blobledger.projectors.rows import BatchWrite
 from blobledger.schemas.codec import default_codec
 
 ABS_TARGET = 20_000.0
@@ -65,7 +67,7 @@ def precompute(values: list[bytes], batch: int) -> dict[str, tuple[str, str, str
     seen: set[str] = set()
     out: dict[str, tuple[str, str, str, str, str, str]] = {}
     for i in range(0, len(values), batch):
-        w, st = rm.BatchWrite(), BatchStats()
+        w, st = BatchWrite(), BatchStats()
         evs = [codec.decode(v) for v in values[i : i + batch]]
         fold_records(
             [Record("t", 0, i + j, e) for j, e in enumerate(evs)], objects, uploads, seen, w, st
@@ -231,7 +233,7 @@ def floor(
     schema = settings.read_model_schema + "_floor"
     with psycopg.connect(settings.dsn, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-        rm.migrate(admin, schema)
+        migrate(admin, schema)
         for raw, src in (
             ("objects_raw", "objects"),
             ("uploads_raw", "uploads"),

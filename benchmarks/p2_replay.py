@@ -16,7 +16,7 @@ TARGET_RATE = 20_000.0
 
 
 def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
-    from blobledger.projectors.replay import replay
+    from blobledger.projectors.rebuild import replay
 
     s = ctx.fresh("p2")
     n = args.replay_events

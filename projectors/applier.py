@@ -1,8 +1,10 @@
 """Fold a batch of decoded log records into one read-model transaction.
 
 Shared by the live projector and replay, so both produce identical tables. The batch is
-folded in memory against the states it touches (loaded in two queries), then written
-with COPY together with the new checkpoints; see :mod:`projectors.readmodel`.
+folded in memory against the states it touches (loaded in one round trip), then written
+together with the new checkpoints. Only the read model's port (projectors/ports.py) is used
+here: Postgres (projectors/readmodel.py) and the in-memory twin (projectors/memory.py) fold
+the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass, field, replace
 import psycopg
 
 from blobledger.projectors.fold import ObjectState, Upload, apply
-from blobledger.projectors.readmodel import BatchWrite, ReadModel
+from blobledger.projectors.ports import ReadModelPort
+from blobledger.projectors.rows import BatchWrite, OutcomeRow
 from blobledger.schemas.errors import InfrastructureError, PermanentError
 from blobledger.schemas.events import BlobAttached, BlobStored, BlobUploadFailed, Event
 
@@ -47,7 +50,7 @@ def _upload_id(event: Event) -> str | None:
 
 
 def apply_batch(
-    model: ReadModel,
+    model: ReadModelPort,
     topic: str,
     records: Sequence[Record],
     positions: dict[int, int] | None = None,
@@ -120,7 +123,7 @@ def fold_records(
         result = apply(state, event, uploads)
         out = result.outcome
         write.outcomes.append(
-            (
+            OutcomeRow(
                 env.event_id,
                 env.object_id,
                 event.event_type,
@@ -178,10 +181,8 @@ def is_poison(exc: BaseException) -> bool:
         if isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)):
             return False  # the connection went away (no SQLSTATE): not the record's fault
         e = e.__cause__
-    if isinstance(exc, (InfrastructureError, MemoryError)) or not isinstance(exc, Exception):
-        return False
     # a Python error raised while folding or formatting a record (deep JSON, overflow...)
-    return True
+    return isinstance(exc, Exception) and not isinstance(exc, (InfrastructureError, MemoryError))
 
 
 class UnstorableRecord(PermanentError):
@@ -198,11 +199,11 @@ def _root(exc: BaseException) -> BaseException:
 
 #: called with a record that cannot be written and why; must make it durable (DLQ) before
 #: returning, since the checkpoint then moves past the record
-DeadLetter = Callable[[Record, BaseException], None]
+DeadLetter = Callable[[Record, Exception], None]
 
 
 def apply_isolating(
-    model: ReadModel,
+    model: ReadModelPort,
     topic: str,
     records: Sequence[Record],
     positions: dict[int, int] | None,
@@ -223,7 +224,7 @@ def apply_isolating(
 
 
 def _apply_part(
-    model: ReadModel,
+    model: ReadModelPort,
     topic: str,
     records: list[Record],
     positions: dict[int, int] | None,
@@ -235,7 +236,7 @@ def _apply_part(
     if not records:
         return
     try:
-        with model.conn.transaction():
+        with model.transaction():
             stats = apply_batch(
                 model, topic, records, None if positions is None else dict(positions)
             )

@@ -1,101 +1,44 @@
-"""The Postgres read model: migrations, loading fold states, and writing a folded batch.
+"""The Postgres read model: loading fold states and writing a folded batch.
 
 One :class:`ReadModel` wraps one connection and one schema. ``write`` puts the view rows
 and the tracking records (checkpoints) in the caller's transaction, so a crash anywhere
 loses nothing and applies nothing twice. Rows go in with COPY (append-only tables) or
 COPY into a temp table + one upsert (mutable tables): a handful of round trips per batch.
+Line formatting lives in projectors/copytext.py, schema migrations in projectors/migrate.py;
+the in-memory twin of this class is projectors/memory.py (both implement projectors/ports.py).
 """
 
 from __future__ import annotations
 
-import json
-import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from importlib import resources
+from contextlib import AbstractContextManager
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from blobledger.infra.postgres import translated
+from blobledger.projectors.copytext import (
+    ACL_COLUMNS,
+    OBJECT_COLUMNS,
+    OBJECT_COPY_COLUMNS,
+    OUTCOME_COLUMNS,
+    UPLOAD_COLUMNS,
+    UPLOAD_COPY_COLUMNS,
+    VERSION_COLUMNS,
+    TextCache,
+    acl_line,
+    loads,
+    object_line,
+    outcome_line,
+    upload_line,
+    version_line,
+)
 from blobledger.projectors.fold import BlobRef, ObjectState, Upload
+from blobledger.projectors.rows import BatchWrite, BlobRow, blob_rows, merge_blob_rows
 from blobledger.schemas.events import us_to_datetime
 from blobledger.schemas.lifecycle import UploadState
-
-MIGRATIONS_PACKAGE = "blobledger.projectors.migrations"
-
-OBJECT_COLUMNS = (
-    "object_id",
-    "tenant",
-    "key",
-    "version",
-    "metadata",
-    "tags",
-    "content_type",
-    "deleted",
-    "acl",
-    "blob_sha256",
-    "blob_size",
-    "blob_key",
-    "blob_upload_id",
-    "pending_upload_id",
-    "created_at",
-    "updated_at",
-)
-VERSION_COLUMNS = (
-    "object_id",
-    "version",
-    "event_id",
-    "event_type",
-    "actor",
-    "occurred_at",
-    "correlation_id",
-    "key",
-    "metadata",
-    "tags",
-    "content_type",
-    "deleted",
-    "acl",
-    "blob_sha256",
-    "blob_size",
-    "blob_key",
-    "blob_upload_id",
-    "pending_upload_id",
-)
-OUTCOME_COLUMNS = (
-    "event_id",
-    "object_id",
-    "event_type",
-    "tenant",
-    "actor",
-    "status",
-    "reason",
-    "version",
-    "correlation_id",
-    "occurred_at",
-    "log_partition",
-    "log_offset",
-)
-UPLOAD_COLUMNS = (
-    "upload_id",
-    "object_id",
-    "state",
-    "source",
-    "requested_version",
-    "requested_at",
-    "deadline",
-    "declared_sha256",
-    "declared_size",
-    "sha256",
-    "size",
-    "key",
-    "dedup",
-    "reason",
-    "finished_at",
-)
 
 
 def notify_channel(schema: str) -> str:
@@ -110,279 +53,23 @@ def lock_key(schema: str) -> int:
     return zlib.crc32(f"blobledger:{schema}".encode()) & 0x7FFFFFFF
 
 
-# --- migrations -------------------------------------------------------------------------------
-def migration_files() -> list[tuple[int, str, str]]:
-    out = []
-    for entry in resources.files(MIGRATIONS_PACKAGE).iterdir():
-        if entry.name.endswith(".sql"):
-            number = int(entry.name.split("_", 1)[0])
-            out.append((number, entry.name, entry.read_text()))
-    return sorted(out)
-
-
-def migrate(conn: psycopg.Connection, schema: str) -> list[str]:
-    """Create ``schema`` and apply the numbered migrations it lacks; returns the applied
-    names. Serialized by an advisory lock so concurrent projectors don't race."""
-    applied: list[str] = []
-    ident = sql.Identifier(schema)
-    with translated(), conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(schema) ^ 0x5A5A,))
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {}.schema_migrations "
-                "(number integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-            ).format(ident)
-        )
-        done = {
-            row[0]
-            for row in conn.execute(
-                sql.SQL("SELECT number FROM {}.schema_migrations").format(ident)
-            )
-        }
-        for number, name, text in migration_files():
-            if number in done:
-                continue
-            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
-            conn.execute(text.encode())
-            conn.execute(
-                sql.SQL("INSERT INTO {}.schema_migrations (number, name) VALUES (%s, %s)").format(
-                    ident
-                ),
-                (number, name),
-            )
-            applied.append(name)
-    return applied
-
-
-# --- row conversion ---------------------------------------------------------------------------
-# Rows are formatted here as COPY text lines (tab-separated, ``\\N`` for NULL) and written
-# one buffer per table: psycopg's per-value ``write_row`` dumpers cost more than the fold.
-def _e(s: str) -> str:
-    """Escape a string for COPY text format (backslash, tab, newline, carriage return)."""
-    if "\\" in s or "\t" in s or "\n" in s or "\r" in s:
-        return (
-            s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-        )
-    return s
-
-
-def _en(s: str | None) -> str:
-    return "\\N" if s is None else _e(s)
-
-
-def _in(i: int | None) -> str:
-    return "\\N" if i is None else str(i)
-
-
-def _b(v: bool) -> str:
-    return "t" if v else "f"
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_SECONDS: dict[int, str] = {}
-
-
-def _ts(us: int) -> str:
-    """A timestamptz literal for microseconds since the epoch (exact; per-second cache)."""
-    sec, frac = divmod(us, 1_000_000)
-    base = _SECONDS.get(sec)
-    if base is None:
-        if not 0 <= sec < 253402300800:  # outside 1970..9999: let datetime format (or refuse)
-            return (_EPOCH + timedelta(microseconds=us)).isoformat()
-        if len(_SECONDS) > 100_000:
-            _SECONDS.clear()
-        base = _SECONDS[sec] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sec))
-    return f"{base}.{frac:06d}+00"
-
-
-def _tsn(us: int | None) -> str:
-    return "\\N" if us is None else _ts(us)
-
-
-def _array_item(t: str) -> str:
-    return '"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-class TextCache:
-    """COPY-ready text of values shared between rows (metadata, ACL, tags), computed once
-    per distinct value object rather than once per row. Keyed by identity: the fold never
-    mutates a value, it makes a new one, so an unchanged object keeps its text. Holding the
-    value keeps its id from being reused while the cache lives (one batch)."""
-
-    __slots__ = ("_m", "_states")
-
-    def __init__(self) -> None:
-        self._m: dict[int, tuple[Any, str]] = {}
-        self._states: dict[int, tuple[Any, str]] = {}
-
-    def put(self, value: Any, text: str) -> None:
-        self._m[id(value)] = (value, text)
-
-    def metadata(self, m: Mapping[str, Any]) -> str:
-        hit = self._m.get(id(m))
-        if hit is not None and hit[0] is m:
-            return hit[1]
-        text = _e(_dumps(m))
-        self._m[id(m)] = (m, text)
-        return text
-
-    def acl(self, acl: Mapping[str, frozenset[str]]) -> str:
-        hit = self._m.get(id(acl))
-        if hit is not None and hit[0] is acl:
-            return hit[1]
-        text = _e(_acl_json(acl))
-        self._m[id(acl)] = (acl, text)
-        return text
-
-    def tags(self, tags: Sequence[str]) -> str:
-        hit = self._m.get(id(tags))
-        if hit is not None and hit[0] is tags:
-            return hit[1]
-        joined = '","'.join(tags)
-        if "\\" in joined or '"' in joined:
-            text = _e("{" + ",".join(map(_array_item, tags)) + "}")
-        else:
-            text = _e('{"' + joined + '"}') if tags else "{}"
-        self._m[id(tags)] = (tags, text)
-        return text
-
-
-def _json_dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
-
-
-try:  # ~10x faster than the json module; measured: JSON text was ~30% of the apply CPU
-    import orjson
-
-    def _dumps(value: Any) -> str:
-        try:
-            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-        except TypeError:  # integers beyond 64 bits, lone surrogates: the json module copes
-            return _json_dumps(value)
-
-    def _loads(text: str) -> Any:
-        try:
-            return orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return json.loads(text)
-except ImportError:  # pragma: no cover - orjson is a dependency; keep working without it
-    _dumps = _json_dumps
-    _loads = json.loads
-
-
-def _acl_json(acl: Mapping[str, frozenset[str]]) -> str:
-    return _dumps({p: sorted(perms) for p, perms in sorted(acl.items())})
-
-
-def _state_text(s: ObjectState, texts: TextCache) -> str:
-    """The columns an object row and a version snapshot share, from ``key`` on (cached:
-    a batch's last version snapshot of an object is also its object row)."""
-    hit = texts._states.get(id(s))
-    if hit is not None and hit[0] is s:
-        return hit[1]
-    text = _state_text_uncached(s, texts)
-    texts._states[id(s)] = (s, text)
-    return text
-
-
-def _state_text_uncached(s: ObjectState, texts: TextCache) -> str:
-    # ids are canonical UUID text (the decoder refuses anything else): nothing to escape
-    b = s.blob
-    blob = (
-        f"{_e(b.sha256)}\t{b.size}\t{_e(b.key)}\t{b.upload_id}"
-        if b is not None
-        else "\\N\t\\N\t\\N\t\\N"
-    )
-    pending = s.pending_upload_id or "\\N"
-    return (
-        f"{_e(s.key)}\t{texts.metadata(s.metadata)}\t{texts.tags(s.tags)}\t{_en(s.content_type)}\t"
-        f"{'t' if s.deleted else 'f'}\t{texts.acl(s.acl)}\t{blob}\t{pending}"
-    )
-
-
-def object_line(s: ObjectState, texts: TextCache) -> str:
-    """OBJECT_COLUMNS as a COPY text line."""
-    return (
-        f"{s.object_id}\t{_e(s.tenant)}\t{s.version}\t{_ts(s.created_at)}\t{_ts(s.updated_at)}\t"
-        f"{_state_text(s, texts)}\n"
-    )
-
-
-def version_line(row: tuple[Any, ...], texts: TextCache) -> str:
-    """VERSION_COLUMNS as a COPY text line, from ``BatchWrite.versions`` entries."""
-    object_id, version, event_id, event_type, actor, occurred_at, correlation_id, s = row
-    return (
-        f"{object_id}\t{version}\t{event_id}\t{event_type}\t{_e(actor)}\t"
-        f"{_ts(occurred_at)}\t{_e(correlation_id)}\t{_state_text(s, texts)}\n"
-    )
-
-
-def outcome_line(r: tuple[Any, ...]) -> str:
-    """OUTCOME_COLUMNS as a COPY text line, from ``BatchWrite.outcomes`` entries."""
-    (
-        event_id,
-        object_id,
-        event_type,
-        tenant,
-        actor,
-        status,
-        reason,
-        version,
-        correlation_id,
-        occurred_at,
-        partition,
-        offset,
-    ) = r
-    return (
-        f"{event_id}\t{object_id}\t{event_type}\t{_e(tenant)}\t{_e(actor)}\t{status}\t"
-        f"{_en(reason)}\t{version}\t{_e(correlation_id)}\t{_ts(occurred_at)}\t{partition}\t{offset}\n"
-    )
-
-
-def upload_line(u: Upload) -> str:
-    """UPLOAD_COLUMNS as a COPY text line."""
-    return (
-        f"{u.upload_id}\t{u.object_id}\t{u.state.value}\t{_e(u.source)}\t{u.requested_version}\t"
-        f"{_ts(u.requested_at)}\t{_ts(u.deadline)}\t{_en(u.declared_sha256)}\t{_in(u.declared_size)}\t"
-        f"{_en(u.sha256)}\t{_in(u.size)}\t{_en(u.key)}\t{_b(u.dedup)}\t{_en(u.reason)}\t"
-        f"{_tsn(u.finished_at)}\n"
-    )
-
-
-#: column order of the COPY lines above (objects: identity columns first, then state)
-OBJECT_COPY_COLUMNS = (
-    "object_id",
-    "tenant",
-    "version",
-    "created_at",
-    "updated_at",
-    "key",
-    "metadata",
-    "tags",
-    "content_type",
-    "deleted",
-    "acl",
-    "blob_sha256",
-    "blob_size",
-    "blob_key",
-    "blob_upload_id",
-    "pending_upload_id",
-)
-UPLOAD_COPY_COLUMNS = UPLOAD_COLUMNS
-
 #: SELECT lists that load fold states without json/uuid/datetime conversions in the driver
 _OBJECT_SELECT = (
-    "object_id::text, tenant, key, version, metadata::text, tags, content_type, deleted, acl::text, "
-    "blob_sha256, blob_size, blob_key, blob_upload_id::text, pending_upload_id::text, "
-    "(extract(epoch FROM created_at) * 1000000)::bigint, (extract(epoch FROM updated_at) * 1000000)::bigint"
+    "object_id::text, tenant, key, version, metadata::text, tags, content_type, deleted, "
+    "acl::text, blob_sha256, blob_size, blob_key, blob_upload_id::text, pending_upload_id::text, "
+    "(extract(epoch FROM created_at) * 1000000)::bigint, "
+    "(extract(epoch FROM updated_at) * 1000000)::bigint"
 )
 _UPLOAD_SELECT = (
     "upload_id::text, object_id::text, state, source, requested_version, "
-    "(extract(epoch FROM requested_at) * 1000000)::bigint, (extract(epoch FROM deadline) * 1000000)::bigint, "
+    "(extract(epoch FROM requested_at) * 1000000)::bigint, "
+    "(extract(epoch FROM deadline) * 1000000)::bigint, "
     "declared_sha256, declared_size, sha256, size, key, dedup, reason, "
     "(extract(epoch FROM finished_at) * 1000000)::bigint"
 )
+_OBJECTS_BY_ID = f"SELECT {_OBJECT_SELECT} FROM {{s}}.objects WHERE object_id = ANY(%s::uuid[])"
+_UPLOADS_BY_ID = f"SELECT {_UPLOAD_SELECT} FROM {{s}}.uploads WHERE upload_id = ANY(%s::uuid[])"
+_APPLIED_BY_ID = "SELECT event_id::text FROM {s}.event_outcomes WHERE event_id = ANY(%s::uuid[])"
 
 
 def state_from_row(r: Sequence[Any], texts: TextCache | None = None) -> ObjectState:
@@ -405,12 +92,12 @@ def state_from_row(r: Sequence[Any], texts: TextCache | None = None) -> ObjectSt
         created_at,
         updated_at,
     ) = r
-    metadata = _loads(metadata_text)
-    acl = {p: frozenset(perms) for p, perms in _loads(acl_text).items()}
+    metadata = loads(metadata_text)
+    acl = {p: frozenset(perms) for p, perms in loads(acl_text).items()}
     tags_t = tuple(tags)
     if texts is not None:
-        texts.put(metadata, _e(metadata_text))
-        texts.put(acl, _e(acl_text))
+        texts.put_json(metadata, metadata_text)
+        texts.put_json(acl, acl_text)
     return ObjectState(
         object_id=object_id,
         tenant=tenant,
@@ -466,39 +153,9 @@ def upload_from_row(r: Sequence[Any]) -> Upload:
     )
 
 
-@dataclass
-class BatchWrite:
-    """Everything one folded batch changes, ready to write."""
-
-    objects: dict[str, ObjectState] = field(default_factory=dict)
-    acl_changed: set[str] = field(default_factory=set)
-    #: (object_id, version, event_id, event_type, actor, occurred_at us, correlation_id, state)
-    versions: list[tuple[Any, ...]] = field(default_factory=list)
-    #: OUTCOME_COLUMNS values (occurred_at in microseconds)
-    outcomes: list[tuple[Any, ...]] = field(default_factory=list)
-    uploads: dict[str, Upload] = field(default_factory=dict)
-    ref_deltas: dict[str, int] = field(default_factory=dict)
-    #: (topic, partition) -> next offset
-    checkpoints: dict[tuple[str, int], int] = field(default_factory=dict)
-    texts: TextCache = field(default_factory=TextCache)
-
-    def version_row(
-        self,
-        s: ObjectState,
-        event_id: str,
-        event_type: str,
-        actor: str,
-        occurred_at: int,
-        correlation_id: str,
-    ) -> None:
-        # the state is immutable: keep it and format the snapshot at write time
-        self.versions.append(
-            (s.object_id, s.version, event_id, event_type, actor, occurred_at, correlation_id, s)
-        )
-
-
 class ReadModel:
-    """Read-model access for the fold, bound to one connection and one schema."""
+    """Read-model access for the fold, bound to one connection and one schema
+    (implements :class:`~blobledger.projectors.ports.ReadModelPort`)."""
 
     #: a memo larger than this is dropped (and refilled from Postgres as batches need it)
     MEMO_LIMIT = 500_000
@@ -536,10 +193,16 @@ class ReadModel:
         self._seen: set[str] = set()
         self._written: BatchWrite | None = None
         self.defer_blobs = defer_blobs
-        #: sha256 -> [size, key, ref_count delta, first_stored_at us] (``defer_blobs``)
-        self.blob_rows: dict[str, list[Any]] = {}
+        #: sha256 -> what the committed batches taught of the blob (``defer_blobs``)
+        self.blob_rows: dict[str, BlobRow] = {}
+
+    def transaction(self) -> AbstractContextManager[psycopg.Transaction]:
+        """A transaction (a savepoint when nested) on the model's connection: a batch's rows
+        and its checkpoints commit together."""
+        return self.conn.transaction()
 
     def memo_reset(self) -> None:
+        """Forget the memoized states (someone else may have written them)."""
         if self.complete:
             raise RuntimeError("a complete memo cannot be reset: abort the rebuild instead")
         self._objects.clear()
@@ -552,7 +215,7 @@ class ReadModel:
             if self.memo:
                 self._remember(batch)
             if self.defer_blobs:
-                _merge_blob_rows(self.blob_rows, batch)
+                merge_blob_rows(self.blob_rows, blob_rows(batch))
 
     def rolled_back(self) -> None:
         """The batch transaction failed: forget what it taught (a complete memo becomes a
@@ -633,26 +296,11 @@ class ReadModel:
         c_o = c_u = c_e = None
         with self.conn.pipeline():
             if miss_o:
-                c_o = self.conn.execute(
-                    self._q(
-                        f"SELECT {_OBJECT_SELECT} FROM {{s}}.objects WHERE object_id = ANY(%s::uuid[])"
-                    ),
-                    (miss_o,),
-                )
+                c_o = self.conn.execute(self._q(_OBJECTS_BY_ID), (miss_o,))
             if miss_u:
-                c_u = self.conn.execute(
-                    self._q(
-                        f"SELECT {_UPLOAD_SELECT} FROM {{s}}.uploads WHERE upload_id = ANY(%s::uuid[])"
-                    ),
-                    (miss_u,),
-                )
+                c_u = self.conn.execute(self._q(_UPLOADS_BY_ID), (miss_u,))
             if ev:
-                c_e = self.conn.execute(
-                    self._q(
-                        "SELECT event_id::text FROM {s}.event_outcomes WHERE event_id = ANY(%s::uuid[])"
-                    ),
-                    (ev,),
-                )
+                c_e = self.conn.execute(self._q(_APPLIED_BY_ID), (ev,))
         if c_o is not None:
             for r in c_o.fetchall():
                 objects[r[0]] = state_from_row(r, texts)
@@ -678,12 +326,7 @@ class ReadModel:
             ids = list(object_ids)
         if not ids:
             return out
-        rows = self.conn.execute(
-            self._q(
-                f"SELECT {_OBJECT_SELECT} FROM {{s}}.objects WHERE object_id = ANY(%s::uuid[])"
-            ),
-            (ids,),
-        ).fetchall()
+        rows = self.conn.execute(self._q(_OBJECTS_BY_ID), (ids,)).fetchall()
         for r in rows:
             out[r[0]] = state_from_row(r, texts)
         return out
@@ -702,12 +345,7 @@ class ReadModel:
             ids = list(upload_ids)
         if not ids:
             return out
-        rows = self.conn.execute(
-            self._q(
-                f"SELECT {_UPLOAD_SELECT} FROM {{s}}.uploads WHERE upload_id = ANY(%s::uuid[])"
-            ),
-            (ids,),
-        ).fetchall()
+        rows = self.conn.execute(self._q(_UPLOADS_BY_ID), (ids,)).fetchall()
         for r in rows:
             out[r[0]] = upload_from_row(r)
         return out
@@ -718,12 +356,7 @@ class ReadModel:
         ids = list(event_ids)
         if not ids:
             return set()
-        rows = self.conn.execute(
-            self._q(
-                "SELECT event_id::text FROM {s}.event_outcomes WHERE event_id = ANY(%s::uuid[])"
-            ),
-            (ids,),
-        ).fetchall()
+        rows = self.conn.execute(self._q(_APPLIED_BY_ID), (ids,)).fetchall()
         return {r[0] for r in rows}
 
     # --- the write -------------------------------------------------------------------------
@@ -755,7 +388,8 @@ class ReadModel:
         for table in ("objects", "uploads"):
             self.conn.execute(
                 sql.SQL(
-                    "CREATE TEMP TABLE IF NOT EXISTS {t} (LIKE {s}.{src} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                    "CREATE TEMP TABLE IF NOT EXISTS {t} (LIKE {s}.{src} INCLUDING DEFAULTS) "
+                    "ON COMMIT DELETE ROWS"
                 ).format(t=sql.Identifier(f"staging_{table}"), s=self._s, src=sql.Identifier(table))
             )
         self._temp_ready = True
@@ -767,7 +401,8 @@ class ReadModel:
         )
         self.conn.execute(
             sql.SQL(
-                "INSERT INTO {s}.{t} ({cols}) SELECT {cols} FROM {stg} ON CONFLICT ({k}) DO UPDATE SET {u}"
+                "INSERT INTO {s}.{t} ({cols}) SELECT {cols} FROM {stg} "
+                "ON CONFLICT ({k}) DO UPDATE SET {u}"
             ).format(
                 s=self._s,
                 t=sql.Identifier(table),
@@ -819,8 +454,10 @@ class ReadModel:
                 with self.conn.pipeline():  # checkpoints and the notification: one round trip
                     self.conn.execute(
                         self._q(
-                            "INSERT INTO {s}.checkpoints (topic, partition, next_offset, updated_at) "
-                            "SELECT t, p, o, now() FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS x(t, p, o) "
+                            "INSERT INTO {s}.checkpoints "
+                            "(topic, partition, next_offset, updated_at) "
+                            "SELECT t, p, o, now() "
+                            "FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS x(t, p, o) "
                             "ON CONFLICT (topic, partition) "
                             "DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
                         ),
@@ -840,7 +477,7 @@ class ReadModel:
         self._objects.update(batch.objects)
         self._uploads.update(batch.uploads)
         if self.complete:
-            self._seen.update(r[0] for r in batch.outcomes)
+            self._seen.update(r.event_id for r in batch.outcomes)
 
     def _write_acl_entries(self, batch: BatchWrite) -> None:
         ids = sorted(batch.acl_changed)
@@ -853,16 +490,12 @@ class ReadModel:
             for principal, perms in sorted(batch.objects[oid].acl.items())
             for perm in sorted(perms)
         ]
-        self._copy_text(
-            "acl_entries",
-            ("object_id", "principal", "permission"),
-            (f"{_e(o)}\t{_e(p)}\t{_e(m)}\n" for o, p, m in rows),
-        )
+        self._copy_text("acl_entries", ACL_COLUMNS, (acl_line(o, p, m) for o, p, m in rows))
 
     def _write_blobs(self, batch: BatchWrite) -> None:
         """Blobs known to be stored (stored or orphaned uploads) and their ref counts."""
-        rows: dict[str, list[Any]] = {}
-        _merge_blob_rows(rows, batch)
+        rows: dict[str, BlobRow] = {}
+        merge_blob_rows(rows, blob_rows(batch))
         self.write_blob_rows(rows)
 
     _BLOB_UPSERT = (
@@ -872,40 +505,22 @@ class ReadModel:
         "first_stored_at = LEAST({s}.blobs.first_stored_at, EXCLUDED.first_stored_at)"
     )
 
-    def write_blob_rows(self, rows: Mapping[str, list[Any]]) -> None:
-        """Apply :func:`_merge_blob_rows` output: upserts for blobs with a known size and key,
-        plain ref-count updates for the rest, all in sha256 order in one pipeline, so two
-        transactions sharing blobs lock them in the same order (no deadlock). The earliest
-        first_stored_at wins whatever order partitions are folded in."""
+    def write_blob_rows(self, rows: Mapping[str, BlobRow]) -> None:
+        """Apply merged blob rows (:func:`~blobledger.projectors.rows.merge_blob_rows`):
+        upserts for blobs with a known size and key, plain ref-count updates for the rest,
+        all in sha256 order in one pipeline, so two transactions sharing blobs lock them in
+        the same order (no deadlock). The earliest first_stored_at wins whatever order
+        partitions are folded in."""
         if not rows:
             return
         upsert = self._q(self._BLOB_UPSERT)
         update = self._q("UPDATE {s}.blobs SET ref_count = ref_count + %s WHERE sha256 = %s")
         with self.conn.pipeline(), self.conn.cursor() as cur:
             for sha in sorted(rows):
-                size, key, delta, first = rows[sha]
-                if key is not None:
-                    cur.execute(upsert, (sha, size, key, delta, us_to_datetime(first)))
-                elif delta:
-                    cur.execute(update, (delta, sha))
-
-
-def _merge_blob_rows(rows: dict[str, list[Any]], batch: BatchWrite) -> None:
-    """Accumulate a batch's blobs into ``rows``: sha256 -> [size, key, ref delta, first
-    stored (us)]; ``key`` None when only a reference-count change is known."""
-    for u in batch.uploads.values():
-        if u.sha256 and u.state in (UploadState.STORED, UploadState.ORPHANED):
-            at = u.finished_at or u.requested_at
-            r = rows.get(u.sha256)
-            if r is None:
-                rows[u.sha256] = [u.size, u.key, 0, at]
-            else:
-                if r[1] is None:
-                    r[0], r[1] = u.size, u.key
-                r[3] = at if r[3] is None else min(r[3], at)
-    for sha, delta in batch.ref_deltas.items():
-        r = rows.get(sha)
-        if r is None:
-            rows[sha] = [None, None, delta, None]
-        else:
-            r[2] += delta
+                r = rows[sha]
+                if r.key is not None:
+                    # set together with the key (both come from a stored upload)
+                    first = us_to_datetime(r.first_stored_at)  # type: ignore[arg-type]
+                    cur.execute(upsert, (sha, r.size, r.key, r.ref_delta, first))
+                elif r.ref_delta:
+                    cur.execute(update, (r.ref_delta, sha))

@@ -24,7 +24,8 @@ from blobledger.infra.postgres import connect
 from blobledger.infra.postgres import translate as pg_translate
 from blobledger.infra.settings import Settings
 from blobledger.projectors.applier import BatchStats, Record, apply_isolating
-from blobledger.projectors.readmodel import ReadModel, migrate
+from blobledger.projectors.migrate import migrate
+from blobledger.projectors.readmodel import ReadModel
 from blobledger.schemas.codec import Codec, default_codec
 from blobledger.schemas.errors import CodecError, TransientError
 

@@ -16,7 +16,7 @@ from psycopg import sql
 from blobledger.infra.kafka import headers_for, make_producer
 from blobledger.infra.settings import Settings
 from blobledger.infra.testing.services import ThreadedProjector  # noqa: F401 - re-exported for the tests
-from blobledger.projectors.replay import VERIFIED_TABLES, _columns
+from blobledger.projectors.verify import VERIFIED_TABLES, table_columns as _columns
 from blobledger.schemas.codec import default_codec
 from blobledger.schemas.events import Event
 
@@ -33,13 +33,14 @@ class Proc:
     """A blobledger subcommand running as a child process (killable with SIGKILL)."""
 
     def __init__(self, settings: Settings, args: Sequence[str], log_path: str) -> None:
-        self.log = open(log_path, "ab")
-        self.p = subprocess.Popen(
-            [sys.executable, "-m", "blobledger.infra.cli", *args],
-            env=child_env(settings),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+        # the child writes to its own copy of the file descriptor
+        with open(log_path, "ab") as log:
+            self.p = subprocess.Popen(
+                [sys.executable, "-m", "blobledger.infra.cli", *args],
+                env=child_env(settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def kill(self) -> None:
         if self.p.poll() is None:
@@ -53,7 +54,6 @@ class Proc:
                 self.p.wait(30)
             except subprocess.TimeoutExpired:
                 self.kill()
-        self.log.close()
         return self.p.returncode
 
 
@@ -115,7 +115,8 @@ def digests(settings: Settings, schema: str | None = None) -> dict[str, str]:
         for table in VERIFIED_TABLES:
             cols = sql.SQL(", ").join(map(sql.Identifier, _columns(conn, schema, table)))
             q = sql.SQL(
-                "SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
+                "SELECT count(*) || ':' || "
+                "md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
                 "FROM (SELECT {c} FROM {s}.{t}) t"
             ).format(c=cols, s=sql.Identifier(schema), t=sql.Identifier(table))
             out[table] = conn.execute(q).fetchone()[0]

@@ -13,7 +13,7 @@ import pytest
 from blobledger import connect
 from blobledger.infra.dlq import list_dead_letters, retry_dead_letters
 from blobledger.projectors.lag import projection_lag, wait_caught_up
-from blobledger.projectors.replay import ensure_database, replay
+from blobledger.projectors.rebuild import ensure_database, replay
 from blobledger.schemas.errors import ConflictError
 from blobledger.schemas.events import (
     Envelope,
@@ -200,7 +200,8 @@ def test_replay_swaps_while_live_and_recover_after_drop(settings, projector):
     admin = psycopg.conninfo.make_conninfo(settings.dsn, dbname="postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
             (dbname,),
         )
         conn.execute(f'DROP DATABASE "{dbname}"')

@@ -11,7 +11,7 @@ import pytest
 from blobledger import connect
 from blobledger.infra.dlq import list_dead_letters
 from blobledger.projectors.lag import projection_lag, wait_caught_up
-from blobledger.projectors.replay import replay
+from blobledger.projectors.rebuild import replay
 from blobledger.schemas.codec import default_codec
 from blobledger.schemas.events import (
     BlobAttached,

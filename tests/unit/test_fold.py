@@ -4,7 +4,7 @@ import random
 
 from blobledger.projectors.applier import BatchStats, Record, fold_records
 from blobledger.projectors.fold import merge_patch
-from blobledger.projectors.readmodel import BatchWrite
+from blobledger.projectors.rows import BatchWrite
 from blobledger.schemas.events import (
     AclChanged,
     BlobAttached,

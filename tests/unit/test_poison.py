@@ -4,6 +4,8 @@ the offending record, which is dead-lettered while the rest is folded."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from blobledger.projectors import applier
@@ -160,26 +162,17 @@ def test_is_poison_blames_data_not_the_environment():
     assert is_poison(psycopg.errors.ProgramLimitExceeded("index row requires 32016 bytes"))
 
 
-class _FakeConn:
-    def transaction(self):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 class _FakeModel:
     """Records commits; a batch holding a poisoned event fails like Postgres would."""
 
     def __init__(self, poisoned: set[int], error: BaseException) -> None:
-        self.conn = _FakeConn()
         self.poisoned, self.error = poisoned, error
         self.committed_batches: list[list[tuple[int, bool]]] = []
         self._pending = None
         self.rollbacks = 0
+
+    def transaction(self):
+        return contextlib.nullcontext()
 
     def committed(self):
         self.committed_batches.append(self._pending)
