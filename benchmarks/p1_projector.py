@@ -257,9 +257,9 @@ def floor(
 def _ours_child(
     settings: Settings, assigned: Any, ready: Any, go: Any, results: Any, slot: int
 ) -> None:
-    from blobledger.projectors.runner import Projector
+    from blobledger.infra import bootstrap
 
-    p = Projector(settings)
+    p = bootstrap.projector(settings)
     orig_assign, orig_revoke = p._on_assign, p._on_revoke
 
     def on_assign(consumer: Any, parts: list[TopicPartition]) -> None:

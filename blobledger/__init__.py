@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from blobledger.infra.bootstrap import client as connect
     from blobledger.infra.settings import Settings
-    from blobledger.producers.client import Client, Result
+    from blobledger.producers.client import AttachResult, Client, Result
     from blobledger.schemas.errors import (
         AuthorizationError,
         BlobIntegrityError,
@@ -67,11 +67,13 @@ _WHERE = {
     "connect": ("blobledger.infra.bootstrap", "client"),
     "Client": ("blobledger.producers.client", "Client"),
     "Result": ("blobledger.producers.client", "Result"),
+    "AttachResult": ("blobledger.producers.client", "AttachResult"),
     "Settings": ("blobledger.infra.settings", "Settings"),
     **{name: ("blobledger.schemas.errors", name) for name in _ERRORS},
 }
 
 __all__ = [
+    "AttachResult",
     "AuthorizationError",
     "BlobIntegrityError",
     "BlobledgerError",

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from blobledger.blob_worker.reaper import Reaper
     from blobledger.blob_worker.runner import Worker
     from blobledger.producers.client import Client
+    from blobledger.projectors.runner import Projector
 
 
 def client(settings: Settings | None = None, *, actor: str, tenant: str | None = None) -> Client:
@@ -56,6 +57,37 @@ def projector_connection(settings: Settings) -> psycopg.Connection:
     from blobledger.infra.postgres import connect
 
     return connect(settings, synchronous_commit=settings.projector_synchronous_commit)
+
+
+def projector(
+    settings: Settings, *, schema: str | None = None, group_id: str | None = None
+) -> Projector:
+    """A :class:`~blobledger.projectors.runner.Projector` on the configured broker and read
+    model, with the read model's migrations applied first."""
+    from blobledger.infra.dlq import DeadLetters
+    from blobledger.infra.kafka import make_consumer, make_producer
+    from blobledger.projectors.migrate import migrate
+    from blobledger.projectors.readmodel import ReadModel
+    from blobledger.projectors.runner import Projector
+
+    schema = schema or settings.read_model_schema
+    with projector_connection(settings) as conn:
+        migrate(conn, schema)
+
+    def open_model() -> ReadModel:
+        return ReadModel(projector_connection(settings), schema, memo=True)
+
+    return Projector(
+        settings,
+        consumer=make_consumer(
+            settings,
+            group_id or settings.projector_group,
+            # eager rebalancing: on_assign gets the whole assignment, which we re-seek
+            **{"partition.assignment.strategy": "roundrobin"},
+        ),
+        open_model=open_model,
+        dead_letters=DeadLetters(make_producer(settings), settings.dlq_topic),
+    )
 
 
 def worker(
@@ -118,4 +150,4 @@ def reaper(settings: Settings) -> Reaper:
     )
 
 
-__all__ = ["client", "projector_connection", "reaper", "worker"]
+__all__ = ["client", "projector", "projector_connection", "reaper", "worker"]

@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "stream an object's blob to a file or stdout, verifying it",
     ),
     "projector": (
-        "blobledger.projectors.runner:main",
+        "blobledger.projectors.cli:main",
         "fold the events topic into the Postgres read model",
     ),
     "worker": ("blobledger.blob_worker.runner:main", "run a blob worker (upload commands -> S3)"),
@@ -86,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             target = "blobledger.producers.query_cli:main"
         else:
             print(
-                "usage: blobledger object {create|update|tag|acl|delete|get|list|history|audit} ...",
+                "usage: blobledger object "
+                "{create|update|tag|acl|delete|get|list|history|audit} ...",
                 file=sys.stderr,
             )
             return 2

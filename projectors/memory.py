@@ -163,5 +163,13 @@ class InMemoryReadModel:
     def rolled_back(self) -> None:
         """Nothing to forget: :meth:`transaction` put the dicts back."""
 
+    @property
+    def broken(self) -> bool:
+        """Dicts do not lose their connection."""
+        return False
+
+    def close(self) -> None:
+        """Nothing to release: the tables stay readable for the test that owns them."""
+
     def memo_reset(self) -> None:
         """Nothing to drop: there is no memo."""

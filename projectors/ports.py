@@ -78,3 +78,13 @@ class ReadModelPort(Protocol):
     def memo_reset(self) -> None:
         """Someone else may have written the store: drop what is remembered of it."""
         ...
+
+    @property
+    def broken(self) -> bool:
+        """The store is unreachable through this model (a lost connection): the caller
+        closes it and opens a new one."""
+        ...
+
+    def close(self) -> None:
+        """Release the model's connection."""
+        ...

@@ -201,6 +201,14 @@ class ReadModel:
         and its checkpoints commit together."""
         return self.conn.transaction()
 
+    @property
+    def broken(self) -> bool:
+        """The connection is gone (server restart, network): open a new model."""
+        return self.conn.closed or self.conn.broken
+
+    def close(self) -> None:
+        self.conn.close()
+
     def memo_reset(self) -> None:
         """Forget the memoized states (someone else may have written them)."""
         if self.complete:

@@ -8,26 +8,24 @@ because each batch locks its checkpoint rows and skips what another projector fo
 
 from __future__ import annotations
 
-import argparse
-import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
 
 from blobledger.infra import logging as blog
 from blobledger.infra.dlq import DeadLetters
-from blobledger.infra.kafka import make_consumer, make_producer, translate
-from blobledger.infra.postgres import connect
+from blobledger.infra.kafka import position_of, translate
 from blobledger.infra.postgres import translate as pg_translate
 from blobledger.infra.settings import Settings
 from blobledger.projectors.applier import BatchStats, Record, apply_isolating
-from blobledger.projectors.migrate import migrate
-from blobledger.projectors.readmodel import ReadModel
+from blobledger.projectors.ports import ReadModelPort
 from blobledger.schemas.codec import Codec, default_codec
 from blobledger.schemas.errors import CodecError, TransientError
+from blobledger.schemas.ports import LogConsumer
 
 log = blog.get_logger(__name__)
 
@@ -56,41 +54,38 @@ class Totals:
 
 
 class Projector:
-    """One projector process: a consumer, a Postgres connection, a DLQ producer."""
+    """One projector: a consumer of the events topic, a read model, a DLQ producer.
+
+    It receives them (:func:`blobledger.infra.bootstrap.projector` wires Kafka and
+    Postgres; tests pass in-memory twins). ``open_model`` opens a read model and is called
+    again when the one in use lost its connection, so a Postgres outage heals itself."""
 
     def __init__(
         self,
         settings: Settings,
         *,
+        consumer: LogConsumer,
+        open_model: Callable[[], ReadModelPort],
+        dead_letters: DeadLetters,
         codec: Codec | None = None,
-        schema: str | None = None,
-        group_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.topic = settings.events_topic
-        self.schema = schema or settings.read_model_schema
         self.codec = codec or default_codec()
-        self.conn: psycopg.Connection = connect(
-            settings, synchronous_commit=settings.projector_synchronous_commit
-        )
-        migrate(self.conn, self.schema)
-        # the memo keeps folded states between batches (reset on rebalance, checkpoint
-        # mismatch and failed batches), so a batch loads only objects it has not seen
-        self.model = ReadModel(self.conn, self.schema, memo=True)
-        self.dlq = DeadLetters(make_producer(settings), settings.dlq_topic)
-        self.consumer: Consumer = make_consumer(
-            settings,
-            group_id or settings.projector_group,
-            # eager rebalancing: on_assign gets the whole assignment, which we re-seek
-            **{"partition.assignment.strategy": "roundrobin"},
-        )
+        self.open_model = open_model
+        # the model's memo keeps folded states between batches (reset on rebalance,
+        # checkpoint mismatch and failed batches), so a batch loads only objects it has
+        # not seen
+        self.model = open_model()
+        self.dlq = dead_letters
+        self.consumer = consumer
         #: partition -> the next offset our consumer will deliver
         self.positions: dict[int, int] = {}
         self.totals = Totals()
         self._assigned = threading.Event()
 
     # --- assignment: seek to the checkpoints stored in Postgres ----------------------------
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, consumer: LogConsumer, partitions: list[TopicPartition]) -> None:
         self.model.memo_reset()
         stored = self._stored_checkpoints()
         for tp in partitions:
@@ -105,7 +100,7 @@ class Projector:
             checkpoints={tp.partition: self.positions[tp.partition] for tp in partitions},
         )
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, consumer: LogConsumer, partitions: list[TopicPartition]) -> None:
         self.model.memo_reset()
         for tp in partitions:
             self.positions.pop(tp.partition, None)
@@ -114,7 +109,7 @@ class Projector:
 
     def _stored_checkpoints(self) -> dict[int, int]:
         try:
-            with self.conn.transaction():
+            with self.model.transaction():
                 return self.model.checkpoints(self.topic)
         except psycopg.Error as e:
             raise pg_translate(e) from e
@@ -147,26 +142,27 @@ class Projector:
         by_position: dict[tuple[int, int], Message] = {}
         dead = 0
         for m in msgs:
+            pos = position_of(m)
             try:
                 event = self.codec.decode(m.value())
             except CodecError as e:
                 log.warning(
                     "dead-lettering undecodable message",
-                    partition=m.partition(),
-                    offset=m.offset(),
+                    partition=pos.partition,
+                    offset=pos.offset,
                     error=str(e),
                 )
                 self.dlq.send(m, e)
                 dead += 1
                 # still advance the checkpoint past it: a record without an event is not folded
-                records.append(Record(m.topic(), m.partition(), m.offset(), None))
+                records.append(Record(pos.topic, pos.partition, pos.offset, None))
                 continue
-            records.append(Record(m.topic(), m.partition(), m.offset(), event))
-            by_position[(m.partition(), m.offset())] = m
+            records.append(Record(pos.topic, pos.partition, pos.offset, event))
+            by_position[(pos.partition, pos.offset)] = m
         # dead letters are acknowledged before the checkpoint moves past them
         self.dlq.flush()
 
-        def dead_letter(rec: Record, error: BaseException) -> None:
+        def dead_letter(rec: Record, error: Exception) -> None:
             log.warning(
                 "dead-lettering a message the read model refused",
                 partition=rec.partition,
@@ -223,58 +219,25 @@ class Projector:
         return self.totals
 
     def _reconnect_if_broken(self) -> None:
-        if self.conn.closed or self.conn.broken:
-            try:
-                self.conn = connect(
-                    self.settings, synchronous_commit=self.settings.projector_synchronous_commit
-                )
-                self.model = ReadModel(self.conn, self.schema, memo=True)
-                # our consumer may have moved past what was committed: re-seek
-                stored = self._stored_checkpoints()
-                for p in list(self.positions):
-                    offset = stored.get(p, 0)
-                    self.consumer.seek(TopicPartition(self.topic, p, offset))
-                    self.positions[p] = offset
-            except TransientError as e:
-                log.warning("postgres still unavailable", error=str(e))
+        if not self.model.broken:
+            return
+        try:
+            self.model.close()
+            self.model = self.open_model()
+            # our consumer may have moved past what was committed: re-seek
+            stored = self._stored_checkpoints()
+            for p in list(self.positions):
+                offset = stored.get(p, 0)
+                self.consumer.seek(TopicPartition(self.topic, p, offset))
+                self.positions[p] = offset
+        except TransientError as e:
+            log.warning("read model still unavailable", error=str(e))
 
     def close(self) -> None:
         try:
             self.consumer.close()
             self.dlq.flush(5)
         finally:
-            self.conn.close()
+            self.model.close()
             # drop the librdkafka handles now, not at interpreter exit (no reconnect noise)
             del self.dlq, self.consumer
-
-
-def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="blobledger projector",
-        description="Fold the events topic into the Postgres read model.",
-    )
-    parser.add_argument(
-        "--idle-exit",
-        type=float,
-        default=None,
-        help="exit after this many seconds without new events",
-    )
-    args = parser.parse_args(argv)
-    blog.configure()
-    settings = settings or Settings.from_env()
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    projector = Projector(settings)
-    log.info("projector started", topic=projector.topic, schema=projector.schema)
-    try:
-        totals = projector.run(stop, idle_exit=args.idle_exit)
-    finally:
-        projector.close()
-    log.info(
-        "projector stopped",
-        applied=totals.applied,
-        rejected=totals.rejected,
-        dead_letters=totals.dead_letters,
-    )
-    return 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from blobledger.schemas.events import Event
 from blobledger.schemas.receipts import EventOutcome, Receipt
@@ -106,7 +106,9 @@ class LogConsumer(Protocol):
 
     def resume(self, partitions: list[Any]) -> None: ...
 
-    def commit(self, message: Any = ..., *, asynchronous: bool = ...) -> Any: ...
+    def commit(self, *, offsets: list[Any], asynchronous: Literal[False]) -> list[Any]:
+        """Store ``offsets`` (the next offset to read, per partition) for the group, now."""
+        ...
 
     def close(self) -> None: ...
 

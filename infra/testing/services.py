@@ -19,9 +19,9 @@ class ThreadedProjector:
     """A projector folding in a background thread."""
 
     def __init__(self, settings: Settings) -> None:
-        from blobledger.projectors.runner import Projector
+        from blobledger.infra import bootstrap
 
-        self.projector = Projector(settings)
+        self.projector = bootstrap.projector(settings)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self.projector.run, args=(self._stop,), daemon=True, name="test-projector"

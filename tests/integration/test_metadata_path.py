@@ -213,12 +213,13 @@ def test_replay_swaps_while_live_and_recover_after_drop(settings, projector):
 def test_projector_commits_do_not_wait_for_wal_flush_unless_asked(settings):
     """A projection can be redone from the log, so its commits skip the fsync wait; the
     setting restores durable commits for operators who want them."""
-    from blobledger.projectors.runner import Projector
+    from blobledger.infra import bootstrap
 
     for durable, expected in ((False, "off"), (True, "on")):
-        p = Projector(settings.with_(projector_synchronous_commit=durable))
+        p = bootstrap.projector(settings.with_(projector_synchronous_commit=durable))
         try:
-            assert p.conn.execute("SHOW synchronous_commit").fetchone()[0] == expected
-            p.conn.rollback()
+            conn = p.model.conn  # the Postgres read model bootstrap wired in
+            assert conn.execute("SHOW synchronous_commit").fetchone()[0] == expected
+            conn.rollback()
         finally:
             p.close()
