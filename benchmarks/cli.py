@@ -75,7 +75,8 @@ def parser() -> argparse.ArgumentParser:
         "--replay-events",
         type=int,
         default=200_000,
-        help="P2: events to replay (default 200000; the target is stated for --replay-events 1000000)",
+        help="P2: events to replay (default 200000; the target is stated for "
+        "--replay-events 1000000)",
     )
     p.add_argument(
         "--rate", type=float, default=1000.0, help="P5: commands per second (default 1000)"
@@ -125,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [i for i in ids if i not in REGISTRY]
     if unknown:
         print(
-            f"blobledger bench: unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(REGISTRY)}",
+            f"blobledger bench: unknown benchmark(s) {', '.join(unknown)}; "
+            f"known: {', '.join(REGISTRY)}",
             file=sys.stderr,
         )
         return 2
@@ -145,14 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     for i in ids:
         if runnable[i] is None:
             emit(not_available(i, REGISTRY[i]))
-    todo = [i for i in ids if runnable[i] is not None]
+    todo = [(i, run) for i in ids if (run := runnable[i]) is not None]
     failed = False
     if todo:
         with open_context(broker_storage=args.broker_storage, keep=args.keep_stack) as ctx:
-            for i in todo:
+            for i, run in todo:
                 t0 = time.monotonic()
                 try:
-                    out = runnable[i](ctx, args)
+                    out = run(ctx, args)
                 except Exception as e:  # one broken benchmark must not hide the others
                     failed = True
                     traceback.print_exc(file=sys.stderr)

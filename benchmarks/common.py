@@ -35,9 +35,7 @@ def _round(x: float | None, digits: int = 3) -> float | None:
         return 0.0
     # keep ~4 significant digits for small values, 1 decimal for large ones
     return (
-        round(x, max(1, digits - int(math.floor(math.log10(abs(x))))))
-        if abs(x) < 100
-        else round(x, 1)
+        round(x, max(1, digits - math.floor(math.log10(abs(x))))) if abs(x) < 100 else round(x, 1)
     )
 
 
@@ -98,9 +96,9 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             (r["id"], str(r.get("what", "")), ours, base, ratio, str(r.get("target") or "-"), met)
         )
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(head, widths))]
-    for r, b in zip(rows, body):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip())
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(head, widths, strict=True))]
+    for r, b in zip(rows, body, strict=True):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip())
         extra = {k: v for k, v in r.items() if k not in FIELDS}
         if extra:
             lines.append("      " + ", ".join(f"{k}={v}" for k, v in extra.items()))
@@ -200,7 +198,8 @@ def open_context(
         bench = embedded_settings(bench, bench.data_dir, broker_storage=bench.broker_storage)
     stack = Stack(bench)
     print(
-        f"bench: starting the embedded stack in {bench.data_dir} (broker storage {bench.broker_storage})",
+        f"bench: starting the embedded stack in {bench.data_dir} "
+        f"(broker storage {bench.broker_storage})",
         file=sys.stderr,
     )
     stack.up()
@@ -216,10 +215,12 @@ def publish_values(settings: Settings, topic: str, items: Iterable[tuple[bytes, 
     """Produce (key, value) pairs as fast as the producer takes them; returns the count."""
     from blobledger.infra.kafka import make_producer
 
-    producer = make_producer(
-        settings,
-        **{"linger.ms": 20, "batch.num.messages": 10000, "queue.buffering.max.messages": 500000},
-    )
+    overrides: dict[str, Any] = {
+        "linger.ms": 20,
+        "batch.num.messages": 10000,
+        "queue.buffering.max.messages": 500000,
+    }
+    producer = make_producer(settings, **overrides)
     n = 0
     for key, value in items:
         while True:

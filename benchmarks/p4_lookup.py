@@ -131,10 +131,8 @@ class Prober:
         return lat
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._conn.send(None)
-        except OSError:
-            pass
         self._proc.join(30)
         if self._proc.is_alive():
             self._proc.kill()

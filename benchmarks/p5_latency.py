@@ -27,8 +27,9 @@ from typing import Any
 from confluent_kafka import TopicPartition
 
 from blobledger.benchmarks.common import BenchContext, percentile, result
-from blobledger.infra.kafka import make_consumer, make_producer
+from blobledger.infra.kafka import header_bytes, make_consumer, make_producer
 from blobledger.infra.settings import Settings
+from blobledger.projectors.waiter import OutcomeWaiter
 from blobledger.schemas.codec import default_codec
 from blobledger.schemas.events import Envelope, Event, MetadataUpdated, ObjectCreated, object_id_for
 
@@ -89,12 +90,15 @@ class Ours:
             )
         self.client = connect(settings, actor="bench")
         self.client.create(f"p5/warmup/{uuid.uuid4().hex[:6]}", wait=True)  # group joined, model up
+        # the client's outcome port only blocks; timing many commands in flight needs the
+        # concrete waiter's futures (its thread and connection warm in the first window)
+        self.waiter = OutcomeWaiter(settings)
         self.topic = settings.events_topic
         self.lat: list[float] = []
         self.acks: list[float] = []
 
     def window(self, rate: float, seconds: float, *, record: bool = True) -> None:
-        pub, waiter = self.client.publisher, self.client.outcomes
+        pub, waiter = self.client.publisher, self.waiter
         errors: list[str] = []
         done = threading.Semaphore(0)
         cmds = _commands(int(rate * seconds), uuid.uuid4().hex[:6])
@@ -130,6 +134,7 @@ class Ours:
             raise RuntimeError(f"{len(errors)} commands failed, e.g. {errors[0]}")
 
     def close(self) -> None:
+        self.waiter.close()
         self.client.close()
         self.proc.terminate()
         try:
@@ -175,7 +180,9 @@ class Raw:
             for m in [first, *self.consumer.consume(999, 0)]:
                 if m.error() is None:
                     now = time.perf_counter()
-                    seq: bytes = m.headers()[0][1]  # type: ignore[index,assignment]
+                    seq = header_bytes(m.headers(), "seq")
+                    if seq is None:
+                        raise RuntimeError("raw: a message without its seq header")
                     t0, record = self.sent[int.from_bytes(seq, "big")]
                     if record:
                         self.lat.append(now - t0)

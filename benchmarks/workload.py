@@ -73,7 +73,9 @@ def events(n: int, *, seed: int = 7, tenant: str = "default") -> Iterator[Event]
         right = rnd.random() < 0.9
         expected = versions[k] if right else versions[k] + 3
 
-        def env(actor: str = "alice", exp: int | None = expected) -> Envelope:
+        def env(
+            actor: str = "alice", exp: int | None = expected, oid: str = oid, clock: int = clock
+        ) -> Envelope:
             return Envelope(
                 object_id=oid,
                 actor=actor,
@@ -106,7 +108,10 @@ def events(n: int, *, seed: int = 7, tenant: str = "default") -> Iterator[Event]
             made += 1
             continue
         if roll < 0.6:
-            patch = {"n": made, "status": rnd.choice(("draft", "review", "final"))}
+            patch: dict[str, object] = {
+                "n": made,
+                "status": rnd.choice(("draft", "review", "final")),
+            }
             if rnd.random() < 0.2:
                 patch["labels"] = {"team": None, "area": f"a{rnd.randrange(9)}"}
             yield MetadataUpdated(env(), patch_json=json.dumps(patch))

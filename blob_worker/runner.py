@@ -20,6 +20,7 @@ a spent budget or a passed deadline becomes a compensation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import contextvars
 import json
 import os
@@ -46,6 +47,7 @@ from blobledger.blob_worker.transfer import (
 )
 from blobledger.infra import logging as blog
 from blobledger.infra.dlq import DeadLetters
+from blobledger.infra.kafka import position_of
 from blobledger.infra.publisher import Publisher
 from blobledger.infra.settings import Settings
 from blobledger.schemas.codec import Codec, default_codec
@@ -143,9 +145,10 @@ class Worker:
                 if idle_exit is not None and time.monotonic() - idle_since > idle_exit:
                     break
                 continue
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("worker.consume_error", error=msg.error().str())
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("worker.consume_error", error=err.str())
                 continue
             self.process(msg)
             idle_since = time.monotonic()
@@ -193,12 +196,13 @@ class Worker:
         self._pause()
         msg = self.consumer.poll(0)
         if msg is not None and not msg.error():
-            tp = TopicPartition(msg.topic(), msg.partition(), msg.offset())
+            pos = position_of(msg)
+            tp = TopicPartition(pos.topic, pos.partition, pos.offset)
             try:
                 self.consumer.pause([tp])
                 self.consumer.seek(tp)
             except KafkaException as e:
-                log.warning("worker.seek_back_failed", partition=msg.partition(), error=str(e))
+                log.warning("worker.seek_back_failed", partition=pos.partition, error=str(e))
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -254,9 +258,10 @@ class Worker:
         spec = UploadSpec.from_command(cmd)
         log.info("upload.started", source=cmd.source, declared_size=cmd.declared_size)
         attempts = self.transfer_attempts
+        pos = position_of(msg)
         for attempt in range(1, attempts + 1):
             final = attempt == attempts
-            busy = _Busy(msg.topic(), msg.partition())
+            busy = _Busy(pos.topic, pos.partition)
             outcome = self._transfer(spec, busy, cmd.deadline, final)
             if isinstance(outcome, TransferResult):
                 log.info(
@@ -381,20 +386,21 @@ class Worker:
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
     def _commit(self, msg: Message) -> None:
-        tp = TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)
+        pos = position_of(msg)
+        tp = TopicPartition(pos.topic, pos.partition, pos.offset + 1)
         try:
             self.consumer.commit(offsets=[tp], asynchronous=False)
         except KafkaException as e:
             # e.g. the partition moved: the next owner redoes the command idempotently
             log.warning(
-                "worker.commit_failed", partition=msg.partition(), offset=msg.offset(), error=str(e)
+                "worker.commit_failed", partition=pos.partition, offset=pos.offset, error=str(e)
             )
 
     def _rewind(self, msg: Message) -> None:
-        try:
-            self.consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
-        except KafkaException:
-            pass  # no longer ours: the new owner starts from the committed offset
+        pos = position_of(msg)
+        # no longer ours (KafkaException): the new owner starts from the committed offset
+        with contextlib.suppress(KafkaException):
+            self.consumer.seek(TopicPartition(pos.topic, pos.partition, pos.offset))
 
     # --- progress ----------------------------------------------------------------------
     def _progress(self, p: Progress) -> None:

@@ -106,7 +106,10 @@ def run_demo(settings: Settings, *, size: int, quiet: bool, timeout: float) -> d
     from blobledger.projectors.lag import projection_lag
 
     started = time.monotonic()
-    say = lambda text: _say(quiet, text)
+
+    def say(text: str) -> None:
+        _say(quiet, text)
+
     if settings.uses_embedded_stack:
         say(f"starting the embedded stack in {settings.data_dir} ...")
         Stack(settings).up()
@@ -147,8 +150,8 @@ def run_demo(settings: Settings, *, size: int, quiet: bool, timeout: float) -> d
                 raise BlobledgerError(f"demo upload ended {upload.state}: {upload.reason}")
             seconds = time.monotonic() - t0
             say(
-                f"stored in {seconds:.1f}s ({size / MiB / max(seconds, 1e-9):.0f} MiB/s incl. hand-offs), "
-                f"key {upload.key}"
+                f"stored in {seconds:.1f}s "
+                f"({size / MiB / max(seconds, 1e-9):.0f} MiB/s incl. hand-offs), key {upload.key}"
             )
             obj = client.get(key)
             assert obj.blob is not None and obj.blob.upload_id == attached.upload_id
@@ -169,7 +172,8 @@ def run_demo(settings: Settings, *, size: int, quiet: bool, timeout: float) -> d
             missing = blob_dir / "does-not-exist.bin"
             bad = client.attach_blob(key, str(missing))
             say(
-                f"attached an unreadable source: upload {bad.upload_id} pending at version {bad.version}"
+                f"attached an unreadable source: upload {bad.upload_id} pending "
+                f"at version {bad.version}"
             )
             failed = wait_until(
                 lambda: _terminal(client, bad.upload_id), timeout, "the compensation", children
@@ -181,7 +185,8 @@ def run_demo(settings: Settings, *, size: int, quiet: bool, timeout: float) -> d
                 and after.pending_upload_id is None
             )
             say(
-                f"compensated ({failed.reason}); object still at its committed blob: {still_committed}"
+                f"compensated ({failed.reason}); "
+                f"object still at its committed blob: {still_committed}"
             )
             lag = projection_lag(settings)
             return {

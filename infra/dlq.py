@@ -18,10 +18,13 @@ from typing import Any
 from confluent_kafka import Message, Producer, TopicPartition
 
 from blobledger.infra.kafka import (
+    HeaderList,
     end_offsets,
+    header_list,
     header_value,
     make_consumer,
     make_producer,
+    position_of,
     translate,
 )
 from blobledger.infra.settings import Settings
@@ -52,7 +55,7 @@ class DeadLetters:
 
     def send(self, msg: Message, error: BlobledgerError | Exception) -> None:
         code = getattr(error, "code", type(error).__name__)
-        headers = list(msg.headers() or [])
+        headers: HeaderList = header_list(msg.headers())
         headers += [
             ("dlq.error", str(error).encode()),
             ("dlq.error_code", str(code).encode()),
@@ -95,10 +98,12 @@ def _read_all(settings: Settings, limit: int) -> Iterator[tuple[Message, DeadLet
             msg = consumer.poll(5.0)
             if msg is None:
                 break
-            if msg.error():
-                raise translate(msg.error())
-            if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                ends.pop(msg.partition(), None)
+            err = msg.error()
+            if err is not None:
+                raise translate(err)
+            pos = position_of(msg)
+            if pos.offset + 1 >= ends.get(pos.partition, 0):
+                ends.pop(pos.partition, None)
             seen += 1
             yield msg, _describe(msg)
     finally:
@@ -113,9 +118,10 @@ def _describe(msg: Message) -> DeadLetter:
         return int(v) if v and v.lstrip("-").isdigit() else None
 
     key = msg.key()
+    pos = position_of(msg)
     return DeadLetter(
-        offset=msg.offset(),
-        partition=msg.partition(),
+        offset=pos.offset,
+        partition=pos.partition,
         key=key.decode("utf-8", "replace") if key else None,
         error=header_value(h, "dlq.error") or "",
         error_code=header_value(h, "dlq.error_code") or "",
@@ -141,7 +147,7 @@ def retry_dead_letters(
     for msg, d in _read_all(settings, limit):
         if offsets is not None and (d.partition, d.offset) not in offsets:
             continue
-        headers = [(k, v) for k, v in (msg.headers() or []) if not k.startswith("dlq.")]
+        headers = [(k, v) for k, v in header_list(msg.headers()) if not k.startswith("dlq.")]
         producer.produce(
             d.source_topic or settings.events_topic,
             key=msg.key(),

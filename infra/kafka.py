@@ -8,9 +8,9 @@ is merged last so an operator can override anything.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from blobledger.infra.settings import Settings
@@ -80,10 +80,39 @@ def make_admin(settings: Settings, **overrides: Any) -> AdminClient:
     return AdminClient(config)
 
 
-def headers_for(event: Event, traceparent: str | None = None) -> list[tuple[str, bytes]]:
+# The header shapes of the driver's stubs (``confluent_kafka._types.HeadersType``, a private
+# module): produce() takes a dict or (key, value) pairs; a consumed message has pairs.
+HeaderValue = str | bytes | None
+HeaderList = list[tuple[str, HeaderValue]]
+Headers = dict[str, HeaderValue] | HeaderList
+
+
+class LogPosition(NamedTuple):
+    """Where a record sits in the log."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def position_of(msg: Message) -> LogPosition:
+    """The log position of a record the driver delivered without error (consumed, or
+    acknowledged to a delivery callback), or of a partition-EOF event. The stubs make each
+    part optional because other error events carry none; these always carry all three, so
+    a gap is a driver fault."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    if topic is None or partition is None or offset is None:
+        raise PermanentError(
+            f"kafka: the driver delivered a record without a log position "
+            f"(topic={topic!r}, partition={partition!r}, offset={offset!r})"
+        )
+    return LogPosition(topic, partition, offset)
+
+
+def headers_for(event: Event, traceparent: str | None = None) -> HeaderList:
     """Headers that let tools route and trace a message without decoding its body."""
     env = event.envelope
-    headers = [
+    headers: HeaderList = [
         ("event_type", event.event_type.encode()),
         ("event_id", env.event_id.encode()),
         ("correlation_id", env.correlation_id.encode()),
@@ -93,11 +122,26 @@ def headers_for(event: Event, traceparent: str | None = None) -> list[tuple[str,
     return headers
 
 
-def header_value(headers: list[tuple[str, bytes | None]] | None, name: str) -> str | None:
-    for key, value in headers or ():
+def header_list(headers: Headers | None) -> HeaderList:
+    """``headers`` as (key, value) pairs, whichever shape the driver gave (a new list)."""
+    if headers is None:
+        return []
+    if isinstance(headers, dict):
+        return list(headers.items())
+    return list(headers)
+
+
+def header_bytes(headers: Headers | None, name: str) -> bytes | None:
+    """The first value of header ``name`` as bytes (None when absent or null)."""
+    for key, value in header_list(headers):
         if key == name and value is not None:
-            return value.decode("utf-8", "replace")
+            return value.encode() if isinstance(value, str) else value
     return None
+
+
+def header_value(headers: Headers | None, name: str) -> str | None:
+    raw = header_bytes(headers, name)
+    return None if raw is None else raw.decode("utf-8", "replace")
 
 
 def translate(error: KafkaError | KafkaException | Exception) -> TransientError | PermanentError:
@@ -157,10 +201,13 @@ def end_offsets(settings: Settings, topic: str, timeout: float = 30.0) -> dict[i
                 for m in consumer.consume(10000, 0.5):
                     err = m.error()
                     if err is None:
-                        ends[m.partition()] = max(ends[m.partition()], m.offset() + 1)
+                        pos = position_of(m)
+                        ends[pos.partition] = max(ends[pos.partition], pos.offset + 1)
                     elif err.code() == KafkaError._PARTITION_EOF:
-                        ends[m.partition()] = max(ends[m.partition()], m.offset())
-                        waiting.discard(m.partition())
+                        # the partition-EOF event carries the partition and its end offset
+                        pos = position_of(m)
+                        ends[pos.partition] = max(ends[pos.partition], pos.offset)
+                        waiting.discard(pos.partition)
                     else:
                         raise translate(err)
         return ends

@@ -11,10 +11,10 @@ from concurrent.futures import Future
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from blobledger.infra.kafka import headers_for, make_producer, translate
+from blobledger.infra.kafka import headers_for, make_producer, position_of, translate
 from blobledger.infra.settings import Settings
 from blobledger.schemas.codec import Codec, default_codec
-from blobledger.schemas.errors import TimeoutExpired, TransientError
+from blobledger.schemas.errors import PermanentError, TimeoutExpired, TransientError
 from blobledger.schemas.events import Event
 from blobledger.schemas.receipts import Receipt
 
@@ -43,12 +43,15 @@ class Publisher:
         def delivered(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
                 future.set_exception(translate(err))
-            else:
-                future.set_result(
-                    Receipt(
-                        event.event_id, event.object_id, msg.topic(), msg.partition(), msg.offset()
-                    )
-                )
+                return
+            try:
+                pos = position_of(msg)
+            except PermanentError as e:  # raised here it would end the poll thread
+                future.set_exception(e)
+                return
+            future.set_result(
+                Receipt(event.event_id, event.object_id, pos.topic, pos.partition, pos.offset)
+            )
 
         try:
             self.producer.produce(

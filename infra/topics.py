@@ -6,6 +6,7 @@ producer that races it gets UNKNOWN_TOPIC_OR_PART.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable
 
@@ -89,7 +90,5 @@ def delete_topics(settings: Settings, names: Iterable[str], *, timeout: float = 
     if not names:
         return
     for future in make_admin(settings).delete_topics(names, request_timeout=timeout).values():
-        try:
+        with contextlib.suppress(KafkaException):
             future.result(timeout=timeout)
-        except KafkaException:
-            pass

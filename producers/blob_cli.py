@@ -9,6 +9,7 @@ answer. ``get`` streams the committed blob to a file or stdout and verifies its 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -74,11 +75,10 @@ class ProgressFollower:
             msg = self.consumer.poll(max(0.0, end - time.monotonic()))
             if msg is None:
                 return latest
-            if not msg.error() and msg.key() == upload_id.encode():
-                try:
-                    latest = json.loads(msg.value())
-                except ValueError:
-                    pass
+            value = msg.value()
+            if not msg.error() and value is not None and msg.key() == upload_id.encode():
+                with contextlib.suppress(ValueError):  # not a progress body: skip it
+                    latest = json.loads(value)
             if time.monotonic() >= end:
                 return latest
 

@@ -117,7 +117,8 @@ def _report(result: Result, args: argparse.Namespace) -> None:
         print(json.dumps(out))
     elif result.outcome:
         print(
-            f"{args.verb}: {out['status']} — object {result.object_id} now at version {result.version}"
+            f"{args.verb}: {out['status']} — object {result.object_id} "
+            f"now at version {result.version}"
         )
     else:
         print(

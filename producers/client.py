@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +77,13 @@ class Result:
     @property
     def version(self) -> int | None:
         return self.outcome.version if self.outcome else None
+
+
+@dataclass(frozen=True)
+class AttachResult(Result):
+    """What ``attach_blob`` returns: a :class:`Result` that always names its upload."""
+
+    upload_id: str = field(kw_only=True)
 
 
 def _raise_for(outcome: EventOutcome) -> None:
@@ -294,7 +301,7 @@ class Client:
         declared_size: int | None = None,
         content_type: str | None = None,
         wait: bool = True,
-    ) -> Result:
+    ) -> AttachResult:
         """Publish the provisional ``BlobAttached`` event, then the upload command.
 
         The command goes out only after the event is acknowledged, so a worker's
@@ -331,7 +338,7 @@ class Client:
         )
         self.publisher.publish(s.commands_topic, command)
         outcome = self.wait(receipt) if wait else None
-        return Result(receipt, outcome, upload_id)
+        return AttachResult(receipt, outcome, upload_id=upload_id)
 
     # --- reads ------------------------------------------------------------------------------------
     def get(self, ref: str) -> ObjectView:
@@ -379,8 +386,8 @@ class Client:
                 pass  # the attach itself is not folded yet
             if time.monotonic() > deadline:
                 raise TimeoutExpired(
-                    f"upload {upload_id} is still pending; is a blob worker running (`blobledger worker`)? "
-                    "The reaper compensates it once its deadline passes"
+                    f"upload {upload_id} is still pending; is a blob worker running "
+                    "(`blobledger worker`)? The reaper compensates it once its deadline passes"
                 )
             time.sleep(0.1)
 

@@ -87,16 +87,18 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
             else:
                 for e in entries:
                     print(
-                        f"v{e.version:<4} {e.occurred_at.isoformat()}  {e.event_type:<16} by {e.actor}"
+                        f"v{e.version:<4} {e.occurred_at.isoformat()}  {e.event_type:<16} "
+                        f"by {e.actor}"
                     )
         else:
-            entries = client.audit(args.who, since=args.since, limit=args.limit)
+            audit = client.audit(args.who, since=args.since, limit=args.limit)
             if args.json:
-                print(json.dumps([e.to_json() for e in entries]))
+                print(json.dumps([a.to_json() for a in audit]))
             else:
-                for e in entries:
-                    why = f" ({e.reason})" if e.reason else ""
+                for a in audit:
+                    why = f" ({a.reason})" if a.reason else ""
                     print(
-                        f"{e.occurred_at.isoformat()}  {e.event_type:<16} {e.object_id} {e.status}{why}"
+                        f"{a.occurred_at.isoformat()}  {a.event_type:<16} {a.object_id} "
+                        f"{a.status}{why}"
                     )
     return 0

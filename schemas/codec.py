@@ -146,6 +146,8 @@ class Codec:
             raise CodecError(
                 f"{writer.name} body has {len(data) - HEADER_LEN - body.tell()} trailing bytes"
             )
+        if not isinstance(record, dict):  # every event schema is a record
+            raise CodecError(f"{writer.name} body is a {type(record).__name__}, not a record")
         return writer.name, record
 
 

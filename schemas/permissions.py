@@ -30,4 +30,4 @@ def may(acl: Mapping[str, frozenset[str]] | Mapping[str, Any], actor: str, permi
     if perms and not granting.isdisjoint(perms):
         return True
     perms = acl.get(EVERYONE)
-    return bool(perms) and not granting.isdisjoint(perms)
+    return bool(perms and not granting.isdisjoint(perms))

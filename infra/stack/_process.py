@@ -7,6 +7,7 @@ only trusted when the live process still runs the expected binary (pids get reus
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -34,10 +35,8 @@ def alive(pid: int | None, expect: str | None = None) -> bool:
 
 def _reap(pid: int) -> None:
     """Collect a dead child of ours so it does not linger as a zombie (tests spawn children)."""
-    try:
+    with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
-    except (ChildProcessError, OSError):
-        pass
 
 
 def read_pid(pid_file: Path) -> int | None:

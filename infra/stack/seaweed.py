@@ -32,7 +32,8 @@ from blobledger.schemas.errors import StackError
 
 
 def grpc_port(http_port: int) -> int:
-    """The gRPC port paired with an HTTP port: +10000 like SeaweedFS, or -10000 if that overflows."""
+    """The gRPC port paired with an HTTP port: +10000 like SeaweedFS, or -10000 if that
+    overflows."""
     return http_port + 10000 if http_port + 10000 <= 65535 else http_port - 10000
 
 

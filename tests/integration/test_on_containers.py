@@ -11,18 +11,22 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.test_demo import check, run_demo
+from tests.integration import test_blob_path as _blob_path
+from tests.integration import test_metadata_path as _metadata_path
 from tests.integration.test_blob_path import (  # noqa: F401 - fixtures the imported test uses
     origin,
     worker,
 )
-from tests.integration.test_blob_path import (  # noqa: F401 - collected here, on containers
-    test_every_bad_input_is_compensated_with_its_reason as test_blob_bad_inputs_compensated_on_containers,
-)
-from tests.integration.test_metadata_path import (  # noqa: F401 - collected here, on containers
-    test_projector_killed_mid_batch_equals_fresh_replay as test_projector_crash_safety_on_containers,
-)
 
 pytestmark = [pytest.mark.container, pytest.mark.integration]
+
+# collected here, on containers
+test_blob_bad_inputs_compensated_on_containers = (
+    _blob_path.test_every_bad_input_is_compensated_with_its_reason
+)
+test_projector_crash_safety_on_containers = (
+    _metadata_path.test_projector_killed_mid_batch_equals_fresh_replay
+)
 
 
 def test_demo_flow_on_containers(settings):
