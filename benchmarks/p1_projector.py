@@ -29,6 +29,7 @@ import queue
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
@@ -36,7 +37,7 @@ from confluent_kafka import TopicPartition
 from psycopg import sql
 
 from blobledger.benchmarks.common import BenchContext, fill_events, result
-from blobledger.infra.kafka import end_offsets, make_consumer
+from blobledger.infra.kafka import end_offsets, make_consumer, position_of
 from blobledger.infra.settings import Settings
 from blobledger.projectors import copytext as rm
 from blobledger.projectors.applier import BatchStats, Record, fold_records
@@ -75,7 +76,7 @@ def precompute(values: list[bytes], batch: int) -> dict[str, tuple[str, str, str
         versions = {v[2]: rm.version_line(v, w.texts) for v in w.versions}
         obj_lines = {oid: rm.object_line(s, w.texts) for oid, s in w.objects.items()}
         by_upload = {u.upload_id: rm.upload_line(u) for u in w.uploads.values()}
-        for row, e in zip(w.outcomes, evs):
+        for row, e in zip(w.outcomes, evs, strict=True):
             oid = e.object_id
             acl = ""
             if oid in w.acl_changed and type(e).__name__ in ("AclChanged", "ObjectCreated"):
@@ -107,8 +108,9 @@ def partition_map(settings: Settings, total: int) -> dict[int, list[bytes]]:
         deadline = time.monotonic() + 300
         while got < total and time.monotonic() < deadline:
             for m in consumer.consume(10000, 1.0):
-                if m.error() is None:
-                    out[m.partition()].append(m.value())
+                value = m.value()
+                if m.error() is None and value is not None:
+                    out[position_of(m).partition].append(value)
                     got += 1
     finally:
         consumer.close()
@@ -199,7 +201,7 @@ def _spawn_timed(
         if go_when is not None:
             go_when()
         go.set()
-        rows = []
+        rows: list[Any] = []
         deadline = time.monotonic() + timeout
         while len(rows) < len(procs):
             try:
@@ -225,7 +227,7 @@ def _spawn_timed(
 
 def floor(
     settings: Settings,
-    lines: dict[str, tuple[str, ...]],
+    lines: Mapping[str, tuple[str, ...]],
     parts: dict[int, list[bytes]],
     n: int,
     batch: int,
@@ -253,7 +255,7 @@ def floor(
     return count / seconds
 
 
-# --- ours -------------------------------------------------------------------------------------------
+# --- ours --------------------------------------------------------------------------------
 def _ours_child(
     settings: Settings, assigned: Any, ready: Any, go: Any, results: Any, slot: int
 ) -> None:
@@ -324,11 +326,12 @@ def ours(settings: Settings, total: int, n: int) -> tuple[float, dict[str, Any]]
         try:
             while True:
                 try:
-                    done = conn.execute(
+                    row = conn.execute(
                         sql.SQL("SELECT coalesce(sum(next_offset), 0) FROM {}.checkpoints").format(
                             sql.Identifier(settings.read_model_schema)
                         )
-                    ).fetchone()[0]
+                    ).fetchone()
+                    done = row[0] if row else 0
                 except psycopg.errors.UndefinedTable:
                     done = 0
                 if done >= total:
@@ -403,7 +406,7 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
             "rounds": rounds,
             "ours_events_per_s_runs": [round(r) for r in rates],
             "floor_events_per_s_runs": [round(f) for f in floors],
-            "pairwise_ratios": [round(r / f, 3) for r, f in zip(rates, floors)],
+            "pairwise_ratios": [round(r / f, 3) for r, f in zip(rates, floors, strict=True)],
             "ours_1_process_events_per_s": round(rate1),
             "abs_target": ">= 20000 events/s",
             "met_ratio": rate / base >= 0.5,

@@ -61,7 +61,7 @@ RSS_TARGET = 200 * 10**6  # bytes (the design's "< 200 MB")
 BASELINE_NAME = "boto3 upload_file 16MiB x8"
 
 
-# --- one upload in a fresh process -----------------------------------------------------------------
+# --- one upload in a fresh process ---------------------------------------------------------
 def _child(mode: str, path: str, key: str) -> dict[str, Any]:
     settings = Settings.from_env()
     if mode == "base":
@@ -148,7 +148,7 @@ def _upload(settings: Settings, mode: str, path: Path, key: str) -> dict[str, An
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-# --- the real worker process, for its peak RSS ---------------------------------------------------------
+# --- the real worker process, for its peak RSS ---------------------------------------------
 def worker_process_run(settings: Settings, path: Path) -> dict[str, Any]:
     """One ``blobledger worker --max-commands 1`` transferring ``path`` from a real command;
     its peak RSS (VmHWM sampled while it runs) and its own account of the upload (log)."""
@@ -202,7 +202,7 @@ def worker_process_run(settings: Settings, path: Path) -> dict[str, Any]:
     }
 
 
-# --- the benchmark -------------------------------------------------------------------------------------
+# --- the benchmark -------------------------------------------------------------------------
 def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
     mib = args.blob_mib
     rounds = max(1, int(getattr(args, "blob_rounds", None) or DEFAULT_ROUNDS))
@@ -255,7 +255,8 @@ def run(ctx: BenchContext, args: argparse.Namespace) -> dict[str, Any]:
             "ours_mbps_runs": [round(r["mbps"], 1) for r in runs["hash_first"]],
             "baseline_mbps_runs": [round(r["mbps"], 1) for r in runs["base"]],
             "pairwise_ratios": [
-                round(o["mbps"] / b["mbps"], 3) for o, b in zip(runs["hash_first"], runs["base"])
+                round(o["mbps"] / b["mbps"], 3)
+                for o, b in zip(runs["hash_first"], runs["base"], strict=True)
             ],
             "stream_mode_mbps": stream,
             "stream_mode_ratio": stream / base,

@@ -47,6 +47,7 @@ def wait_caught_up(settings: Settings, timeout: float = 60.0, *, schema: str | N
                 return
             if time.monotonic() > deadline:
                 raise TimeoutExpired(
-                    f"read model still {behind} events behind after {timeout:.0f}s; is a projector running?"
+                    f"read model still {behind} events behind after {timeout:.0f}s; "
+                    "is a projector running?"
                 )
             time.sleep(0.05)

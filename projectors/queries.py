@@ -153,9 +153,8 @@ class Queries:
         else:
             raise ValidationError("as_of needs a version or a time")
         if not rows:
-            raise NotFoundError(
-                f"object {object_id} has no version {version if version is not None else 'at ' + str(at)}"
-            )
+            which = version if version is not None else f"at {at}"
+            raise NotFoundError(f"object {object_id} has no version {which}")
         return self._entry(rows[0])
 
     def _entry(self, r: dict[str, Any]) -> HistoryEntry:
@@ -229,7 +228,8 @@ class Queries:
         """Everything an actor did (accepted and rejected), oldest first."""
         rows = self._fetch(
             "SELECT * FROM {s}.event_outcomes WHERE actor = %s AND tenant = %s "
-            "AND occurred_at >= COALESCE(%s, '-infinity'::timestamptz) ORDER BY occurred_at, event_id LIMIT %s",
+            "AND occurred_at >= COALESCE(%s, '-infinity'::timestamptz) "
+            "ORDER BY occurred_at, event_id LIMIT %s",
             (actor_filter, self.tenant, since, limit),
         )
         return [

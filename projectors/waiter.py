@@ -60,9 +60,10 @@ class OutcomeWaiter:
             with self._lock:
                 self._pending.pop(receipt.event_id, None)
             raise TimeoutExpired(
-                f"the projection did not reach {receipt.topic}[{receipt.partition}]@{receipt.offset} "
-                f"within {timeout:.0f}s; the event is in the log and will be applied when a projector "
-                "runs (`blobledger projector`); check `blobledger stack status`"
+                f"the projection did not reach "
+                f"{receipt.topic}[{receipt.partition}]@{receipt.offset} within {timeout:.0f}s; "
+                "the event is in the log and will be applied when a projector runs "
+                "(`blobledger projector`); check `blobledger stack status`"
             ) from e
 
     # --- the background thread ------------------------------------------------------------
@@ -132,8 +133,8 @@ class OutcomeWaiter:
                     # same event id earlier (a duplicate publish) or dead-lettered
                     future.set_exception(
                         TransientError(
-                            f"event {receipt.event_id} was passed by the projection without an outcome; "
-                            "see `blobledger dlq list`"
+                            f"event {receipt.event_id} was passed by the projection "
+                            "without an outcome; see `blobledger dlq list`"
                         )
                     )
                 else:

@@ -13,7 +13,7 @@ import enum
 from dataclasses import dataclass
 
 
-class UploadState(str, enum.Enum):
+class UploadState(enum.StrEnum):
     PENDING = "pending"
     STORED = "stored"
     COMPENSATED = "compensated"

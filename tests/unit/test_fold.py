@@ -234,5 +234,8 @@ def test_fold_is_deterministic_under_replay():
     a = run(events)
     b = run(events)
     assert a[0] == b[0] and a[1] == b[1]
-    strip = lambda w: (w.versions, [r[1:] for r in w.outcomes], w.ref_deltas)
+
+    def strip(w):
+        return (w.versions, [r[1:] for r in w.outcomes], w.ref_deltas)
+
     assert strip(a[2]) == strip(b[2])
