@@ -24,7 +24,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from blobledger.infra.ports import free_ports
+from blobledger.infra.freeports import free_ports
 from blobledger.infra.settings import Settings
 from blobledger.infra.stack import _process
 from blobledger.infra.stack.base import Service

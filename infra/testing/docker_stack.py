@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from blobledger.infra.ports import free_ports
+from blobledger.infra.freeports import free_ports
 from blobledger.infra.settings import Settings
 from blobledger.infra.testing import ServiceName
 from blobledger.infra.testing.settings import TestSettings

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from blobledger.infra.ports import free_ports
+from blobledger.infra.freeports import free_ports
 from blobledger.infra.settings import Settings
 from blobledger.infra.stack.launcher import Stack
 from blobledger.infra.stack.seaweed import grpc_port, stack_ports

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from blobledger.infra.ports import ephemeral_range, free_ports
+from blobledger.infra.freeports import ephemeral_range, free_ports
 from blobledger.infra.settings import Settings
 from blobledger.infra.stack.launcher import Stack
 from blobledger.infra.stack.seaweed import (
