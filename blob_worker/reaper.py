@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import psycopg
 import structlog
@@ -55,7 +54,7 @@ class ReapReport:
 
 
 def expired_uploads(
-    conn: Any, schema: str, *, now: datetime | None = None, limit: int = 1000
+    conn: psycopg.Connection, schema: str, *, now: datetime | None = None, limit: int = 1000
 ) -> list[ExpiredUpload]:
     """Pending uploads whose deadline is before ``now`` (oldest first)."""
     query = sql.SQL(

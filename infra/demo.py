@@ -20,12 +20,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blobledger.infra import logging as blog
 from blobledger.infra.randfile import write_random_file
 from blobledger.infra.settings import Settings
 from blobledger.schemas.errors import BlobledgerError, StackError, TimeoutExpired
+from blobledger.schemas.views import UploadView
+
+if TYPE_CHECKING:
+    from blobledger.producers.client import Client
 
 MiB = 1024 * 1024
 
@@ -212,7 +216,7 @@ def run_demo(settings: Settings, *, size: int, quiet: bool, timeout: float) -> d
             c.stop()
 
 
-def _terminal(client: Any, upload_id: str) -> Any:
+def _terminal(client: Client, upload_id: str) -> UploadView | None:
     """The upload once terminal, else None (short waits, so dead children are noticed)."""
     try:
         return client.wait_upload(upload_id, timeout=0.5)

@@ -26,6 +26,7 @@ from blobledger.infra.s3 import make_s3_client
 from blobledger.infra.settings import Settings
 from blobledger.producers.reader import ByteRange, open_object_blob, presigned_get_url
 from blobledger.schemas.errors import NotFoundError, TimeoutExpired
+from blobledger.schemas.views import UploadView
 
 if TYPE_CHECKING:
     from blobledger.producers.client import Client
@@ -100,13 +101,13 @@ def _bar(p: dict[str, Any], width: int = 30) -> str:
 
 
 def follow_upload(
-    client: Any,
+    client: Client,
     follower: ProgressFollower | None,
     upload_id: str,
     *,
     timeout: float,
     out: TextIO | None,
-) -> Any:
+) -> UploadView:
     """Show progress until the read model says the upload is terminal; its UploadView."""
     deadline = time.monotonic() + timeout
     last_check = 0.0

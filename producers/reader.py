@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from blobledger.infra.s3 import S3NotFound, translate
+from blobledger.schemas.ports import BlobStore
 from blobledger.schemas.errors import (
     BlobIntegrityError,
     NotFoundError,
@@ -26,6 +27,9 @@ from blobledger.schemas.errors import (
 )
 
 log = structlog.get_logger(__name__)
+
+if TYPE_CHECKING:
+    from blobledger.producers.client import Client
 
 CHUNK = 1024 * 1024
 
@@ -62,7 +66,7 @@ class BlobReader(io.RawIOBase):
 
     def __init__(
         self,
-        s3: Any,
+        s3: BlobStore,
         bucket: str,
         key: str,
         *,
@@ -164,7 +168,7 @@ class BlobReader(io.RawIOBase):
 
 
 def open_blob(
-    s3: Any,
+    s3: BlobStore,
     bucket: str,
     key: str,
     *,
@@ -178,7 +182,7 @@ def open_blob(
 
 
 def presigned_get_url(
-    s3: Any,
+    s3: BlobStore,
     bucket: str,
     key: str,
     *,
@@ -211,15 +215,15 @@ class ObjectBlob:
 
 
 def open_object_blob(
-    client: Any,
+    client: Client,
     ref: str,
     *,
-    s3: Any,
+    s3: BlobStore,
     version: int | None = None,
     byte_range: ByteRange | None = None,
 ) -> ObjectBlob:
     """Open the committed blob of ``ref`` (at ``version``, default current) through
-    ``client`` (producers.client.Client: authorization and the read model)."""
+    ``client`` (authorization and the read model)."""
     view = client.get(ref) if version is None else client.as_of(ref, version=version).snapshot
     blob, pending = view.blob, view.pending_upload_id
     if blob is None:
