@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from blobledger.blob_worker.failures import UploadFailure
 from blobledger.blob_worker.outcomes import failed_event, stored_event
@@ -53,6 +53,7 @@ from blobledger.infra.settings import Settings
 from blobledger.schemas.codec import Codec, default_codec
 from blobledger.schemas.errors import BlobledgerError, CodecError, TransientError
 from blobledger.schemas.events import Event, UploadRequested, now_us
+from blobledger.schemas.ports import LogConsumer
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +86,7 @@ class Worker:
         self,
         settings: Settings,
         *,
-        consumer: Consumer,
+        consumer: LogConsumer,
         publisher: Publisher,
         transfer: Transfer,
         codec: Codec | None = None,
@@ -156,7 +157,7 @@ class Worker:
         return self.handled
 
     # --- rebalance ---------------------------------------------------------------------
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, consumer: LogConsumer, partitions: list[TopicPartition]) -> None:
         log.info("worker.assigned", partitions=[p.partition for p in partitions])
         if partitions and self._busy is None and not self._paused:
             # librdkafka keeps a partition's pause flag across a lost-and-reassigned cycle
@@ -168,13 +169,13 @@ class Worker:
         if partitions:
             self.assigned.set()
 
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_lost(self, consumer: LogConsumer, partitions: list[TopicPartition]) -> None:
         """The broker was unreachable past the session timeout. The running transfer only
         needs S3, so let it finish: its outcome has a deterministic event id, so even if
         another worker redoes the command meanwhile, the fold applies it once."""
         log.warning("worker.partitions_lost", partitions=[p.partition for p in partitions])
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, consumer: LogConsumer, partitions: list[TopicPartition]) -> None:
         log.info("worker.revoked", partitions=[p.partition for p in partitions])
         busy = self._busy
         if busy and any(

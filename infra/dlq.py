@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from confluent_kafka import Message, Producer, TopicPartition
+from confluent_kafka import Message, TopicPartition
 
 from blobledger.infra.kafka import (
     HeaderList,
@@ -29,6 +29,7 @@ from blobledger.infra.kafka import (
 )
 from blobledger.infra.settings import Settings
 from blobledger.schemas.errors import BlobledgerError, TransientError
+from blobledger.schemas.ports import LogProducer
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class DeadLetters:
     """Producer side: called by the projector before it commits the batch's checkpoint,
     so a crash can duplicate a dead letter but never lose one."""
 
-    def __init__(self, producer: Producer, topic: str) -> None:
+    def __init__(self, producer: LogProducer, topic: str) -> None:
         self.producer = producer
         self.topic = topic
         self.pending = 0

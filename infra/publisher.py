@@ -9,19 +9,24 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Message
 
 from blobledger.infra.kafka import headers_for, make_producer, position_of, translate
 from blobledger.infra.settings import Settings
 from blobledger.schemas.codec import Codec, default_codec
 from blobledger.schemas.errors import PermanentError, TimeoutExpired, TransientError
 from blobledger.schemas.events import Event
+from blobledger.schemas.ports import LogProducer
 from blobledger.schemas.receipts import Receipt
 
 
 class Publisher:
     def __init__(
-        self, settings: Settings, *, producer: Producer | None = None, codec: Codec | None = None
+        self,
+        settings: Settings,
+        *,
+        producer: LogProducer | None = None,
+        codec: Codec | None = None,
     ) -> None:
         self.settings = settings
         self.codec = codec or default_codec()

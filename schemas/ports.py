@@ -12,7 +12,7 @@ Pure module: typing only, no driver imports.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -21,7 +21,8 @@ from blobledger.schemas.events import Event
 from blobledger.schemas.receipts import EventOutcome, Receipt
 from blobledger.schemas.views import AuditEntry, HistoryEntry, ObjectView, Page, UploadView
 
-Headers = Sequence[tuple[str, bytes]]
+#: the header shapes the driver's ``produce`` accepts (confluent_kafka's ``HeadersType``)
+Headers = dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]]
 
 
 # --- the log -----------------------------------------------------------------------------------
