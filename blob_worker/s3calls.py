@@ -14,6 +14,7 @@ import structlog
 from blobledger.blob_worker.transfer_types import TransferCancelled
 from blobledger.infra.retry import CircuitBreaker, retrying
 from blobledger.infra.s3 import S3NotFound, head, translate
+from blobledger.schemas.ports import BlobStore
 
 log = structlog.get_logger(__name__)
 
@@ -22,7 +23,9 @@ class S3Calls:
     """The injected S3 client behind retries and the breaker. Thread-safe: part uploads
     call it from the pool."""
 
-    def __init__(self, client: Any, bucket: str, *, attempts: int, breaker: CircuitBreaker) -> None:
+    def __init__(
+        self, client: BlobStore, bucket: str, *, attempts: int, breaker: CircuitBreaker
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.attempts = attempts

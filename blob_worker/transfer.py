@@ -55,6 +55,7 @@ from blobledger.blob_worker.upload_job import UploadJob
 from blobledger.infra.retry import CircuitBreaker
 from blobledger.infra.s3 import S3ChecksumMismatch
 from blobledger.schemas.errors import PermanentError
+from blobledger.schemas.ports import BlobStore
 
 __all__ = [
     "SHA256_HEX",
@@ -78,7 +79,7 @@ class Transfer:
 
     def __init__(
         self,
-        s3: Any,
+        s3: BlobStore,
         options: TransferOptions,
         *,
         breaker: CircuitBreaker | None = None,

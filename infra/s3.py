@@ -23,6 +23,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from blobledger.infra.settings import Settings
 from blobledger.schemas.errors import PermanentError, TransientError
+from blobledger.schemas.ports import BlobStore
 
 
 class S3NotFound(PermanentError):
@@ -59,7 +60,7 @@ _DIGEST_CODES = frozenset(
 )
 
 
-def make_s3_client(settings: Settings, *, max_pool_connections: int | None = None) -> Any:
+def make_s3_client(settings: Settings, *, max_pool_connections: int | None = None) -> BlobStore:
     """A thread-safe boto3 S3 client for ``settings.s3_url``.
 
     Share one per process: its connection pool is what the parallel parts run on."""
@@ -144,7 +145,7 @@ def translate(e: BaseException) -> TransientError | PermanentError:
     return PermanentError(f"s3: {type(e).__name__}: {e}")
 
 
-def head(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
+def head(s3: BlobStore, bucket: str, key: str) -> dict[str, Any] | None:
     """HEAD an object: its metadata, or None when it does not exist."""
     try:
         return s3.head_object(Bucket=bucket, Key=key)
