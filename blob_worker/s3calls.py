@@ -6,7 +6,7 @@ tries instead of finishing its retries)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -57,7 +57,7 @@ class S3Calls:
                         raise translate(e) from e
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
-    def head(self, key: str) -> dict[str, Any] | None:
+    def head(self, key: str) -> Mapping[str, Any] | None:
         """The object's metadata, or None when it does not exist."""
         for attempt in retrying(self.attempts):
             with attempt, self.breaker.guard():

@@ -26,7 +26,7 @@ cleanups), :mod:`.hashing` (the local-file pass), :mod:`.pump` (bounded parallel
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -114,7 +114,7 @@ class Transfer:
     ) -> Any:
         return self.calls.call(op, cancel=cancel, body=body, **kwargs)
 
-    def head(self, key: str) -> dict[str, Any] | None:
+    def head(self, key: str) -> Mapping[str, Any] | None:
         return self.calls.head(key)
 
     def abort(self, key: str, multipart_id: str) -> None:

@@ -6,6 +6,7 @@ jittered, bounded by a per-upload budget, and visible to the circuit breaker.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import boto3
@@ -145,7 +146,7 @@ def translate(e: BaseException) -> TransientError | PermanentError:
     return PermanentError(f"s3: {type(e).__name__}: {e}")
 
 
-def head(s3: BlobStore, bucket: str, key: str) -> dict[str, Any] | None:
+def head(s3: BlobStore, bucket: str, key: str) -> Mapping[str, Any] | None:
     """HEAD an object: its metadata, or None when it does not exist."""
     try:
         return s3.head_object(Bucket=bucket, Key=key)
