@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Self
 
-from blobledger.benchmarks.common import percentile
+from blobledger.benchmarks.common import SCRATCH_SUBDIR, percentile
 from blobledger.infra.randfile import write_random_file
 from blobledger.infra.settings import Settings
 
@@ -274,6 +274,6 @@ def delete_keys(settings: Settings, keys: Iterable[str]) -> None:
 
 
 def scratch_dir(settings: Settings) -> Path:
-    d = Path(settings.data_dir).resolve() / "bench-blobs"
+    d = Path(settings.data_dir).resolve() / SCRATCH_SUBDIR  # a source root (BenchContext.fresh)
     d.mkdir(parents=True, exist_ok=True)
     return d

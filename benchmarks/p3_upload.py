@@ -152,6 +152,7 @@ def _upload(settings: Settings, mode: str, path: Path, key: str) -> dict[str, An
 def worker_process_run(settings: Settings, path: Path) -> dict[str, Any]:
     """One ``blobledger worker --max-commands 1`` transferring ``path`` from a real command;
     its peak RSS (VmHWM sampled while it runs) and its own account of the upload (log)."""
+    from blobledger.infra.keys import signing_key
     from blobledger.infra.publisher import Publisher
     from blobledger.schemas.events import Envelope, UploadRequested, new_id, now_us, object_id_for
 
@@ -173,7 +174,7 @@ def worker_process_run(settings: Settings, path: Path) -> dict[str, Any]:
             source="file://" + str(path.resolve()),
             deadline=now_us() + 3600 * 1_000_000,
         )
-        publisher = Publisher(settings)
+        publisher = Publisher(settings, signer=signing_key(settings))
         try:
             publisher.publish(settings.commands_topic, cmd)
         finally:

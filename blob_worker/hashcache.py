@@ -5,6 +5,12 @@ first upload's time).
 Kept in SQLite under ``settings.data_dir`` so a restarted worker keeps it, and shared
 safely by the worker processes of one host (WAL, short transactions). The cache only
 short-cuts dedup: a hit is trusted only when S3 already holds that hash with that size.
+
+A hit is also the worker's proof that the requester possesses the content (a hash alone
+is not): only workers write it, after hashing a file they opened for a command within
+the source policy, keyed by that file's real path and identity. Spool entries are not
+written (a path used once; the hard link that made it changed the inode's ctime anyway),
+so the shortcut is for files under configured source roots.
 """
 
 from __future__ import annotations

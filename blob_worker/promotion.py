@@ -20,6 +20,7 @@ from blobledger.blob_worker.planning import MiB, plan_parts
 from blobledger.blob_worker.s3calls import S3Calls
 from blobledger.blob_worker.transfer_types import Promoter
 from blobledger.infra.settings import Settings
+from blobledger.infra.stack.seaweed import filer_keys, filer_token
 
 if TYPE_CHECKING:
     from blobledger.blob_worker.transfer import Transfer
@@ -76,32 +77,55 @@ class ServerSideCopy:
 class SeaweedFilerRename:
     """Metadata-only rename through the SeaweedFS filer HTTP API."""
 
-    def __init__(self, filer_url: str, *, pool: urllib3.PoolManager | None = None) -> None:
+    def __init__(
+        self,
+        filer_url: str,
+        *,
+        pool: urllib3.PoolManager | None = None,
+        signing_key: str | None = None,
+    ) -> None:
         self.filer_url = filer_url.rstrip("/")
         self._pool = pool or urllib3.PoolManager(maxsize=4)
+        #: the filer's write JWT key: the embedded stack's filer refuses unsigned writes
+        self._signing_key = signing_key
 
     @classmethod
     def detect(cls, settings: Settings, *, timeout: float = 1.0) -> SeaweedFilerRename | None:
         """The strategy if a SeaweedFS filer answers on the S3 host at
-        ``settings.weed_filer_port`` (the embedded stack's layout), else None."""
+        ``settings.weed_filer_port`` (the embedded stack's layout), else None. On loopback
+        its requests are signed with the filer keys from the embedded stack's data dir
+        (when this user can read them); they are never sent to another host."""
         host = urlsplit(settings.s3_url).hostname or "127.0.0.1"
         url = f"http://{host}:{settings.weed_filer_port}"
+        keys = filer_keys(settings) if host in ("127.0.0.1", "localhost", "::1") else None
+        headers = {"Authorization": f"Bearer {filer_token(keys[1])}"} if keys else {}
         pool = urllib3.PoolManager(maxsize=4)
         try:
-            resp = pool.request("HEAD", url + "/", timeout=timeout, retries=False)
+            resp = pool.request("HEAD", url + "/", headers=headers, timeout=timeout, retries=False)
         except urllib3.exceptions.HTTPError:
             return None
         if not resp.headers.get("Server", "").startswith("SeaweedFS"):
             return None
-        return cls(url, pool=pool)
+        return cls(url, pool=pool, signing_key=keys[0] if keys else None)
 
     def rename(self, bucket: str, src: str, dst: str) -> bool:
         """True when the filer moved ``src`` to ``dst``."""
         target = f"{self.filer_url}{BUCKETS_FOLDER}/{quote(bucket)}/{quote(dst)}"
         source = f"{BUCKETS_FOLDER}/{bucket}/{src}"
+        headers = {}
+        if self._signing_key:  # this move in this bucket only, for half a minute
+            token = filer_token(
+                self._signing_key, methods=("POST",), prefixes=(f"{BUCKETS_FOLDER}/{bucket}",)
+            )
+            headers["Authorization"] = f"Bearer {token}"
         try:
             resp = self._pool.request(
-                "POST", f"{target}?mv.from={quote(source)}", body=b"", timeout=30.0, retries=False
+                "POST",
+                f"{target}?mv.from={quote(source)}",
+                body=b"",
+                headers=headers,
+                timeout=30.0,
+                retries=False,
             )
         except urllib3.exceptions.HTTPError as e:
             log.warning("promotion.rename_failed", src=src, dst=dst, error=str(e))

@@ -8,6 +8,9 @@ crashed uploads left in S3.
 * Multipart uploads initiated longer ago than the upload deadline (plus a grace period)
   belong to commands that are over by now: they are aborted. Completed staging objects
   that old are deleted. Both are safe because no live command can still use them.
+* Spool entries (files clients linked or copied for the worker) of the uploads it
+  compensates are removed, and so is any entry older than the deadline plus the grace
+  period: whatever uploaded or failed it is over.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import psycopg
 import structlog
 from psycopg import sql
 
+from blobledger.blob_worker import spool
 from blobledger.blob_worker.outcomes import REAPER_ACTOR, failed_event
 from blobledger.blob_worker.transfer import STAGING_PREFIX
 from blobledger.infra import logging as blog
@@ -51,6 +55,7 @@ class ReapReport:
     compensated: int
     aborted_multipart: int
     deleted_staging: int
+    deleted_spool: int = 0
 
 
 def expired_uploads(
@@ -116,6 +121,9 @@ class Reaper:
                 object_id=u.object_id,
                 deadline=u.deadline.isoformat(),
             )
+            spool_dir = self.settings.spool_dir
+            if spool_dir is not None:
+                spool.remove(spool_dir, u.upload_id)
         return len(expired)
 
     def clean_s3(self, *, older_than: float | None = None) -> tuple[int, int]:
@@ -154,10 +162,23 @@ class Reaper:
             raise translate(e) from e
         return aborted, deleted
 
+    def clean_spool(self, *, older_than: float | None = None) -> int:
+        """Remove spool entries older than ``older_than`` seconds (default: the upload
+        deadline plus the grace period, when every upload that used one is over)."""
+        spool_dir = self.settings.spool_dir
+        if spool_dir is None:
+            return 0
+        age = (
+            older_than
+            if older_than is not None
+            else self.settings.upload_deadline_seconds + GRACE_SECONDS
+        )
+        return spool.sweep(spool_dir, older_than=age)
+
     def run_once(self, *, multipart_older_than: float | None = None) -> ReapReport:
         compensated = self.compensate_expired()
         aborted, deleted = self.clean_s3(older_than=multipart_older_than)
-        return ReapReport(compensated, aborted, deleted)
+        return ReapReport(compensated, aborted, deleted, self.clean_spool())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -185,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     compensated=report.compensated,
                     aborted_multipart=report.aborted_multipart,
                     deleted_staging=report.deleted_staging,
+                    deleted_spool=report.deleted_spool,
                 )
             except BlobledgerError as e:
                 if args.once:

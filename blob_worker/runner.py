@@ -35,7 +35,9 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
+from blobledger.blob_worker import spool
 from blobledger.blob_worker.failures import UploadFailure
+from blobledger.blob_worker.netguard import redact_url
 from blobledger.blob_worker.outcomes import failed_event, stored_event
 from blobledger.blob_worker.transfer import (
     Progress,
@@ -50,8 +52,14 @@ from blobledger.infra.dlq import DeadLetters
 from blobledger.infra.kafka import position_of
 from blobledger.infra.publisher import Publisher
 from blobledger.infra.settings import Settings
+from blobledger.schemas.auth import Keyring
 from blobledger.schemas.codec import Codec, default_codec
-from blobledger.schemas.errors import BlobledgerError, CodecError, TransientError
+from blobledger.schemas.errors import (
+    BlobledgerError,
+    CodecError,
+    TransientError,
+    UnauthenticatedError,
+)
 from blobledger.schemas.events import Event, UploadRequested, now_us
 from blobledger.schemas.ports import LogConsumer
 
@@ -89,6 +97,7 @@ class Worker:
         consumer: LogConsumer,
         publisher: Publisher,
         transfer: Transfer,
+        keyring: Keyring,
         codec: Codec | None = None,
         clock_us: Callable[[], int] = now_us,
         transfer_attempts: int = TRANSFER_ATTEMPTS,
@@ -102,6 +111,8 @@ class Worker:
         self.consumer = consumer
         self.publisher = publisher
         self.transfer = transfer
+        #: commands are untrusted input: only an authenticated requester's are executed
+        self.keyring = keyring
         self.codec = codec or default_codec()
         self.clock_us = clock_us
         self.dead_letters = DeadLetters(publisher.producer, settings.dlq_topic)
@@ -213,11 +224,18 @@ class Worker:
 
     # --- one command -------------------------------------------------------------------
     def process(self, msg: Message) -> None:
+        value = msg.value() or b""
+        self.keyring.refresh()
         try:
-            cmd = self.codec.decode(msg.value())
+            cmd = self.codec.decode(value)
             if not isinstance(cmd, UploadRequested):
                 raise CodecError(f"{type(cmd).__name__} is not an upload command")
-        except CodecError as e:
+            why = self.keyring.verify_event(value, msg.headers(), cmd)
+            if why is not None:
+                raise UnauthenticatedError(
+                    f"upload command of {cmd.envelope.actor!r} not executed: {why}"
+                )
+        except (CodecError, UnauthenticatedError) as e:
             log.error(
                 "worker.undecodable_command",
                 partition=msg.partition(),
@@ -236,6 +254,7 @@ class Worker:
                     return
                 self._emit(event)
                 self._commit(msg)
+                self._drop_spool_entry(cmd.upload_id)
                 self.handled += 1
             finally:
                 if self._paused:
@@ -257,7 +276,7 @@ class Worker:
                 "the deadline passed before a worker picked the upload up",
             )
         spec = UploadSpec.from_command(cmd)
-        log.info("upload.started", source=cmd.source, declared_size=cmd.declared_size)
+        log.info("upload.started", source=redact_url(cmd.source), declared_size=cmd.declared_size)
         attempts = self.transfer_attempts
         pos = position_of(msg)
         for attempt in range(1, attempts + 1):
@@ -342,6 +361,13 @@ class Worker:
         finally:
             self._busy = None
         return box["out"]
+
+    def _drop_spool_entry(self, upload_id: str) -> None:
+        """The upload is terminal and its outcome committed: the file its client spooled
+        for it is needed no more (a crash before this leaves it to the reaper)."""
+        spool_dir = self.settings.spool_dir
+        if spool_dir is not None and spool.remove(spool_dir, upload_id):
+            log.info("spool.removed")
 
     def _abort(self, cancelled: TransferCancelled) -> None:
         if cancelled.key and cancelled.multipart_id:

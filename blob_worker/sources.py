@@ -1,8 +1,22 @@
 """Upload sources: local files and http(s) URLs, read as streams, never loaded whole.
 
+A command names its source, and whoever can publish a command is not trusted with the
+worker's rights, so opening a source is where the boundary holds (:mod:`.sourcepolicy`):
+
+* a file is read only under the upload's source roots. It is opened with
+  ``O_NOFOLLOW | O_NONBLOCK`` (a symlink as the last component is refused, a FIFO cannot
+  block the worker in ``open``), ``fstat`` refuses anything but a regular file before a
+  byte is read, and the real path of the *opened descriptor* must lie under a root, so
+  neither a symlinked directory nor a path swapped after the first check gets through;
+* an http(s) URL is fetched only from vetted addresses (:mod:`.netguard`), by connecting
+  to the address vetted (the name is resolved once) with the name kept for Host and SNI,
+  following redirects hop by hop, each hop vetted again; a credential comes from the
+  worker's settings and goes to its own host only, never from the URL.
+
 Source errors become project errors here, so the transfer only sees two kinds:
-:class:`UploadFailure` (a compensation reason: missing, unreadable, HTTP 404,
-truncated...) and :class:`TransientError` (5xx, timeouts, resets: worth retrying).
+:class:`UploadFailure` (a compensation reason: missing, forbidden, not a regular file,
+HTTP 404, truncated, silent for too long...) and :class:`TransientError` (5xx, resets,
+unreachable: worth retrying). Messages carry :func:`redact_url` forms only.
 
 HTTP uses urllib3 (already a botocore dependency) with ``Accept-Encoding: identity`` so
 the bytes hashed and stored are the resource's bytes, not a transfer encoding of them.
@@ -10,22 +24,32 @@ the bytes hashed and stored are the resource's bytes, not a transfer encoding of
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 import urllib3
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
+    ConnectTimeoutError,
     HTTPError,
     IncompleteRead,
+    NewConnectionError,
     ProtocolError,
     ReadTimeoutError,
+    SSLError,
 )
 
+from blobledger.blob_worker import netguard
 from blobledger.blob_worker.failures import UploadFailure
+from blobledger.blob_worker.sourcepolicy import SourcePolicy, under_any
 from blobledger.schemas.errors import TransientError
 
 
@@ -45,7 +69,8 @@ class Source(Protocol):
 @dataclass(frozen=True, slots=True)
 class FileIdentity:
     """What must be unchanged for a cached hash of a file to still hold (git-index style:
-    ctime cannot be set from user space, so a rewrite always changes it)."""
+    ctime cannot be set from user space, so a rewrite always changes it). ``path`` is the
+    real path of the opened file."""
 
     path: str
     device: int
@@ -55,31 +80,111 @@ class FileIdentity:
     ctime_ns: int
 
 
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | os.O_NOFOLLOW
+    | os.O_NONBLOCK
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_NOCTTY", 0)
+)
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def descriptor_path(fd: int) -> str:
+    """The real path of what ``fd`` has open (Linux ``/proc``, macOS ``F_GETPATH``). Where
+    neither exists the worker cannot verify a file, so it refuses it."""
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        import fcntl
+
+        getpath = getattr(fcntl, "F_GETPATH", None)
+        if getpath is None:
+            raise UploadFailure(
+                "source_forbidden", "cannot tell where an opened file lives on this system"
+            ) from None
+        raw = fcntl.fcntl(fd, getpath, bytes(1024))
+        path = os.fsdecode(raw.split(b"\0", 1)[0])
+    return path.removesuffix(" (deleted)")
+
+
+def _forbidden(path: str) -> UploadFailure:
+    return UploadFailure(
+        "source_forbidden",
+        f"{path} is outside the worker's source roots (an operator configures "
+        "source_roots; clients spool other files)",
+    )
+
+
+def open_under_roots(path: str, roots: Sequence[str]) -> tuple[int, os.stat_result, str]:
+    """Open ``path`` for reading if it is a regular file under one of ``roots``: the
+    descriptor, its stat and its real path. The checks, in order: where the path leads
+    before anything is opened (a device or FIFO elsewhere is never even opened); an open
+    that follows no final symlink and cannot block; the descriptor's type; the real path of
+    the descriptor (the authority: it covers symlinked directories and swapped paths)."""
+    if not os.path.isabs(path):
+        raise UploadFailure("invalid_command", f"file source {path!r} is not an absolute path")
+    real_roots = [os.path.realpath(r) for r in roots]
+    if not real_roots:
+        raise UploadFailure(
+            "source_forbidden",
+            f"{path}: this worker reads no local files (no source_roots configured)",
+        )
+    if not under_any(os.path.realpath(path), real_roots):
+        raise _forbidden(path)
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError as e:
+        raise UploadFailure("source_not_found", f"no such file: {path}") from e
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UploadFailure("source_forbidden", f"{path} is a symbolic link") from e
+        if e.errno in (errno.ENXIO, errno.ENODEV):
+            raise UploadFailure("source_not_regular", f"{path} is not a regular file") from e
+        raise UploadFailure("unreadable_source", f"cannot open {path}: {e.strerror}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UploadFailure(
+                "source_not_regular", f"{path} is {_kind(st.st_mode)}, not a regular file"
+            )
+        real = descriptor_path(fd)
+        if not under_any(real, real_roots):
+            raise _forbidden(path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st, real
+
+
 class LocalFileSource:
-    """A regular file, opened once; the descriptor pins the inode even if the path is
-    replaced while we upload."""
+    """A regular file under ``roots``, opened once; the descriptor pins the inode even if
+    the path is replaced while we upload."""
 
     seekable = True
 
-    def __init__(self, uri: str, path: str) -> None:
+    def __init__(self, uri: str, path: str, roots: Sequence[str]) -> None:
         self.uri = uri
         self.path = path
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError as e:
-            raise UploadFailure("source_not_found", f"no such file: {path}") from e
-        except (PermissionError, IsADirectoryError) as e:
-            raise UploadFailure("unreadable_source", f"cannot open {path}: {e.strerror}") from e
-        except OSError as e:
-            raise UploadFailure("unreadable_source", f"cannot open {path}: {e}") from e
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            raise UploadFailure("unreadable_source", f"{path} is not a regular file")
+        #: whether the stat cache should remember this file's hash
+        self.cacheable = True
+        fd, st, real = open_under_roots(path, roots)
         self.fd = fd
         self.size: int | None = st.st_size
         self.identity = FileIdentity(
-            os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+            real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
         )
         self._pos = 0
 
@@ -160,45 +265,155 @@ class FileSlice(io.RawIOBase):
         return self._pos
 
 
+def _host_header(host: str, port: int, scheme: str) -> str:
+    name = f"[{host}]" if ":" in host else host.encode("idna").decode("ascii")
+    return name if port == (443 if scheme == "https" else 80) else f"{name}:{port}"
+
+
+class GuardedHttp:
+    """GETs that reach only vetted addresses. One per transfer: it keeps a few
+    keep-alive pools, one per (scheme, vetted address, port, name)."""
+
+    def __init__(
+        self,
+        policy: SourcePolicy,
+        *,
+        resolver: netguard.Resolver = netguard.system_resolver,
+        ca_certs: str | None = None,
+        max_pools: int = 16,
+    ) -> None:
+        self.policy = policy
+        self._resolver = resolver
+        self._ca_certs = ca_certs
+        self._max_pools = max_pools
+        self._pools: OrderedDict[tuple[str, str, int, str], HTTPConnectionPool] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, url: str, timeout: float) -> urllib3.BaseHTTPResponse:
+        """The response to GET ``url`` after following at most ``max_redirects``
+        redirects, each target checked (:func:`netguard.redirect_target`) and its address
+        vetted before it is fetched."""
+        hops = 0
+        while True:
+            resp = self._get_once(url, timeout)
+            if resp.status not in netguard.REDIRECT_STATUSES:
+                return resp
+            location = resp.headers.get("Location")
+            resp.drain_conn()
+            resp.release_conn()
+            if hops >= self.policy.max_redirects:
+                raise UploadFailure(
+                    "http_error",
+                    f"GET {netguard.redact_url(url)}: more than "
+                    f"{self.policy.max_redirects} redirects",
+                )
+            url = netguard.redirect_target(url, location)
+            hops += 1
+
+    def _get_once(self, url: str, timeout: float) -> urllib3.BaseHTTPResponse:
+        shown = netguard.redact_url(url)
+        try:
+            parts = urlsplit(url)
+            host, port = parts.hostname, parts.port
+            credentials = parts.username is not None or parts.password is not None
+        except ValueError as e:
+            raise UploadFailure("invalid_command", f"malformed URL {shown}") from e
+        if parts.scheme not in ("http", "https") or not host:
+            raise UploadFailure("invalid_command", f"unsupported source {shown}")
+        if credentials:
+            raise UploadFailure(
+                "source_forbidden",
+                f"{shown}: credentials in a source URL are refused; an operator gives the "
+                "worker a header for the host instead (source_headers)",
+            )
+        port = port or (443 if parts.scheme == "https" else 80)
+        addresses = netguard.vetted_addresses(
+            host, port, self.policy.allow_networks, self._resolver
+        )
+        headers = {
+            **self.policy.headers_for(host, port),
+            "Host": _host_header(host, port, parts.scheme),
+            "Accept-Encoding": "identity",
+        }
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        failure: Exception | None = None
+        for address in addresses:
+            pool = self._pool(parts.scheme, address, port, host)
+            try:
+                return pool.urlopen(
+                    "GET",
+                    target,
+                    headers=headers,
+                    retries=False,
+                    redirect=False,
+                    assert_same_host=False,
+                    preload_content=False,
+                    timeout=urllib3.Timeout(connect=min(10.0, timeout), read=timeout),
+                )
+            except (NewConnectionError, ConnectTimeoutError) as e:
+                failure = e  # the next vetted address, if any
+            except ReadTimeoutError as e:
+                raise UploadFailure(
+                    "source_timeout", f"GET {shown}: no response within {timeout:g}s"
+                ) from e
+            except SSLError as e:
+                raise UploadFailure("http_error", f"GET {shown}: TLS failed: {e}") from e
+            except ProtocolError as e:
+                raise TransientError(f"GET {shown}: {e}") from e
+            except HTTPError as e:
+                raise UploadFailure("unreadable_source", f"GET {shown}: {e}") from e
+        raise TransientError(f"GET {shown}: cannot connect: {failure}") from failure
+
+    def _pool(self, scheme: str, address: str, port: int, host: str) -> HTTPConnectionPool:
+        key = (scheme, address, port, host)
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is not None:
+                self._pools.move_to_end(key)
+                return pool
+            if scheme == "https":
+                pool = HTTPSConnectionPool(
+                    address,
+                    port,
+                    maxsize=4,
+                    cert_reqs="CERT_REQUIRED",
+                    ca_certs=self._ca_certs,
+                    server_hostname=host,  # SNI
+                    assert_hostname=host,  # the certificate names the host, not the address
+                )
+            else:
+                pool = HTTPConnectionPool(address, port, maxsize=4)
+            self._pools[key] = pool
+            while len(self._pools) > self._max_pools:
+                _, old = self._pools.popitem(last=False)
+                old.close()
+            return pool
+
+    def close(self) -> None:
+        with self._lock:
+            for pool in self._pools.values():
+                pool.close()
+            self._pools.clear()
+
+
 class HttpSource:
     """One GET, streamed. Content-Length (when sent) is the size; a body that ends early
-    is ``truncated_source``."""
+    is ``truncated_source``; a server silent for ``timeout`` seconds is ``source_timeout``."""
 
     seekable = False
 
-    def __init__(self, uri: str, pool: urllib3.PoolManager, timeout: float) -> None:
-        self.uri = uri
-        self._pool = pool
-        try:
-            resp = pool.request(
-                "GET",
-                uri,
-                preload_content=False,
-                redirect=True,
-                retries=urllib3.Retry(
-                    total=0, redirect=5, raise_on_redirect=False, raise_on_status=False
-                ),
-                headers={"Accept-Encoding": "identity"},
-                timeout=urllib3.Timeout(connect=min(10.0, timeout), read=timeout),
-            )
-        except (
-            ReadTimeoutError,
-            ProtocolError,
-            urllib3.exceptions.NewConnectionError,
-            urllib3.exceptions.ConnectTimeoutError,
-            urllib3.exceptions.MaxRetryError,
-        ) as e:
-            raise TransientError(f"GET {uri}: {e}") from e
-        except HTTPError as e:
-            raise UploadFailure("unreadable_source", f"GET {uri}: {e}") from e
+    def __init__(self, uri: str, http: GuardedHttp, timeout: float) -> None:
+        self.uri = netguard.redact_url(uri)  # the form messages (and so events) carry
+        self._timeout = timeout
+        resp = http.get(uri, timeout)
         status = resp.status
         if status >= 300:
             resp.release_conn()
             if status in (404, 410):
-                raise UploadFailure("source_not_found", f"GET {uri}: HTTP {status}")
+                raise UploadFailure("source_not_found", f"GET {self.uri}: HTTP {status}")
             if status >= 500 or status in (408, 429):
-                raise TransientError(f"GET {uri}: HTTP {status}")
-            raise UploadFailure("http_error", f"GET {uri}: HTTP {status}")
+                raise TransientError(f"GET {self.uri}: HTTP {status}")
+            raise UploadFailure("http_error", f"GET {self.uri}: HTTP {status}")
         self._resp = resp
         length = resp.headers.get("Content-Length")
         encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
@@ -218,7 +433,13 @@ class HttpSource:
                 "truncated_source",
                 f"GET {self.uri}: body ended before its announced {self.size} bytes: {e}",
             ) from e
-        except (ReadTimeoutError, TimeoutError, ConnectionError) as e:
+        except (ReadTimeoutError, TimeoutError) as e:
+            raise UploadFailure(
+                "source_timeout",
+                f"GET {self.uri}: nothing received for {self._timeout:g}s "
+                f"after {self._read + done} bytes",
+            ) from e
+        except ConnectionError as e:
             raise TransientError(f"GET {self.uri}: {e}") from e
         except HTTPError as e:
             raise TransientError(f"GET {self.uri}: {e}") from e
@@ -247,25 +468,24 @@ def local_path(uri: str) -> str | None:
 
 
 def open_source(
-    uri: str, *, http: urllib3.PoolManager | None = None, timeout: float = 30.0
+    uri: str,
+    *,
+    policy: SourcePolicy,
+    upload_id: str,
+    http: GuardedHttp | None = None,
+    timeout: float = 30.0,
 ) -> LocalFileSource | HttpSource:
-    """Open ``uri`` (a path, ``file://``, ``http://`` or ``https://``) for reading."""
+    """Open ``uri`` (a path, ``file://``, ``http://`` or ``https://``) for reading, within
+    what ``policy`` lets upload ``upload_id`` read."""
     path = local_path(uri)
     if path is not None:
         if not path:
             raise UploadFailure("invalid_command", "empty source path")
-        return LocalFileSource(uri, path)
+        roots = policy.roots_for(upload_id)
+        src = LocalFileSource(uri, path, roots)
+        # a spool entry's path is used once: the stat cache gains nothing from it
+        src.cacheable = not under_any(src.identity.path, roots[len(policy.roots) :])
+        return src
     if uri.startswith(("http://", "https://")):
-        return HttpSource(uri, http or default_pool(), timeout)
-    raise UploadFailure("invalid_command", f"unsupported source {uri!r}")
-
-
-_POOL: urllib3.PoolManager | None = None
-
-
-def default_pool() -> urllib3.PoolManager:
-    """One pool per process: keep-alive connections to the same origin are reused."""
-    global _POOL
-    if _POOL is None:
-        _POOL = urllib3.PoolManager(num_pools=16, maxsize=4)
-    return _POOL
+        return HttpSource(uri, http or GuardedHttp(policy), timeout)
+    raise UploadFailure("invalid_command", f"unsupported source {netguard.redact_url(uri)!r}")

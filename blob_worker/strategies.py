@@ -5,6 +5,10 @@
 * :class:`HashFirstFile`: a local file, hashed before anything is sent (the default).
 * :class:`StreamedFile`: a local file with ``local_files="stream"``, hashed while sent.
 * :class:`BufferedStream`: any sequential source (http), read part by part into buffers.
+
+Dedup never trusts a claim: a stored hash is reused only once the requester's own bytes
+have been hashed to it, or the worker's stat cache says this worker hashed this very file
+(same real path, inode, size, mtime and ctime) to it before.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from blobledger.blob_worker.multipart import MultipartUpload, PartOutcome
 from blobledger.blob_worker.planning import Part, PartPlan
 from blobledger.blob_worker.sources import LocalFileSource, Source
 from blobledger.blob_worker.transfer_types import (
+    TransferCancelled,
     TransferResult,
     check_declared_size,
     content_key,
     staging_key,
 )
 from blobledger.blob_worker.upload_job import UploadJob
+from blobledger.schemas.errors import TransientError
 
 
 class UploadStrategy(ABC):
@@ -50,7 +56,9 @@ def choose_strategy(job: UploadJob, src: Source, plan: PartPlan) -> UploadStrate
 class _LocalFile(UploadStrategy):
     """A seekable local file: parts are sent straight from it (``FileSlice`` bodies, no
     part-sized buffers, so RSS stays ~70 MB for any size), and a stat-cache hit for an
-    unchanged file is a HEAD instead of a hash pass (a re-upload is a stat + HEAD)."""
+    unchanged file is a HEAD instead of a hash pass (a re-upload is a stat + HEAD). The
+    cache is proof of possession: only this worker writes it, after hashing the file the
+    requester's command led it to open."""
 
     def __init__(self, job: UploadJob, src: Source, plan: PartPlan) -> None:
         if not isinstance(src, LocalFileSource) or src.size is None:
@@ -104,7 +112,7 @@ class HashFirstFile(_LocalFile):
         job.meter.restart("hashing", size)
         digest = hash_file(src, plan, job.cancel, on_bytes=job.meter.add)
         job.spec.check_content(digest.sha256, size)
-        if job.cache:
+        if job.cache and src.cacheable:
             job.cache.put(src.identity, digest.sha256)
         hit = job.dedup_hit(digest.sha256, size)
         if hit is not None:
@@ -154,7 +162,7 @@ class StreamedFile(_LocalFile):
             parts = pump.drain()
         job.spec.check_content(digest.sha256, size)
         stored = job.complete(upload, parts, digest.sha256, size)
-        if job.cache:
+        if job.cache and src.cacheable:
             job.cache.put(src.identity, digest.sha256)
         return job.finish(stored)
 
@@ -164,7 +172,9 @@ class BufferedStream(UploadStrategy):
     ``max_in_flight`` buffers (memory = in-flight parts x part size), hashing in order as
     parts are read, each part sent in parallel with its CRC32. With a declared hash the
     target is the content key and the hash is checked before completing; without one the
-    bytes go to ``staging/<upload_id>`` and are promoted once the hash is known."""
+    bytes go to ``staging/<upload_id>`` and are promoted once the hash is known. A
+    declared hash that is already stored is proven, not sent: the stream is read and
+    hashed with nothing uploaded, and only a match is a dedup hit."""
 
     @classmethod
     def is_compatible(cls, src: Source, job: UploadJob, plan: PartPlan) -> bool:
@@ -173,6 +183,16 @@ class BufferedStream(UploadStrategy):
     def run(self) -> TransferResult:
         job, src, plan, spec = self.job, self.src, self.plan, self.job.spec
         size = plan.size
+        if spec.declared_sha256 is not None:
+            stored = job.stored_size(spec.declared_sha256)
+            if stored is not None:
+                if size is not None and size != stored:
+                    raise UploadFailure(
+                        "checksum_mismatch",
+                        f"{src.uri} has {size} bytes; the content of the declared sha256 "
+                        f"has {stored}",
+                    )
+                return self._prove(stored)
         key = (
             content_key(spec.declared_sha256)
             if spec.declared_sha256
@@ -219,6 +239,35 @@ class BufferedStream(UploadStrategy):
         digest = sha.hexdigest()
         spec.check_content(digest, total)  # before completing: a wrong hash never lands
         return job.finish(job.complete(upload, parts, digest, total))
+
+    def _prove(self, stored: int) -> TransferResult:
+        """Read the whole stream into one reused buffer, hashing, sending nothing: a
+        dedup hit if it hashes to the declared (stored) hash, else ``checksum_mismatch``.
+        More bytes than the stored blob has cannot match, so reading stops there."""
+        job, src, spec = self.job, self.src, self.job.spec
+        job.meter.restart("hashing", stored)
+        sha, total = hashlib.sha256(), 0
+        view = memoryview(bytearray(min(job.opts.min_part_size, max(stored, 1) + 1)))
+        while True:
+            if job.cancel.is_set():
+                raise TransferCancelled()
+            n = src.readinto(view)
+            sha.update(view[:n])
+            total += n
+            job.meter.add(n)
+            if total > stored:
+                raise UploadFailure(
+                    "checksum_mismatch",
+                    f"{src.uri} has more than the {stored} bytes of the declared sha256",
+                )
+            if n < len(view):
+                break
+        digest = sha.hexdigest()
+        spec.check_content(digest, total)
+        hit = job.dedup_hit(digest, total)
+        if hit is None:
+            raise TransientError(f"the blob {digest} vanished while its source was proven")
+        return hit
 
     def _expect_end(self, total: int, size: int | None) -> None:
         """After the planned bytes the stream must end; before them it must not."""

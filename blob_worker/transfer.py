@@ -1,8 +1,11 @@
 """Streaming, parallel, content-addressed upload of one source to S3 (injected client).
 
-``Transfer.run`` checks the command, answers a declared hash that is already stored with
-a HEAD, opens the source and hands it to the first compatible strategy
-(:mod:`.strategies`):
+``Transfer.run`` checks the command, opens the source within the worker's source policy
+(:mod:`.sources`, :mod:`.sourcepolicy`) and hands it to the first compatible strategy
+(:mod:`.strategies`). A hash is not a capability: a declared hash that is already stored
+is a dedup hit only once this requester's own source has been read and hashes to it (or
+the worker's stat cache holds that hash for this very file), so knowing a hash never
+attaches someone else's blob:
 
 * ``HashFirstFile`` (local files, default): hash first, then upload straight to the
   content key, so a stored hash costs 0 bytes and a new blob needs no staging copy.
@@ -10,7 +13,8 @@ a HEAD, opens the source and hands it to the first compatible strategy
   ``staging/<upload_id>``, then promote (:mod:`.promotion`): one pass, but stored
   content is sent before its hash shows it.
 * ``BufferedStream`` (http, any sequential source): parts read into bounded buffers;
-  to the content key with a declared hash, else to staging and promoted.
+  to the content key with a declared hash, else to staging and promoted; a declared hash
+  already stored is proven by reading and hashing the stream, sending nothing.
 
 Per-part checksum: CRC32 (``x-amz-checksum-crc32``), verified by SeaweedFS and AWS. It
 is ~2x cheaper than MD5 and SHA-256 on the client and the server, and the whole blob is
@@ -36,7 +40,7 @@ from blobledger.blob_worker.planning import plan_parts
 from blobledger.blob_worker.progress import Meter
 from blobledger.blob_worker.promotion import ServerSideCopy
 from blobledger.blob_worker.s3calls import S3Calls
-from blobledger.blob_worker.sources import open_source
+from blobledger.blob_worker.sources import GuardedHttp, open_source
 from blobledger.blob_worker.strategies import choose_strategy
 from blobledger.blob_worker.transfer_types import (
     SHA256_HEX,
@@ -85,13 +89,13 @@ class Transfer:
         breaker: CircuitBreaker | None = None,
         hash_cache: HashCache | None = None,
         promoter: Promoter | None = None,
-        http: Any = None,
+        http: GuardedHttp | None = None,
     ) -> None:
         self.s3 = s3
         self.opts = options
         self.breaker = breaker or CircuitBreaker("s3")
         self.cache = hash_cache
-        self.http = http
+        self.http = http if http is not None else GuardedHttp(options.sources)
         self.calls = S3Calls(
             s3, options.bucket, attempts=options.retry_attempts, breaker=self.breaker
         )
@@ -102,6 +106,7 @@ class Transfer:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self.http.close()
 
     # --- S3 calls: translated, retried (transient only), through the breaker -------------
     def call(
@@ -169,11 +174,14 @@ class Transfer:
     def _upload(self, job: UploadJob) -> TransferResult:
         spec, opts = job.spec, self.opts
         spec.validate(opts.max_blob_size)
-        if spec.declared_sha256 is not None:
-            hit = job.dedup_hit(spec.declared_sha256, spec.declared_size)
-            if hit is not None:
-                return hit
-        src = open_source(spec.source, http=self.http, timeout=opts.http_timeout)
+        # no dedup before the source is read: a declared hash proves nothing
+        src = open_source(
+            spec.source,
+            policy=opts.sources,
+            upload_id=spec.upload_id,
+            http=self.http,
+            timeout=opts.http_timeout,
+        )
         try:
             if src.size is not None:
                 check_declared_size(spec.declared_size, src.size, what=src.uri)

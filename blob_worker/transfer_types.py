@@ -7,11 +7,12 @@ transfer is built from share these types without importing the entry point.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from blobledger.blob_worker.failures import UploadFailure
 from blobledger.blob_worker.planning import MiB
+from blobledger.blob_worker.sourcepolicy import SourcePolicy
 from blobledger.infra.settings import Settings
 from blobledger.schemas.errors import BlobledgerError
 from blobledger.schemas.events import UploadRequested
@@ -110,6 +111,8 @@ class TransferOptions:
     #: "hash_first": hash, then upload straight to the content key (a stored hash costs
     #: 0 bytes); "stream": hash while uploading to staging, then promote (one pass)
     local_files: str = "hash_first"
+    #: what the worker may read for a client (default: no local file, public http only)
+    sources: SourcePolicy = field(default_factory=SourcePolicy)
 
     @classmethod
     def from_settings(cls, s: Settings, **overrides: Any) -> TransferOptions:
@@ -120,7 +123,7 @@ class TransferOptions:
             max(1, s.max_in_flight_parts),
             s.s3_retry_attempts,
             s.http_timeout_seconds,
-            **overrides,
+            **{"sources": SourcePolicy.from_settings(s), **overrides},
         )
 
 

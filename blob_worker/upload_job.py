@@ -84,8 +84,15 @@ class UploadJob:
         self.meter.final("failed")
 
     # --- dedup ---------------------------------------------------------------------------
+    def stored_size(self, sha: str) -> int | None:
+        """The size of the blob stored for ``sha``, None if there is none."""
+        hit = self.calls.head(content_key(sha))
+        return None if hit is None else int(hit["ContentLength"])
+
     def dedup_hit(self, sha: str, size: int | None) -> TransferResult | None:
-        """The stored blob for ``sha`` if there is one of ``size`` bytes (any, if None)."""
+        """The stored blob for ``sha`` if there is one of ``size`` bytes (any, if None).
+        Only for a hash the requester's own source was shown to have (read and hashed, or
+        the stat cache for that very file): a hash alone proves nothing."""
         key = content_key(sha)
         hit = self.calls.head(key)
         if hit is None:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         TimeoutExpired,
         TransientError,
         TruncatedMessageError,
+        UnauthenticatedError,
         UnknownSchemaError,
         ValidationError,
     )
@@ -60,6 +61,7 @@ _ERRORS = (
     "TimeoutExpired",
     "TransientError",
     "TruncatedMessageError",
+    "UnauthenticatedError",
     "UnknownSchemaError",
     "ValidationError",
 )
@@ -93,6 +95,7 @@ __all__ = [
     "TimeoutExpired",
     "TransientError",
     "TruncatedMessageError",
+    "UnauthenticatedError",
     "UnknownSchemaError",
     "ValidationError",
     "connect",

@@ -28,6 +28,7 @@ def client(settings: Settings | None = None, *, actor: str, tenant: str | None =
     """A :class:`~blobledger.producers.client.Client` on the configured log, read model and
     blob store. Nothing connects until it is used: a publish opens only the producer, a
     query only the Postgres connection, a blob read only the S3 client."""
+    from blobledger.infra import keys
     from blobledger.infra.postgres import connect
     from blobledger.infra.publisher import Publisher
     from blobledger.infra.s3 import make_s3_client
@@ -36,11 +37,13 @@ def client(settings: Settings | None = None, *, actor: str, tenant: str | None =
     from blobledger.projectors.waiter import OutcomeWaiter
 
     s = settings or Settings.from_env()
+    key = keys.signing_key(s)
     return Client(
         s,
         actor=actor,
         tenant=tenant,
-        publisher=Publisher(s),
+        key=key,
+        publisher=Publisher(s, signer=key),
         outcomes=OutcomeWaiter(s),
         queries=Queries(
             functools.partial(connect, s, autocommit=True),
@@ -64,6 +67,7 @@ def projector(
 ) -> Projector:
     """A :class:`~blobledger.projectors.runner.Projector` on the configured broker and read
     model, with the read model's migrations applied first."""
+    from blobledger.infra import keys
     from blobledger.infra.dlq import DeadLetters
     from blobledger.infra.kafka import make_consumer, make_producer
     from blobledger.projectors.migrate import migrate
@@ -87,6 +91,7 @@ def projector(
         ),
         open_model=open_model,
         dead_letters=DeadLetters(make_producer(settings), settings.dlq_topic),
+        keyring=keys.keyring(settings),
     )
 
 
@@ -105,6 +110,7 @@ def worker(
     from blobledger.blob_worker.runner import Worker
     from blobledger.blob_worker.transfer import Transfer, TransferOptions
     from blobledger.infra.kafka import make_consumer, make_producer
+    from blobledger.infra import keys
     from blobledger.infra.publisher import Publisher
     from blobledger.infra.retry import CircuitBreaker
     from blobledger.infra.s3 import make_s3_client
@@ -128,8 +134,13 @@ def worker(
     return Worker(
         settings,
         consumer=consumer,
-        publisher=Publisher(settings, producer=make_producer(settings)),
+        publisher=Publisher(
+            settings,
+            producer=make_producer(settings),
+            signer=keys.signing_key(settings, "blob-worker"),
+        ),
         transfer=transfer,
+        keyring=keys.keyring(settings),
         **kwargs,
     )
 
@@ -138,6 +149,7 @@ def reaper(settings: Settings) -> Reaper:
     """A :class:`~blobledger.blob_worker.reaper.Reaper` on the configured read model (an
     autocommit connection per pass), S3 and broker."""
     from blobledger.blob_worker.reaper import Reaper
+    from blobledger.infra import keys
     from blobledger.infra.postgres import connect
     from blobledger.infra.publisher import Publisher
     from blobledger.infra.s3 import make_s3_client
@@ -146,7 +158,7 @@ def reaper(settings: Settings) -> Reaper:
         settings,
         connect=functools.partial(connect, settings, autocommit=True),
         s3=make_s3_client(settings),
-        publisher=Publisher(settings),
+        publisher=Publisher(settings, signer=keys.signing_key(settings, "reaper")),
     )
 
 

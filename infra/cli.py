@@ -48,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "rebuild a lost read model from the log",
     ),
     "dlq": ("blobledger.infra.dlq:main", "list or retry dead letters"),
+    "key": ("blobledger.infra.keys_cli:main", "issue, list or retire publishing keys"),
     "bench": ("blobledger.benchmarks.cli:main", "run the benchmarks (P1..P6) and print ratios"),
 }
 

@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient
 
 from blobledger.infra.settings import Settings
+from blobledger.schemas.auth import AUTH_HEADER, Key, authenticator
 from blobledger.schemas.errors import PermanentError, StackError, TimeoutExpired, TransientError
 from blobledger.schemas.events import Event
 
@@ -109,8 +110,15 @@ def position_of(msg: Message) -> LogPosition:
     return LogPosition(topic, partition, offset)
 
 
-def headers_for(event: Event, traceparent: str | None = None) -> HeaderList:
-    """Headers that let tools route and trace a message without decoding its body."""
+def headers_for(
+    event: Event,
+    traceparent: str | None = None,
+    *,
+    value: bytes | None = None,
+    signer: Key | None = None,
+) -> HeaderList:
+    """Headers that let tools route and trace a message without decoding its body, and,
+    with ``signer``, the authenticator of its encoded ``value`` (schemas/auth.py)."""
     env = event.envelope
     headers: HeaderList = [
         ("event_type", event.event_type.encode()),
@@ -119,6 +127,10 @@ def headers_for(event: Event, traceparent: str | None = None) -> HeaderList:
     ]
     if traceparent:
         headers.append(("traceparent", traceparent.encode()))
+    if signer is not None:
+        if value is None:
+            raise ValueError("signing needs the encoded value")
+        headers.append((AUTH_HEADER, authenticator(signer, value)))
     return headers
 
 

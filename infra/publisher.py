@@ -13,6 +13,7 @@ from confluent_kafka import KafkaError, Message
 
 from blobledger.infra.kafka import headers_for, make_producer, position_of, translate
 from blobledger.infra.settings import Settings
+from blobledger.schemas.auth import Key
 from blobledger.schemas.codec import Codec, default_codec
 from blobledger.schemas.errors import PermanentError, TimeoutExpired, TransientError
 from blobledger.schemas.events import Event
@@ -27,9 +28,13 @@ class Publisher:
         *,
         producer: LogProducer | None = None,
         codec: Codec | None = None,
+        signer: Key | None = None,
     ) -> None:
+        """``signer``: the key every published event is authenticated with (without one the
+        projector and the workers reject what this publishes as ``unauthenticated``)."""
         self.settings = settings
         self.codec = codec or default_codec()
+        self.signer = signer
         self.producer = producer or make_producer(settings)
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="publisher-poll", daemon=True)
@@ -63,7 +68,7 @@ class Publisher:
                 topic,
                 key=event.object_id.encode(),
                 value=value,
-                headers=headers_for(event, traceparent),
+                headers=headers_for(event, traceparent, value=value, signer=self.signer),
                 on_delivery=delivered,
             )
         except BufferError as e:

@@ -67,6 +67,12 @@ def make_s3_client(settings: Settings, *, max_pool_connections: int | None = Non
     Share one per process: its connection pool is what the parallel parts run on."""
     config = Config(
         region_name=settings.s3_region,
+        # SigV4 for presigned URLs too: left unset, botocore presigns in a region that still
+        # knows SigV2 (us-east-1) with legacy query auth (AWSAccessKeyId/Signature/Expires),
+        # which SeaweedFS rejects (SignatureDoesNotMatch) once response-* overrides such as
+        # the download filename are signed, and which has no lifetime cap. Requests were
+        # SigV4 already; only presigning changes
+        signature_version="s3v4",
         s3={
             # SeaweedFS/MinIO and custom endpoints do not resolve <bucket>.host names
             "addressing_style": "path",

@@ -24,8 +24,14 @@ from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
 from blobledger.infra.kafka import make_consumer
 from blobledger.infra.s3 import make_s3_client
 from blobledger.infra.settings import Settings
-from blobledger.producers.reader import ByteRange, open_object_blob, presigned_get_url
+from blobledger.producers.reader import (
+    ByteRange,
+    check_expires,
+    open_object_blob,
+    presign_object_blob,
+)
 from blobledger.schemas.errors import NotFoundError, TimeoutExpired
+from blobledger.schemas.ports import BlobStore
 from blobledger.schemas.views import UploadView
 
 if TYPE_CHECKING:
@@ -140,8 +146,17 @@ def put_main(argv: Sequence[str] | None = None, settings: Settings | None = None
         prog="blobledger put", description="Attach a file or URL to an object."
     )
     p.add_argument("object", help="object key or id")
-    p.add_argument("source", help="local file path, file://, http:// or https:// URL")
-    p.add_argument("--sha256", default=None, help="declared SHA-256 (hex): dedup without reading")
+    p.add_argument(
+        "source",
+        help="local file path (spooled for the worker unless under a source root), "
+        "file:// URI of a file under the worker's source roots, or http(s) URL",
+    )
+    p.add_argument(
+        "--sha256",
+        default=None,
+        help="declared SHA-256 (hex): the bytes read must hash to it (stored content is "
+        "then not sent again)",
+    )
     p.add_argument("--size", type=int, default=None, help="declared size in bytes")
     p.add_argument("--content-type", default=None)
     p.add_argument("--expected-version", "-e", type=int, default=None)
@@ -211,11 +226,21 @@ def get_main(argv: Sequence[str] | None = None, settings: Settings | None = None
         "--range", dest="byte_range", default=None, help="START-END or START- (not verified)"
     )
     p.add_argument("--url", action="store_true", help="print a presigned GET URL instead")
-    p.add_argument("--expires", type=int, default=3600, help="presigned URL lifetime in seconds")
+    p.add_argument(
+        "--expires",
+        type=int,
+        default=None,
+        help="presigned URL lifetime in seconds (default 3600); at most "
+        "$BLOBLEDGER_PRESIGN_MAX_SECONDS, 7 days unless set lower",
+    )
     _common(p)
     args = p.parse_args(argv)
+    if args.expires is not None and not args.url:
+        p.error("--expires is the lifetime of a --url; without --url nothing expires")
     settings = settings or Settings.from_env()
     s3 = make_s3_client(settings)
+    if args.url:
+        return _get_url(args, settings, s3)
     byte_range = ByteRange.parse(args.byte_range) if args.byte_range else None
     with _client(settings, args) as client:
         blob = open_object_blob(
@@ -232,17 +257,6 @@ def get_main(argv: Sequence[str] | None = None, settings: Settings | None = None
         "pending_upload_id": blob.pending_upload_id,
         "notice": blob.notice,
     }
-    if args.url:
-        blob.reader.close()
-        url = presigned_get_url(
-            s3,
-            settings.s3_bucket,
-            blob.key,
-            expires=args.expires,
-            filename=os.path.basename(args.object),
-        )
-        _print(args, {**info, "url": url}, url)
-        return 0
     written = _copy(blob.reader, args.output)
     if args.output is not None or args.json:
         _print(
@@ -252,6 +266,36 @@ def get_main(argv: Sequence[str] | None = None, settings: Settings | None = None
             + (" (sha256 verified)" if blob.reader.verified else ""),
             stream=sys.stderr if args.output is None else sys.stdout,
         )
+    return 0
+
+
+def _get_url(args: argparse.Namespace, settings: Settings, s3: BlobStore) -> int:
+    """``get --url``: a presigned URL, only after the actor's read permission is checked;
+    a lifetime outside the allowed range fails before anything is looked up."""
+    check_expires(args.expires, settings.presign_max_seconds)
+    with _client(settings, args) as client:
+        signed = presign_object_blob(
+            client,
+            args.object,
+            s3=s3,
+            version=args.version,
+            expires=args.expires,
+            filename=os.path.basename(args.object),
+        )
+    if signed.notice:
+        print(f"blobledger get: {signed.notice}", file=sys.stderr)
+    info = {
+        "object_id": signed.object_id,
+        "version": signed.version,
+        "sha256": signed.sha256,
+        "size": signed.size,
+        "key": signed.key,
+        "pending_upload_id": signed.pending_upload_id,
+        "notice": signed.notice,
+        "expires_seconds": signed.expires_seconds,
+        "url": signed.url,
+    }
+    _print(args, info, signed.url)
     return 0
 
 

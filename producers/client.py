@@ -9,15 +9,20 @@ gives callers read-your-writes.
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from blobledger.infra import logging as blog
 from blobledger.infra.settings import Settings
 from blobledger.producers import validation as v
+from blobledger.schemas.auth import Key
 from blobledger.schemas.errors import (
     AuthorizationError,
     ConflictError,
@@ -107,9 +112,10 @@ class Client:
     """One actor's handle on blobledger. Thread-safe for publishing and waiting.
 
     It receives its adapters (see :func:`blobledger.infra.bootstrap.client`, which wires the
-    real ones, and :mod:`blobledger.infra.memory` for in-memory twins): a publisher for the
-    log, the read side's outcome waiter and queries, and a factory of the blob store (made
-    on first use: most commands never touch S3)."""
+    real ones, and :mod:`blobledger.infra.memory` for in-memory twins): the key that proves
+    who is acting (the publisher signs with it), a publisher for the log, the read side's
+    outcome waiter and queries, and a factory of the blob store (made on first use: most
+    commands never touch S3)."""
 
     def __init__(
         self,
@@ -117,6 +123,7 @@ class Client:
         *,
         actor: str,
         tenant: str | None = None,
+        key: Key,
         publisher: EventPublisher,
         outcomes: OutcomeSource,
         queries: ObjectQueries,
@@ -124,6 +131,14 @@ class Client:
     ) -> None:
         self.settings = settings
         self.actor = v.validate_actor(actor)
+        if not key.may_act_as(self.actor):
+            raise AuthorizationError(
+                f"key {key.key_id} ({key.kind} key of {key.principal!r}) may not act as "
+                f"{self.actor!r}: use that principal's own key (BLOBLEDGER_KEY_FILE) or a "
+                "service key that lists it (`blobledger key create --service`)"
+            )
+        #: the key ``publisher`` signs with: what the projector checks ``actor`` against
+        self.key = key
         self.tenant = tenant or settings.tenant
         self.publisher = publisher
         self.outcomes = outcomes
@@ -310,33 +325,43 @@ class Client:
         when the bytes are stored: blob traffic never holds up the metadata path."""
         s = self.settings
         oid = self.object_id(ref)
-        source = _normalize_source(source)
+        local = _normalize_source(source, s)
         declared_sha256 = v.validate_sha256(declared_sha256)
         declared_size = v.validate_size(declared_size, max_size=s.max_blob_size)
         self._authorize(oid, "write")
         env = self._envelope(oid, expected_version)
         upload_id = new_id()
         deadline = now_us() + s.upload_deadline_seconds * 1_000_000
-        attached = BlobAttached(
-            env,
-            upload_id=upload_id,
-            source=source,
-            declared_sha256=declared_sha256,
-            declared_size=declared_size,
-            content_type=content_type,
-            deadline=deadline,
-        )
-        receipt = self.publisher.publish(s.events_topic, attached)
-        command = UploadRequested(
-            env.caused(actor=self.actor),
-            upload_id=upload_id,
-            source=source,
-            declared_sha256=declared_sha256,
-            declared_size=declared_size,
-            content_type=content_type,
-            deadline=deadline,
-        )
-        self.publisher.publish(s.commands_topic, command)
+        spooled: Path | None = None
+        if isinstance(local, Path):
+            source, spooled = _place_for_worker(local, s, upload_id)
+        else:
+            source = local
+        try:
+            attached = BlobAttached(
+                env,
+                upload_id=upload_id,
+                source=source,
+                declared_sha256=declared_sha256,
+                declared_size=declared_size,
+                content_type=content_type,
+                deadline=deadline,
+            )
+            receipt = self.publisher.publish(s.events_topic, attached)
+            command = UploadRequested(
+                env.caused(actor=self.actor),
+                upload_id=upload_id,
+                source=source,
+                declared_sha256=declared_sha256,
+                declared_size=declared_size,
+                content_type=content_type,
+                deadline=deadline,
+            )
+            self.publisher.publish(s.commands_topic, command)
+        except BaseException:
+            if spooled is not None:  # no command went out: no worker will read or remove it
+                shutil.rmtree(spooled, ignore_errors=True)
+            raise
         outcome = self.wait(receipt) if wait else None
         return AttachResult(receipt, outcome, upload_id=upload_id)
 
@@ -367,24 +392,34 @@ class Client:
     def audit(
         self, actor: str | None = None, *, since: datetime | None = None, limit: int = 1000
     ) -> list[AuditEntry]:
-        return self.queries.audit(actor or self.actor, since=since, limit=limit)
+        """What ``actor`` (default: this client's actor) did. Another actor's activity is
+        shown only on objects this client's actor administers."""
+        return self.queries.audit(actor or self.actor, actor=self.actor, since=since, limit=limit)
 
     def upload(self, upload_id: str) -> UploadView:
-        return self.queries.upload(upload_id)
+        """An upload of an object this actor may read (NotFoundError otherwise)."""
+        return self.queries.upload(upload_id, actor=self.actor)
 
     def wait_upload(self, upload_id: str, timeout: float | None = None) -> UploadView:
         """Block until an upload is terminal (stored, compensated or orphaned) in the read
         model and return it; blob transfers take as long as they take, so this is separate
         from the metadata call that started them."""
         deadline = time.monotonic() + (timeout or self.settings.upload_deadline_seconds)
+        seen = False
         while True:
             try:
-                view = self.queries.upload(upload_id)
+                view = self.queries.upload(upload_id, actor=self.actor)
+                seen = True
                 if view.state != "pending":
                     return view
             except NotFoundError:
-                pass  # the attach itself is not folded yet
+                pass  # the attach is not folded yet (or the upload is not ours to see)
             if time.monotonic() > deadline:
+                if not seen:
+                    raise TimeoutExpired(
+                        f"upload {upload_id} was not found: not projected yet, or on an "
+                        f"object {self.actor} may not read"
+                    )
                 raise TimeoutExpired(
                     f"upload {upload_id} is still pending; is a blob worker running "
                     "(`blobledger worker`)? The reaper compensates it once its deadline passes"
@@ -407,25 +442,124 @@ class Client:
 
         return open_object_blob(self, ref, s3=self.s3, version=version, byte_range=byte_range)
 
-    def presigned_url(self, ref: str, *, expires_seconds: int = 3600) -> str:
-        """A presigned GET URL of the object's committed blob."""
-        from blobledger.producers.reader import presigned_get_url
+    def presigned_url(
+        self,
+        ref: str,
+        *,
+        version: int | None = None,
+        expires_seconds: int | None = None,
+        filename: str | None = None,
+    ) -> str:
+        """A presigned GET URL of the object's committed blob (at ``version``), signed only
+        when this actor may read the object. Whoever holds the URL reads the blob without
+        credentials until it expires: ``expires_seconds`` must lie in 1 to
+        ``settings.presign_max_seconds`` (default one hour)."""
+        from blobledger.producers.reader import presign_object_blob
 
-        view = self.get(ref)
-        if view.blob is None:
-            raise NotFoundError(f"object {view.key} has no committed blob yet")
-        return presigned_get_url(
-            self.s3, self.settings.s3_bucket, view.blob.key, expires=expires_seconds
-        )
+        return presign_object_blob(
+            self, ref, s3=self.s3, version=version, expires=expires_seconds, filename=filename
+        ).url
 
 
-def _normalize_source(source: str) -> str:
-    """Local paths become absolute ``file://`` URIs (the worker may run elsewhere in the
-    tree); http(s) URLs pass through; anything else is refused."""
-    if source.startswith(("http://", "https://", "file://")):
+def _normalize_source(source: str, settings: Settings) -> str | Path:
+    """What ``source`` names, checked before anything is published: an http(s) or
+    ``file://`` URI to send as it is, or a local path (the caller's file) for
+    :func:`_place_for_worker`.
+
+    A URI is resolved where the worker runs, by the worker, within its source policy
+    (``file://`` only under its source roots). A URL never carries credentials: they would
+    be stored in the log and the read model for good, so the caller is told to give the
+    worker a header for the host instead. A plain path is the caller's own file; it is
+    refused only if it would have to be spooled and spooling is off."""
+    if source.startswith(("http://", "https://")):
+        _check_url(source)
+        return source
+    if source.startswith("file://"):
         return source
     if "://" in source:
         raise ValidationError(
             f"unsupported source {source!r}: use a local path, file://, http:// or https://"
         )
-    return "file://" + os.path.abspath(source)
+    if not source:
+        raise ValidationError("empty source path")
+    path = Path(os.path.realpath(source))
+    if settings.spool_dir is None and _root_of(path, settings) is None:
+        raise ValidationError(
+            f"{source} is outside every source root the worker reads and spooling is off: "
+            "add its directory to BLOBLEDGER_SOURCE_ROOTS (for the worker too), set "
+            "BLOBLEDGER_SOURCE_SPOOL=true where client and worker share a host, or serve "
+            "it over https"
+        )
+    return path
+
+
+def _check_url(url: str) -> None:
+    """An http(s) URL the worker can fetch, with no secret in it (messages never echo it)."""
+    try:
+        parts = urlsplit(url)
+        credentials = parts.username is not None or parts.password is not None
+        host = parts.hostname
+    except ValueError:
+        raise ValidationError("malformed source URL") from None
+    if credentials:
+        # the message must not echo the URL: it holds the secret
+        raise ValidationError(
+            f"the source URL for {host or 'its host'} carries credentials (user:password@); "
+            "they would be stored in the log and the read model. Drop them from the URL and "
+            "give the worker a header for the host instead, e.g. "
+            f'BLOBLEDGER_SOURCE_HEADERS=\'{{"{host}": "Authorization: Bearer ..."}}\''
+        )
+    if not host:
+        raise ValidationError("the source URL names no host")
+
+
+def _root_of(path: Path, settings: Settings) -> Path | None:
+    """The source root ``path`` (a real path) lies under, if any."""
+    for root in settings.source_root_dirs:
+        real = Path(os.path.realpath(root))
+        if path == real or real in path.parents:
+            return real
+    return None
+
+
+def _place_for_worker(path: Path, settings: Settings, upload_id: str) -> tuple[str, Path | None]:
+    """Put the caller's file where the worker may read it; its ``file://`` URI and the
+    spool entry made for it (None if the file is sent as it is).
+
+    The worker reads files only under its source roots, lending its rights to no
+    command; a file elsewhere reaches a root through the spool, with the caller's rights:
+    the client hard-links it to ``<spool>/<upload id>/<name>``, a root of that upload only.
+    A hard link is instant and free whatever the size, and reading it is reading the
+    caller's file. Across filesystems (or where the kernel refuses the link) it is copied.
+    A file under a root is sent as it is, so the worker's stat cache keeps recognizing it
+    (a link would change the inode's ctime, which the cache rightly treats as a change).
+    A path that does not exist is not refused here: it is sent as its would-be spool entry
+    and the worker reports ``source_not_found``, as for a missing file under a root. The
+    worker removes the entry once the upload is terminal, the reaper any leftover."""
+    spool = settings.spool_dir
+    if spool is None or _root_of(path, settings) is not None:
+        return path.as_uri(), None
+    entry = spool / upload_id
+    target = entry / (path.name or "source")
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return target.as_uri(), None
+    except OSError as e:
+        raise ValidationError(f"cannot read {path}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValidationError(f"{path} is not a regular file")
+    try:
+        spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+        entry.mkdir(mode=0o700)
+    except OSError as e:
+        raise ValidationError(f"cannot create the spool entry {entry}: {e.strerror}") from None
+    try:
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copyfile(path, target)  # another filesystem, or a link the kernel refuses
+    except OSError as e:
+        shutil.rmtree(entry, ignore_errors=True)
+        raise ValidationError(f"cannot read {path}: {e.strerror}") from None
+    return target.as_uri(), entry

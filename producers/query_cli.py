@@ -35,7 +35,11 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--cursor", default=None, help="next_cursor from the previous page")
     h = sub.add_parser("history", help="every accepted version of an object")
     h.add_argument("object")
-    a = sub.add_parser("audit", help="everything an actor did, accepted and rejected")
+    a = sub.add_parser(
+        "audit",
+        help="everything an actor did, accepted and rejected (another actor's: only on "
+        "objects you administer)",
+    )
     a.add_argument("who", nargs="?", default=None, help="actor to audit (default: yourself)")
     a.add_argument("--since", type=_when, default=None)
     a.add_argument("--limit", type=int, default=1000)

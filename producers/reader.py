@@ -12,6 +12,7 @@ import hashlib
 import io
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -21,10 +22,12 @@ from blobledger.infra.s3 import S3NotFound, translate
 from blobledger.schemas.ports import BlobStore
 from blobledger.schemas.errors import (
     BlobIntegrityError,
+    ConfigurationError,
     NotFoundError,
     TransientError,
     ValidationError,
 )
+from blobledger.schemas.views import BlobInfo
 
 log = structlog.get_logger(__name__)
 
@@ -181,22 +184,63 @@ def open_blob(
     return BlobReader(s3, bucket, key, sha256=sha256, size=size, byte_range=byte_range)
 
 
+#: SigV4's own cap on a presigned URL's lifetime (``X-Amz-Expires``): S3 refuses longer ones
+SIGV4_MAX_EXPIRES = 7 * 24 * 3600
+#: what a URL lives when the caller does not say (unless the configured maximum is lower)
+DEFAULT_EXPIRES = 3600
+
+
+def check_expires(expires: int | None, max_seconds: int) -> int:
+    """The lifetime to sign with: ``expires`` (default one hour, or the maximum if lower)
+    when it lies in 1..``max_seconds``. A URL is a bearer credential nobody can revoke, so
+    the bound is checked here, before signing, not left to the server: SigV2 had none."""
+    if not 1 <= max_seconds <= SIGV4_MAX_EXPIRES:
+        raise ConfigurationError(
+            f"BLOBLEDGER_PRESIGN_MAX_SECONDS={max_seconds} is outside 1..{SIGV4_MAX_EXPIRES} "
+            "(SigV4 presigned URLs live at most 7 days)"
+        )
+    if expires is None:
+        return min(DEFAULT_EXPIRES, max_seconds)
+    if isinstance(expires, bool) or not isinstance(expires, int) or not 1 <= expires <= max_seconds:
+        raise ValidationError(
+            f"a presigned URL's lifetime must be between 1 and {max_seconds} seconds "
+            f"(BLOBLEDGER_PRESIGN_MAX_SECONDS), not {expires!r}"
+        )
+    return expires
+
+
+def _attachment(filename: str) -> str:
+    """A ``Content-Disposition: attachment`` value (RFC 6266) for any name: an ASCII
+    fallback with quotes, backslashes and control characters replaced, and the exact name
+    as ``filename*`` (RFC 5987). Quoting the raw name could end the quoted string early or
+    carry a CR/LF into the response header S3 builds from it."""
+    safe = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename)
+    value = f'attachment; filename="{safe or "download"}"'
+    if safe != filename:
+        value += f"; filename*=UTF-8''{quote(filename, safe='')}"
+    return value
+
+
 def presigned_get_url(
     s3: BlobStore,
     bucket: str,
     key: str,
     *,
-    expires: int = 3600,
+    expires: int | None = None,
+    max_seconds: int = SIGV4_MAX_EXPIRES,
     filename: str | None = None,
     content_type: str | None = None,
 ) -> str:
-    """A time-limited GET URL (no credentials needed by whoever holds it)."""
+    """A time-limited GET URL (no credentials needed by whoever holds it). It grants read
+    to anyone for its lifetime: callers check the requester's read permission first
+    (:func:`presign_object_blob` does)."""
+    seconds = check_expires(expires, max_seconds)
     params: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if filename:
-        params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
+        params["ResponseContentDisposition"] = _attachment(filename)
     if content_type:
         params["ResponseContentType"] = content_type
-    return s3.generate_presigned_url("get_object", Params=params, ExpiresIn=expires)
+    return s3.generate_presigned_url("get_object", Params=params, ExpiresIn=seconds)
 
 
 @dataclass(frozen=True)
@@ -214,16 +258,11 @@ class ObjectBlob:
     notice: str | None
 
 
-def open_object_blob(
-    client: Client,
-    ref: str,
-    *,
-    s3: BlobStore,
-    version: int | None = None,
-    byte_range: ByteRange | None = None,
-) -> ObjectBlob:
-    """Open the committed blob of ``ref`` (at ``version``, default current) through
-    ``client`` (authorization and the read model)."""
+def _committed(
+    client: Client, ref: str, version: int | None
+) -> tuple[str, int, BlobInfo, str | None, str | None]:
+    """(object id, version, committed blob, pending upload, notice) of ``ref`` at
+    ``version`` (default current), read through ``client``: its read permission applies."""
     view = client.get(ref) if version is None else client.as_of(ref, version=version).snapshot
     blob, pending = view.blob, view.pending_upload_id
     if blob is None:
@@ -237,6 +276,20 @@ def open_object_blob(
             f"upload {pending} is still pending; serving the last committed blob "
             f"(sha256 {blob.sha256[:12]}..., {blob.size} bytes)"
         )
+    return view.object_id, view.version, blob, pending, notice
+
+
+def open_object_blob(
+    client: Client,
+    ref: str,
+    *,
+    s3: BlobStore,
+    version: int | None = None,
+    byte_range: ByteRange | None = None,
+) -> ObjectBlob:
+    """Open the committed blob of ``ref`` (at ``version``, default current) through
+    ``client`` (authorization and the read model)."""
+    object_id, at_version, blob, pending, notice = _committed(client, ref, version)
     reader = open_blob(
         s3,
         client.settings.s3_bucket,
@@ -246,5 +299,47 @@ def open_object_blob(
         byte_range=byte_range,
     )
     return ObjectBlob(
-        reader, view.object_id, view.version, blob.sha256, blob.size, blob.key, pending, notice
+        reader, object_id, at_version, blob.sha256, blob.size, blob.key, pending, notice
+    )
+
+
+@dataclass(frozen=True)
+class PresignedBlob:
+    """A presigned GET URL of an object's committed blob, and what it serves."""
+
+    url: str
+    expires_seconds: int
+    object_id: str
+    version: int
+    sha256: str
+    size: int
+    key: str
+    pending_upload_id: str | None
+    notice: str | None
+
+
+def presign_object_blob(
+    client: Client,
+    ref: str,
+    *,
+    s3: BlobStore,
+    version: int | None = None,
+    expires: int | None = None,
+    filename: str | None = None,
+) -> PresignedBlob:
+    """A presigned URL of ``ref``'s committed blob (at ``version``, default current), signed
+    only after ``client`` may read the object. The lifetime is checked first (1 to
+    ``presign_max_seconds``), so a bad one fails without a lookup."""
+    seconds = check_expires(expires, client.settings.presign_max_seconds)
+    object_id, at_version, blob, pending, notice = _committed(client, ref, version)
+    url = presigned_get_url(
+        s3,
+        client.settings.s3_bucket,
+        blob.key,
+        expires=seconds,
+        max_seconds=client.settings.presign_max_seconds,
+        filename=filename,
+    )
+    return PresignedBlob(
+        url, seconds, object_id, at_version, blob.sha256, blob.size, blob.key, pending, notice
     )

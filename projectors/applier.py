@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import psycopg
 
-from blobledger.projectors.fold import ObjectState, Upload, apply
+from blobledger.projectors.fold import ObjectState, Upload, apply, unauthenticated
 from blobledger.projectors.ports import ReadModelPort
 from blobledger.projectors.rows import BatchWrite, OutcomeRow
 from blobledger.schemas.errors import InfrastructureError, PermanentError
@@ -30,6 +30,8 @@ class Record:
     offset: int
     #: None for a dead-lettered message: it only moves the checkpoint
     event: Event | None
+    #: why the record's authenticator did not verify (set by the decoder; None: verified)
+    unauthenticated: str | None = None
 
 
 @dataclass
@@ -120,7 +122,10 @@ def fold_records(
             continue
         seen.add(env.event_id)
         state = objects.get(env.object_id)
-        result = apply(state, event, uploads)
+        if rec.unauthenticated is None:
+            result = apply(state, event, uploads)
+        else:
+            result = unauthenticated(state)
         out = result.outcome
         write.outcomes.append(
             OutcomeRow(

@@ -388,6 +388,12 @@ def _upload_failed(
     return Result(new_state, Outcome("accepted", None, new_state.version), upload=failed)
 
 
+def unauthenticated(state: ObjectState | None) -> Result:
+    """An event whose authenticator did not verify (schemas/auth.py): recorded as rejected,
+    visible in the claimed actor's audit, and nothing else changes."""
+    return _reject(state, "unauthenticated")
+
+
 def apply(state: ObjectState | None, event: Event, uploads: Mapping[str, Upload]) -> Result:
     """Fold one event. ``uploads`` holds (at least) the upload the event names, if any."""
     if isinstance(event, ObjectCreated):

@@ -48,7 +48,7 @@ from blobledger.schemas.errors import (
     ValidationError,
 )
 from blobledger.schemas.events import datetime_to_us, us_to_datetime
-from blobledger.schemas.permissions import IMPLIED, SYSTEM_PREFIX, may
+from blobledger.schemas.permissions import EVERYONE, IMPLIED, SYSTEM_PREFIX, may
 from blobledger.schemas.receipts import EventOutcome, Receipt
 from blobledger.schemas.views import AuditEntry, HistoryEntry, ObjectView, Page, UploadView
 
@@ -414,19 +414,31 @@ class InMemoryQueries:
         return Page(items, nxt)
 
     def audit(
-        self, actor: str, *, since: datetime | None = None, limit: int = 1000
+        self,
+        subject: str,
+        *,
+        actor: str,
+        since: datetime | None = None,
+        limit: int = 1000,
     ) -> list[AuditEntry]:
-        """Everything an actor did (accepted and rejected), oldest first."""
-        _text(actor, self.tenant)
+        """Everything ``subject`` did (accepted and rejected), oldest first, as far as
+        ``actor`` may see it: all of it to ``subject`` and ``system:`` actors, else only
+        events on objects of this tenant that ``actor`` administers now."""
+        _text(subject, self.tenant)
         start = None if since is None else datetime_to_us(since)
+        everything = actor == subject or actor.startswith(SYSTEM_PREFIX)
+        if not everything:
+            _text(actor)  # Postgres gets it as a parameter only in this case
+        admin = {(p, perm) for p in (actor, EVERYONE) for perm in IMPLIED["admin"]}
         with self.model.lock:
             rows = sorted(
                 (
                     o
                     for o in self.model.outcomes.values()
-                    if o.actor == actor
+                    if o.actor == subject
                     and o.tenant == self.tenant
                     and (start is None or o.occurred_at >= start)
+                    and (everything or self._holds(o.object_id, admin))
                 ),
                 key=lambda o: (o.occurred_at, o.event_id),
             )
@@ -444,10 +456,24 @@ class InMemoryQueries:
             for o in rows[: _limit(limit)]
         ]
 
-    def upload(self, upload_id: str) -> UploadView:
+    def _holds(self, object_id: str, entries: set[tuple[str, str]]) -> bool:
+        """Whether this tenant's object ``object_id`` has one of the (principal, permission)
+        ``entries`` (the ``acl_entries`` join); the caller holds the lock."""
+        s = self.model.objects.get(object_id)
+        return (
+            s is not None
+            and s.tenant == self.tenant
+            and not entries.isdisjoint(self.model.acl_entries.get(object_id, ()))
+        )
+
+    def upload(self, upload_id: str, *, actor: str) -> UploadView:
+        """An upload, to an actor who may read its object in this tenant; anyone else gets
+        the NotFoundError of an unknown id (see the Postgres ``Queries.upload`` for why)."""
+        _text(self.tenant)
         with self.model.lock:
             u = self.model.uploads.get(_uuid(upload_id))
-        if u is None:
+            s = self.model.objects.get(u.object_id) if u is not None else None
+        if u is None or s is None or s.tenant != self.tenant or not may(s.acl, actor, "read"):
             raise NotFoundError(f"upload {upload_id} not found (or not yet projected)")
         return UploadView(
             u.upload_id,

@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 
 from blobledger.infra.postgres import translated
 from blobledger.schemas.errors import AuthorizationError, NotFoundError, ValidationError
-from blobledger.schemas.permissions import IMPLIED, may
+from blobledger.schemas.permissions import EVERYONE, IMPLIED, SYSTEM_PREFIX, may
 from blobledger.schemas.views import (
     AuditEntry,
     BlobInfo,
@@ -208,9 +208,9 @@ class Queries:
         if tag:
             where.append("o.tags @> ARRAY[%s]::text[]")
             params.append(tag)
-        if not actor.startswith("system:"):
+        if not actor.startswith(SYSTEM_PREFIX):
             where.append(self._readable_clause())
-            params += [[actor, "*"], list(IMPLIED["read"])]
+            params += [[actor, EVERYONE], list(IMPLIED["read"])]
         params.append(limit + 1)
         rows = self._fetch(
             "SELECT o.* FROM {s}.objects o WHERE "
@@ -223,14 +223,37 @@ class Queries:
         return Page(items, nxt)
 
     def audit(
-        self, actor_filter: str, *, since: datetime | None = None, limit: int = 1000
+        self,
+        subject: str,
+        *,
+        actor: str,
+        since: datetime | None = None,
+        limit: int = 1000,
     ) -> list[AuditEntry]:
-        """Everything an actor did (accepted and rejected), oldest first."""
+        """Everything ``subject`` did (accepted and rejected), oldest first, as far as
+        ``actor`` may see it: all of it to ``subject`` itself and to ``system:`` actors;
+        to anyone else only events on objects of this tenant that ``actor`` administers
+        (now). Read permission is not enough: an audit shows who was refused what, which
+        is the object admin's business."""
+        where = [
+            "e.actor = %s",
+            "e.tenant = %s",
+            "e.occurred_at >= COALESCE(%s, '-infinity'::timestamptz)",
+        ]
+        params: list[Any] = [subject, self.tenant, since]
+        if actor != subject and not actor.startswith(SYSTEM_PREFIX):
+            where.append(
+                "EXISTS (SELECT 1 FROM {s}.objects o JOIN {s}.acl_entries a "
+                "ON a.object_id = o.object_id WHERE o.object_id = e.object_id "
+                "AND o.tenant = %s AND a.principal = ANY(%s) AND a.permission = ANY(%s))"
+            )
+            params += [self.tenant, [actor, EVERYONE], list(IMPLIED["admin"])]
+        params.append(limit)
         rows = self._fetch(
-            "SELECT * FROM {s}.event_outcomes WHERE actor = %s AND tenant = %s "
-            "AND occurred_at >= COALESCE(%s, '-infinity'::timestamptz) "
-            "ORDER BY occurred_at, event_id LIMIT %s",
-            (actor_filter, self.tenant, since, limit),
+            "SELECT e.* FROM {s}.event_outcomes e WHERE "
+            + " AND ".join(where)
+            + " ORDER BY e.occurred_at, e.event_id LIMIT %s",
+            params,
         )
         return [
             AuditEntry(
@@ -246,9 +269,20 @@ class Queries:
             for r in rows
         ]
 
-    def upload(self, upload_id: str) -> UploadView:
-        rows = self._fetch("SELECT * FROM {s}.uploads WHERE upload_id = %s", (upload_id,))
-        if not rows:
+    def upload(self, upload_id: str, *, actor: str) -> UploadView:
+        """An upload, to an actor who may read its object in this tenant.
+
+        Anyone else gets the same NotFoundError as for an unknown id, never "forbidden":
+        upload ids are random and handed only to whoever attached, so a forbidden answer
+        would confirm that a leaked or guessed id is live (and, across tenants, that the
+        other tenant exists and is busy), while telling a legitimate caller nothing."""
+        rows = self._fetch(
+            "SELECT u.*, o.acl AS object_acl FROM {s}.uploads u "
+            "JOIN {s}.objects o ON o.object_id = u.object_id "
+            "WHERE u.upload_id = %s AND o.tenant = %s",
+            (upload_id, self.tenant),
+        )
+        if not rows or not may(rows[0]["object_acl"], actor, "read"):
             raise NotFoundError(f"upload {upload_id} not found (or not yet projected)")
         r = rows[0]
         return UploadView(

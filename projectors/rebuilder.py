@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from blobledger.infra.dlq import DeadLetters
 from blobledger.infra.kafka import end_offsets, make_consumer, make_producer, translate
+from blobledger.infra.keys import keyring
 from blobledger.infra.postgres import connect, translated
 from blobledger.infra.settings import Settings
 from blobledger.projectors.applier import Record, apply_isolating
@@ -49,6 +50,8 @@ class Rebuilder:
         self.conn = connect(settings, synchronous_commit=settings.projector_synchronous_commit)
         self.model = ReadModel(self.conn, target, memo=True, defer_blobs=defer_blobs)
         self.dlq = DeadLetters(make_producer(settings), settings.dlq_topic)
+        # the same keys as the live projector: a replay gives the same outcomes
+        self.keyring = keyring(settings)
         # a throwaway group: replay assigns partitions itself and never commits offsets
         self.consumer: Consumer = make_consumer(
             settings,
@@ -94,6 +97,7 @@ class Rebuilder:
         paused: set[int] = set()
         while remaining:
             msgs = self.consumer.consume(self.batch_size, 1.0)
+            self.keyring.refresh()
             records: list[Record] = []
             by_position: dict[tuple[int, int], Message] = {}
             for m in msgs:
@@ -118,13 +122,16 @@ class Rebuilder:
                         )
                         paused.add(p)
                     continue
+                value = m.value() or b""
                 try:
-                    event = self.codec.decode(m.value())
+                    decoded = self.codec.decode(value)
                 except CodecError as e:
                     self.dlq.send(m, e)
                     self.dead += 1
-                    event = None
-                records.append(Record(self.topic, p, off, event))
+                    records.append(Record(self.topic, p, off, None))
+                else:
+                    why = self.keyring.verify_event(value, m.headers(), decoded)
+                    records.append(Record(self.topic, p, off, decoded, why))
                 by_position[(p, off)] = m
             if records:
                 self.dlq.flush()

@@ -23,6 +23,7 @@ from blobledger.infra.postgres import translate as pg_translate
 from blobledger.infra.settings import Settings
 from blobledger.projectors.applier import BatchStats, Record, apply_isolating
 from blobledger.projectors.ports import ReadModelPort
+from blobledger.schemas.auth import Keyring
 from blobledger.schemas.codec import Codec, default_codec
 from blobledger.schemas.errors import CodecError, TransientError
 from blobledger.schemas.ports import LogConsumer
@@ -67,6 +68,7 @@ class Projector:
         consumer: LogConsumer,
         open_model: Callable[[], ReadModelPort],
         dead_letters: DeadLetters,
+        keyring: Keyring,
         codec: Codec | None = None,
     ) -> None:
         self.settings = settings
@@ -78,6 +80,7 @@ class Projector:
         # not seen
         self.model = open_model()
         self.dlq = dead_letters
+        self.keyring = keyring
         self.consumer = consumer
         #: partition -> the next offset our consumer will deliver
         self.positions: dict[int, int] = {}
@@ -141,10 +144,12 @@ class Projector:
         records: list[Record] = []
         by_position: dict[tuple[int, int], Message] = {}
         dead = 0
+        self.keyring.refresh()  # keys issued or retired since the last batch apply to this one
         for m in msgs:
             pos = position_of(m)
+            value = m.value() or b""
             try:
-                event = self.codec.decode(m.value())
+                event = self.codec.decode(value)
             except CodecError as e:
                 log.warning(
                     "dead-lettering undecodable message",
@@ -157,7 +162,16 @@ class Projector:
                 # still advance the checkpoint past it: a record without an event is not folded
                 records.append(Record(pos.topic, pos.partition, pos.offset, None))
                 continue
-            records.append(Record(pos.topic, pos.partition, pos.offset, event))
+            why = self.keyring.verify_event(value, m.headers(), event)
+            if why is not None:
+                log.warning(
+                    "unauthenticated event: the fold rejects it",
+                    reason=why,
+                    actor=event.envelope.actor,
+                    partition=pos.partition,
+                    offset=pos.offset,
+                )
+            records.append(Record(pos.topic, pos.partition, pos.offset, event, why))
             by_position[(pos.partition, pos.offset)] = m
         # dead letters are acknowledged before the checkpoint moves past them
         self.dlq.flush()

@@ -49,6 +49,12 @@ class AuthorizationError(DomainError):
     code = "forbidden"
 
 
+class UnauthenticatedError(DomainError):
+    """What was published carries no valid authenticator for its actor (schemas/auth.py)."""
+
+    code = "unauthenticated"
+
+
 class NotFoundError(DomainError):
     code = "not_found"
 

@@ -345,4 +345,7 @@ COMPENSATION_REASONS = (
     "retry_budget_exhausted",
     "timeout",
     "invalid_command",
+    "source_forbidden",
+    "source_not_regular",
+    "source_timeout",
 )

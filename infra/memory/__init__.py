@@ -7,6 +7,7 @@ what each deliberately leaves out.
 """
 
 from blobledger.infra.memory.blobstore import InMemoryBlobStore
+from blobledger.infra.memory.keys import MemoryKeys
 from blobledger.infra.memory.log import (
     InMemoryBroker,
     InMemoryConsumer,
@@ -20,4 +21,5 @@ __all__ = [
     "InMemoryConsumer",
     "InMemoryMessage",
     "InMemoryProducer",
+    "MemoryKeys",
 ]

@@ -18,6 +18,13 @@ from pathlib import Path
 
 import psutil
 
+from blobledger.infra.stack.private import (
+    CHILD_UMASK,
+    make_private_dir,
+    open_private_append,
+    write_private,
+)
+
 
 def alive(pid: int | None, expect: str | None = None) -> bool:
     """True when ``pid`` runs (not a zombie) and, if given, its command line mentions ``expect``."""
@@ -54,9 +61,10 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> int:
-    """Start ``argv`` detached from our session, output appended to ``log_file``."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as log:
+    """Start ``argv`` detached from our session, output appended to ``log_file``. The child
+    runs with umask 077 and the log and pid files are owner-only: see ``private``."""
+    make_private_dir(log_file.parent)
+    with os.fdopen(open_private_append(log_file), "ab") as log:
         log.write(
             f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode()
         )
@@ -70,8 +78,10 @@ def spawn(
             cwd=cwd,
             start_new_session=True,  # Ctrl+C in the CLI's terminal must not kill the stack
             close_fds=True,
+            umask=CHILD_UMASK,
         )
-    pid_file.write_text(f"{proc.pid}\n")
+    make_private_dir(pid_file.parent)
+    write_private(pid_file, f"{proc.pid}\n")
     return proc.pid
 
 

@@ -17,6 +17,7 @@ import structlog
 
 from blobledger.infra.settings import Settings
 from blobledger.infra.stack import _process
+from blobledger.infra.stack.private import make_private_dir
 from blobledger.schemas.errors import StackError
 
 log = structlog.get_logger(__name__)
@@ -123,8 +124,8 @@ class Service(ABC):
                     service=self.name,
                     log_file=str(self.log_file),
                 )
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.data_dir)
+            make_private_dir(self.pid_file.parent)
             log.info("service.starting", service=self.name, endpoint=self.endpoint)
             self.launch()
         self.wait_healthy(timeout)

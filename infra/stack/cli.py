@@ -57,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
         stack = Stack(settings, timeout=args.timeout)
         if args.action == "up":
+            from blobledger.infra.keys import ensure_local_keys
+
+            # the first `up` issues the operator's and the system processes' keys (0600)
+            ensure_local_keys(settings)
             _print(stack.up(args.services or None), settings, args.json)
             return 0
         if args.action == "down":

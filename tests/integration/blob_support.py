@@ -17,6 +17,9 @@ from blobledger.infra.settings import Settings
 from blobledger.infra.testing.services import ThreadedWorker  # noqa: F401 - re-exported for the tests
 
 MiB = 1024 * 1024
+#: what the worker must be allowed to reach for the tests' local HTTP origins: it refuses
+#: loopback for a client unless settings allow it (source_allow_networks)
+LOCAL_ORIGINS = "127.0.0.1/32"
 
 
 def make_file(path: Path, size: int) -> str:
@@ -43,11 +46,15 @@ def open_multipart_uploads(settings: Settings) -> list[dict[str, Any]]:
 
 
 class Origin:
-    """An HTTP server on 127.0.0.1 serving ``root`` plus misbehaving paths:
-    /404, /500 (always), /truncate/<name> (announces the full length, sends half)."""
+    """An HTTP server on ``host`` (default 127.0.0.1) serving ``root`` plus misbehaving
+    paths: /404, /500 (always), /truncate/<name> (announces the full length, sends half),
+    and ``redirects`` (path -> Location, answered with a 302)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, host: str = "127.0.0.1", redirects: dict[str, str] | None = None
+    ) -> None:
         outer = self
+        self.redirects = redirects if redirects is not None else {}
 
         class Handler(SimpleHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
@@ -55,6 +62,12 @@ class Origin:
 
             def do_GET(self) -> None:
                 outer.hits[self.path] = outer.hits.get(self.path, 0) + 1
+                if self.path in outer.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", outer.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.path == "/500":
                     self.send_error(500, "origin broken")
                     return
@@ -71,8 +84,8 @@ class Origin:
                 super().do_GET()
 
         self.hits: dict[str, int] = {}
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server = ThreadingHTTPServer((host, 0), partial(Handler, directory=str(root)))
+        self.url = f"http://{host}:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 
 from blobledger.infra.kafka import headers_for, make_producer
+from blobledger.infra.keys import local_signer
 from blobledger.infra.settings import Settings
 from blobledger.infra.testing.services import ThreadedProjector  # noqa: F401 - re-exported for the tests
 from blobledger.projectors.verify import VERIFIED_TABLES, table_columns as _columns
@@ -70,13 +71,14 @@ def publish_all(settings: Settings, events: Sequence[Event], topic: str | None =
     """Bulk-publish (no waiting for outcomes): the fastest way to fill a log for a test."""
     producer = make_producer(settings)
     codec = default_codec()
+    key_for = local_signer(settings)  # signed as each actor's process would sign it
     topic = topic or settings.events_topic
     for e in events:
+        value = codec.encode(e)
+        headers = headers_for(e, value=value, signer=key_for(e.envelope.actor))
         while True:
             try:
-                producer.produce(
-                    topic, key=e.object_id.encode(), value=codec.encode(e), headers=headers_for(e)
-                )
+                producer.produce(topic, key=e.object_id.encode(), value=value, headers=headers)
                 break
             except BufferError:
                 producer.poll(0.1)

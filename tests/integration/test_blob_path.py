@@ -1,6 +1,12 @@
 """The blob path on real services: large uploads verified end to end, dedup, HTTP
 sources, every bad input, reads with ranges and presigned URLs, two workers, the reaper
-and deadlines, an S3 outage. (Kill -9 and resume: test_blob_resume.py.)"""
+and deadlines, an S3 outage. (Kill -9 and resume: test_blob_resume.py; what the worker
+refuses to read: test_worker_boundary.py.)
+
+Local files here live in pytest's tmp dirs, outside every source root: the client spools
+them (hard links into the stack's data dir) unless a test makes their directory a root.
+The HTTP origins listen on 127.0.0.1, which a worker reaches only with LOCAL_ORIGINS
+allowed."""
 
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from blobledger.producers.reader import ByteRange, open_object_blob, presigned_g
 from blobledger.schemas.errors import ValidationError
 
 from .blob_support import (
+    LOCAL_ORIGINS,
     MiB,
     Origin,
     TcpProxy,
@@ -40,6 +47,12 @@ def worker(settings, projector):
     w = ThreadedWorker(settings, transfer_attempts=2, max_backoff=1.0)
     yield w
     w.stop()
+
+
+@pytest.fixture
+def web(settings):
+    """Settings whose workers may fetch from the tests' local origins."""
+    return settings.with_(source_allow_networks=LOCAL_ORIGINS)
 
 
 @pytest.fixture
@@ -79,6 +92,13 @@ def test_large_upload_verified_end_to_end_then_dedup(settings, worker, tmp_path)
             while chunk := reader.read(8 * MiB):
                 h.update(chunk)
         assert h.hexdigest() == sha and blob.reader.verified and blob.notice is None
+        # the file was spooled for the worker; the entry goes once the upload is over
+        assert settings.spool_dir is not None
+        wait_for(
+            lambda: not (settings.spool_dir / r.upload_id).exists(),
+            timeout=10,
+            what="the spool entry removed",
+        )
 
         # `blobledger get -o`: streamed to a file, verified
         out = tmp_path / "copy.bin"
@@ -109,23 +129,28 @@ def test_large_upload_verified_end_to_end_then_dedup(settings, worker, tmp_path)
     assert open_multipart_uploads(settings) == []
 
 
-def test_reupload_of_the_same_file_sends_nothing(settings, worker, tmp_path):
+def test_reupload_of_the_same_file_sends_nothing(settings, projector, tmp_path):
+    # under a source root: the file is read in place, so the stat cache knows it again
+    rooted = settings.with_(source_roots=str(tmp_path))
     path = tmp_path / "f.bin"
     sha = make_file(path, 40 * MiB)
-    with connect(settings, actor="alice") as alice:
-        first = wait_terminal(alice, _attach(alice, "re/a", str(path)).upload_id)
-        t0 = time.monotonic()
-        again = wait_terminal(alice, _attach(alice, "re/a", str(path)).upload_id)
-        assert first.state == again.state == "stored" and again.dedup and again.sha256 == sha
-        assert time.monotonic() - t0 < 10
+    w = ThreadedWorker(rooted)
+    try:
+        with connect(rooted, actor="alice") as alice:
+            first = wait_terminal(alice, _attach(alice, "re/a", str(path)).upload_id)
+            assert alice.upload(first.upload_id).source == path.as_uri()  # not spooled
+            t0 = time.monotonic()
+            again = wait_terminal(alice, _attach(alice, "re/a", str(path)).upload_id)
+            assert first.state == again.state == "stored" and again.dedup and again.sha256 == sha
+            assert time.monotonic() - t0 < 10
+    finally:
+        w.stop()
 
 
-def test_http_source_and_reading_while_a_newer_upload_is_pending(
-    settings, projector, origin, tmp_path
-):
+def test_http_source_and_reading_while_a_newer_upload_is_pending(web, projector, origin, tmp_path):
     sha = make_file(tmp_path / "web.bin", 30 * MiB + 7)
-    with connect(settings, actor="alice") as alice:
-        w = ThreadedWorker(settings)
+    with connect(web, actor="alice") as alice:
+        w = ThreadedWorker(web)
         try:
             r = _attach(alice, "web/a", f"{origin.url}/web.bin")
             view = wait_terminal(alice, r.upload_id)
@@ -136,44 +161,55 @@ def test_http_source_and_reading_while_a_newer_upload_is_pending(
         make_file(tmp_path / "web2.bin", MiB)
         pending = _attach(alice, "web/a", f"{origin.url}/web2.bin")
         assert alice.upload(pending.upload_id).state == "pending"
-        blob = open_object_blob(alice, "web/a", s3=make_s3_client(settings))
+        blob = open_object_blob(alice, "web/a", s3=make_s3_client(web))
         assert blob.sha256 == sha and blob.pending_upload_id == pending.upload_id
         assert blob.notice and "pending" in blob.notice
         blob.reader.close()
 
 
-def test_every_bad_input_is_compensated_with_its_reason(settings, worker, origin, tmp_path):
+def test_every_bad_input_is_compensated_with_its_reason(web, projector, origin, tmp_path):
+    root = tmp_path / "root"
+    (root / "subdir").mkdir(parents=True)
+    s = web.with_(source_roots=str(root))
     good = tmp_path / "good.bin"
     good_sha = make_file(good, 6 * MiB)
     make_file(tmp_path / "half.bin", 6 * MiB)
     cases = {
         "missing": (str(tmp_path / "nope.bin"), {}, "source_not_found"),
-        "unreadable": (str(tmp_path), {}, "unreadable_source"),  # a directory
+        "missing_in_root": (str(root / "nope.bin"), {}, "source_not_found"),
+        "directory": ((root / "subdir").as_uri(), {}, "source_not_regular"),
         "hash": (str(good), {"declared_sha256": "0" * 64}, "checksum_mismatch"),
         "size": (str(good), {"declared_size": 12345}, "declared_size_mismatch"),
         "http404": (f"{origin.url}/missing.bin", {}, "source_not_found"),
         "http500": (f"{origin.url}/500", {}, "retry_budget_exhausted"),
         "truncated": (f"{origin.url}/truncate/half.bin", {}, "truncated_source"),
     }
-    with connect(settings, actor="alice") as alice:
-        uploads = {
-            name: _attach(alice, f"bad/{name}", src, **kw).upload_id
-            for name, (src, kw, _) in cases.items()
-        }
-        for name, (_, _, reason) in cases.items():
-            view = wait_terminal(alice, uploads[name], timeout=120)
-            assert (name, view.state, view.reason) == (name, "compensated", reason)
-            assert alice.get(f"bad/{name}").blob is None
-        assert origin.hits["/500"] >= 2  # retried before giving up
-        # refused up front by the client: declared size over the limit, unsupported source
-        with pytest.raises(ValidationError):
-            _attach(alice, "bad/limit", str(good), declared_size=settings.max_blob_size + 1)
-        with pytest.raises(ValidationError):
-            _attach(alice, "bad/scheme", "ftp://example.com/x")
+    worker = ThreadedWorker(s, transfer_attempts=2, max_backoff=1.0)
+    try:
+        with connect(s, actor="alice") as alice:
+            uploads = {
+                name: _attach(alice, f"bad/{name}", src, **kw).upload_id
+                for name, (src, kw, _) in cases.items()
+            }
+            for name, (_, _, reason) in cases.items():
+                view = wait_terminal(alice, uploads[name], timeout=120)
+                assert (name, view.state, view.reason) == (name, "compensated", reason)
+                assert alice.get(f"bad/{name}").blob is None
+            assert origin.hits["/500"] >= 2  # retried before giving up
+            # refused up front by the client: declared size over the limit, unsupported
+            # source, a local path that is no regular file (it cannot be spooled)
+            with pytest.raises(ValidationError):
+                _attach(alice, "bad/limit", str(good), declared_size=s.max_blob_size + 1)
+            with pytest.raises(ValidationError):
+                _attach(alice, "bad/scheme", "ftp://example.com/x")
+            with pytest.raises(ValidationError, match="not a regular file"):
+                _attach(alice, "bad/dir", str(tmp_path))
+    finally:
+        worker.stop()
     # nothing uploaded stays around: no open multipart uploads, no staging objects
-    assert open_multipart_uploads(settings) == []
-    s3 = make_s3_client(settings)
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=settings.s3_bucket).get("Contents", [])]
+    assert open_multipart_uploads(s) == []
+    s3 = make_s3_client(s)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s.s3_bucket).get("Contents", [])]
     assert (
         all(k.startswith("blobs/sha256/") for k in keys)
         and f"blobs/sha256/{good_sha[:2]}/{good_sha}" not in keys
@@ -231,6 +267,7 @@ def test_deadline_passed_before_start_and_reaper(settings, projector, tmp_path):
         view = wait_terminal(alice, reaped.upload_id, timeout=30)
         assert (view.state, view.reason) == ("compensated", "timeout")
         assert all(u["UploadId"] != stale for u in open_multipart_uploads(quick))
+        assert quick.spool_dir is not None and not (quick.spool_dir / reaped.upload_id).exists()
 
         # a worker that picks a command up after its deadline compensates it at once
         late = _attach(alice, "dl/late", str(path))

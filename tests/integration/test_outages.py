@@ -31,7 +31,13 @@ from blobledger.infra.settings import Settings
 from blobledger.infra.testing import RunningStack
 from blobledger.producers.client import Client
 
-from .blob_support import MiB, ThreadedWorker, open_multipart_uploads, wait_terminal
+from .blob_support import (
+    LOCAL_ORIGINS,
+    MiB,
+    ThreadedWorker,
+    open_multipart_uploads,
+    wait_terminal,
+)
 from .support import ThreadedProjector, wait_for
 
 pytestmark = pytest.mark.integration
@@ -167,7 +173,8 @@ def alive(p: ThreadedProjector) -> bool:
 
 # --- (a) the blob store goes away mid-upload --------------------------------------------------
 def test_blob_store_outage_mid_upload_metadata_keeps_its_latency(embedded, settings, projector):
-    s = settings.with_(min_part_size=5 * MiB)  # S3's minimum: several parts per upload
+    # S3's minimum part size: several parts per upload; the origin is on loopback
+    s = settings.with_(min_part_size=5 * MiB, source_allow_networks=LOCAL_ORIGINS)
     origin = SlowOrigin(40 * MiB, 10 * MiB)  # a ~4 s transfer per attempt
     w = ThreadedWorker(s, transfer_attempts=40, max_backoff=2.0)
     probe = ProgressProbe(w)
@@ -282,7 +289,7 @@ def _broker_outage_mid_upload(
 ) -> dict[str, Any]:
     if settings.broker_storage == "memory":
         pytest.skip("the broker keeps its log in memory here: a restart loses it")
-    s = settings.with_(min_part_size=5 * MiB)
+    s = settings.with_(min_part_size=5 * MiB, source_allow_networks=LOCAL_ORIGINS)
     # 8 MiB/s, ~12 s for 96 MiB: Tansu takes ~5 s to exit on SIGTERM, and the transfer must
     # still be running once it is really down
     origin = SlowOrigin(blob_mib * MiB, 8 * MiB)

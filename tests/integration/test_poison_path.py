@@ -33,9 +33,6 @@ def _env(key: str, actor: str = "alice", **kw) -> Envelope:
 
 
 def test_poison_records_are_dead_lettered_and_later_events_applied(settings):
-    from blobledger.infra.kafka import make_producer
-
-    codec = default_codec()
     good = [ObjectCreated(_env("p/a"), key="p/a", metadata_json='{"n":0}')]
     poison = [  # each decodes under its Avro schema, none can be stored
         ObjectCreated(Envelope(object_id="o1", actor="alice"), key="p/o1"),
@@ -53,11 +50,8 @@ def test_poison_records_are_dead_lettered_and_later_events_applied(settings):
         ObjectCreated(_env("p/later"), key="p/later"),
     ]
 
-    producer = make_producer(settings)
     publish_all(settings, good)
-    for e in poison:
-        producer.produce(settings.events_topic, key=e.object_id.encode(), value=codec.encode(e))
-    assert producer.flush(10) == 0
+    publish_all(settings, poison)
     publish_all(settings, [nul_json, *later])
 
     p = ThreadedProjector(settings)

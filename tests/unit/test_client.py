@@ -192,7 +192,11 @@ def test_attach_blob_publishes_the_event_then_the_command(
     (command,) = twins.events(s.commands_topic)
     assert isinstance(attached, BlobAttached) and isinstance(command, UploadRequested)
     assert attached.upload_id == command.upload_id == result.upload_id
-    assert attached.source == command.source == f"file://{source}"
+    # outside every source root: hard-linked into the upload's spool entry for the worker
+    assert s.spool_dir is not None
+    spooled = s.spool_dir / result.upload_id / "data.bin"
+    assert attached.source == command.source == spooled.as_uri()
+    assert spooled.stat().st_ino == source.stat().st_ino
     assert (command.declared_size, command.deadline) == (5, attached.deadline)
     assert command.envelope.causation_id == attached.event_id
     assert command.envelope.correlation_id == attached.envelope.correlation_id

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from blobledger.schemas.auth import AUTH_HEADER, authenticator
 from blobledger.infra.kafka import header_value
 from blobledger.infra.memory import InMemoryMessage
 from blobledger.projectors.memory import InMemoryOutcomes
@@ -52,7 +53,10 @@ def produce(twins: Twins, *items: Event | tuple[str, bytes | None]) -> list[InMe
         (i.object_id, twins.codec.encode(i)) if isinstance(i, Event) else i for i in items
     ]
     for key, value in records:
-        twins.producer.produce(topic, value=value, key=key.encode(), headers=[("origin", b"t")])
+        headers = [("origin", b"t")]
+        if value is not None:  # signed as the operator's publisher signs
+            headers.append((AUTH_HEADER, authenticator(twins.keys.operator, value)))
+        twins.producer.produce(topic, value=value, key=key.encode(), headers=headers)
     twins.producer.flush(5)
     new = [m for m in twins.messages(topic) if (m.partition(), m.offset()) not in before]
     by_value = {m.value(): m for m in new}  # values are unique among the new records here

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import tempfile
 import threading
 import zlib
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from blobledger.blob_worker.planning import PartPlan, plan_parts
 from blobledger.blob_worker.progress import Meter
 from blobledger.blob_worker.promotion import ServerSideCopy
 from blobledger.blob_worker.s3calls import S3Calls
+from blobledger.blob_worker.sourcepolicy import SourcePolicy
 from blobledger.blob_worker.sources import LocalFileSource, Source
 from blobledger.blob_worker.strategies import (
     BufferedStream,
@@ -48,7 +50,12 @@ from tests.unit.fake_s3 import FakeS3, client_error
 
 MiB = 1024 * 1024
 OPTS = TransferOptions(
-    "bucket", min_part_size=5 * MiB, max_blob_size=64 * MiB, max_in_flight=3, retry_attempts=3
+    "bucket",
+    min_part_size=5 * MiB,
+    max_blob_size=64 * MiB,
+    max_in_flight=3,
+    retry_attempts=3,
+    sources=SourcePolicy(roots=(tempfile.gettempdir(),)),  # where tmp_path lives
 )
 
 
@@ -139,7 +146,7 @@ def test_local_files_get_a_file_strategy(
 ) -> None:
     path, _ = _file(tmp_path, size)
     job = _job(FakeS3(), pool, UploadSpec("u1", str(path), declared), local_files=mode)
-    src = LocalFileSource(str(path), str(path))
+    src = LocalFileSource(str(path), str(path), [str(tmp_path)])
     try:
         assert type(choose_strategy(job, src, _plan(job, size))) is expected
     finally:
@@ -161,7 +168,7 @@ def test_hash_first_file_goes_straight_to_its_content_key(
     path, data = _file(tmp_path, 12 * MiB + 1)
     s3 = FakeS3()
     job = _job(s3, pool, UploadSpec("u1", str(path)))
-    src = LocalFileSource(str(path), str(path))
+    src = LocalFileSource(str(path), str(path), [str(tmp_path)])
     try:
         r = HashFirstFile(job, src, _plan(job, len(data))).run()
     finally:
@@ -175,7 +182,7 @@ def test_streamed_file_stages_then_promotes(tmp_path: Path, pool: ThreadPoolExec
     path, data = _file(tmp_path, 12 * MiB + 1)
     s3, cache = FakeS3(), HashCache()
     job = _job(s3, pool, UploadSpec("u1", str(path)), cache=cache, local_files="stream")
-    src = LocalFileSource(str(path), str(path))
+    src = LocalFileSource(str(path), str(path), [str(tmp_path)])
     try:
         r = StreamedFile(job, src, _plan(job, len(data))).run()
         assert cache.get(src.identity) == r.sha256

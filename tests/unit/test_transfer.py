@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from blobledger.blob_worker import s3calls, strategies
 from blobledger.blob_worker import transfer as tr
 from blobledger.blob_worker.failures import UploadFailure
 from blobledger.blob_worker.hashcache import HashCache
+from blobledger.blob_worker.sourcepolicy import SourcePolicy
 from blobledger.blob_worker.transfer import Transfer, TransferOptions, UploadSpec, content_key
 from blobledger.infra.retry import CircuitBreaker
 from blobledger.schemas.errors import PermanentError, TransientError
@@ -22,7 +24,12 @@ from tests.unit.fake_s3 import FakeS3, client_error
 
 MiB = 1024 * 1024
 OPTS = TransferOptions(
-    "bucket", min_part_size=5 * MiB, max_blob_size=64 * MiB, max_in_flight=3, retry_attempts=3
+    "bucket",
+    min_part_size=5 * MiB,
+    max_blob_size=64 * MiB,
+    max_in_flight=3,
+    retry_attempts=3,
+    sources=SourcePolicy(roots=(tempfile.gettempdir(),)),  # where tmp_path lives
 )
 
 
@@ -114,13 +121,20 @@ def test_changed_file_is_not_served_from_cache(tmp_path: Path) -> None:
     assert second.key != first.key and not second.dedup
 
 
-def test_declared_hash_already_stored_never_opens_the_source(tmp_path: Path) -> None:
-    path, data = _file(tmp_path, 6 * MiB)
+def test_a_declared_stored_hash_is_no_capability(tmp_path: Path) -> None:
+    """Knowing a stored blob's hash attaches nothing: the requester's own source must be
+    read and hash to it."""
+    path, _ = _file(tmp_path, 6 * MiB)
+    other, _ = _file(tmp_path, 6 * MiB, "other.bin", seed=b"y")
     s3 = FakeS3()
     t = _transfer(s3)
     stored = t.run(UploadSpec("u1", str(path)))
-    r = t.run(UploadSpec("u2", str(tmp_path / "gone"), declared_sha256=stored.sha256))
-    assert r.dedup and r.bytes_sent == 0 and r.size == len(data)
+    for source, reason in ((tmp_path / "gone", "source_not_found"), (other, "checksum_mismatch")):
+        with pytest.raises(UploadFailure) as e:
+            t.run(UploadSpec("u2", str(source), declared_sha256=stored.sha256))
+        assert e.value.reason == reason
+    again = t.run(UploadSpec("u3", str(path), declared_sha256=stored.sha256))
+    assert again.dedup and again.bytes_sent == 0
 
 
 @pytest.mark.parametrize(
@@ -153,7 +167,7 @@ def test_size_limit(tmp_path: Path) -> None:
     "make, reason",
     [
         (lambda p: str(p / "missing"), "source_not_found"),
-        (lambda p: str(p), "unreadable_source"),  # a directory
+        (lambda p: str(p), "source_not_regular"),  # a directory
         (lambda p: "ftp://example.com/x", "invalid_command"),
     ],
 )

@@ -23,6 +23,7 @@ from blobledger.blob_worker.runner import Worker
 from blobledger.blob_worker.transfer import Transfer, TransferOptions, content_key
 from blobledger.infra.kafka import header_value
 from blobledger.infra.memory import (
+    MemoryKeys,
     InMemoryBlobStore,
     InMemoryBroker,
     InMemoryConsumer,
@@ -69,6 +70,7 @@ class Rig:
     broker: InMemoryBroker
     store: InMemoryBlobStore
     cache: HashCache = field(default_factory=HashCache)
+    keys: MemoryKeys = field(default_factory=MemoryKeys)
     codec: Any = field(default_factory=default_codec)
 
     def worker(self, producer: InMemoryProducer | None = None) -> Worker:
@@ -83,8 +85,13 @@ class Rig:
         return Worker(
             s,
             consumer=InMemoryConsumer(self.broker, s.worker_group),
-            publisher=Publisher(s, producer=producer or InMemoryProducer(self.broker)),
+            publisher=Publisher(
+                s,
+                producer=producer or InMemoryProducer(self.broker),
+                signer=self.keys.blob_worker,
+            ),
             transfer=transfer,
+            keyring=self.keys.keyring,
             transfer_attempts=2,
             max_backoff=0.1,
         )
@@ -105,7 +112,7 @@ class Rig:
             source=source,
             deadline=now_us() + s.upload_deadline_seconds * 1_000_000,
         )
-        publisher = Publisher(s, producer=InMemoryProducer(self.broker))
+        publisher = Publisher(s, producer=InMemoryProducer(self.broker), signer=self.keys.operator)
         try:
             publisher.publish(s.commands_topic, command)
         finally:
@@ -139,6 +146,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     settings = Settings.from_env(
         {
             "BLOBLEDGER_DATA_DIR": str(tmp_path / "data"),
+            "BLOBLEDGER_SOURCE_ROOTS": str(tmp_path),
             "BLOBLEDGER_TOPIC_PREFIX": "unit",
             "BLOBLEDGER_PARTITIONS": "3",
             "BLOBLEDGER_WAIT_TIMEOUT_SECONDS": "10",

@@ -15,6 +15,7 @@ from typing import Any
 
 from blobledger.infra.dlq import DeadLetters
 from blobledger.infra.memory import (
+    MemoryKeys,
     InMemoryBlobStore,
     InMemoryBroker,
     InMemoryConsumer,
@@ -68,6 +69,7 @@ class Twins:
         self.model = InMemoryReadModel()
         self.producer = RecordingProducer(self.broker)
         self.blob_store = InMemoryBlobStore(bucket=settings.s3_bucket)
+        self.keys = MemoryKeys()
         self.projector = self.new_projector()
         self._clients: list[Client] = []
         self._thread: threading.Thread | None = None
@@ -90,6 +92,7 @@ class Twins:
             ),
             open_model=lambda: self.model,
             dead_letters=DeadLetters(InMemoryProducer(self.broker), self.settings.dlq_topic),
+            keyring=self.keys.keyring,
         )
         projector.subscribe()
         return projector
@@ -105,7 +108,8 @@ class Twins:
             self.settings,
             actor=actor,
             tenant=tenant,
-            publisher=Publisher(self.settings, producer=self.producer),
+            key=self.keys.operator,
+            publisher=Publisher(self.settings, producer=self.producer, signer=self.keys.operator),
             outcomes=InMemoryOutcomes(self.model, self.settings),
             queries=InMemoryQueries(self.model, tenant or self.settings.tenant),
             blob_store=lambda: self.blob_store,
