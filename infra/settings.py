@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -263,7 +264,20 @@ class Settings:
             )
         out["s3_secret_key"] = "***"
         out["source_headers"] = {host: "***" for host in self.source_headers}
+        # SASL passwords, TLS key passphrases, OAuth client secrets
+        out["kafka_config"] = {
+            k: "***" if any(w in k for w in ("password", "secret", "key")) else v
+            for k, v in self.kafka_config.items()
+        }
+        if self.postgres_dsn:
+            out["postgres_dsn"] = _masked_dsn(self.postgres_dsn)
         return out
+
+
+def _masked_dsn(dsn: str) -> str:
+    """``dsn`` with a password (URL userinfo or a ``password=`` keyword) replaced by ***."""
+    masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", masked)
 
 
 def _embedded_pg_secret(data_dir: Path) -> str:
