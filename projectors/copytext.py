@@ -36,14 +36,8 @@ OBJECT_COLUMNS = (
     "created_at",
     "updated_at",
 )
-VERSION_COLUMNS = (
-    "object_id",
-    "version",
-    "event_id",
-    "event_type",
-    "actor",
-    "occurred_at",
-    "correlation_id",
+#: the state both an object row and each of its version snapshots carry, in COPY order
+STATE_COLUMNS = (
     "key",
     "metadata",
     "tags",
@@ -55,6 +49,16 @@ VERSION_COLUMNS = (
     "blob_key",
     "blob_upload_id",
     "pending_upload_id",
+)
+VERSION_COLUMNS = (
+    "object_id",
+    "version",
+    "event_id",
+    "event_type",
+    "actor",
+    "occurred_at",
+    "correlation_id",
+    *STATE_COLUMNS,
 )
 OUTCOME_COLUMNS = (
     "event_id",
@@ -94,17 +98,7 @@ OBJECT_COPY_COLUMNS = (
     "version",
     "created_at",
     "updated_at",
-    "key",
-    "metadata",
-    "tags",
-    "content_type",
-    "deleted",
-    "acl",
-    "blob_sha256",
-    "blob_size",
-    "blob_key",
-    "blob_upload_id",
-    "pending_upload_id",
+    *STATE_COLUMNS,
 )
 UPLOAD_COPY_COLUMNS = UPLOAD_COLUMNS
 ACL_COLUMNS = ("object_id", "principal", "permission")
