@@ -299,8 +299,7 @@ class GuardedHttp:
             if resp.status not in netguard.REDIRECT_STATUSES:
                 return resp
             location = resp.headers.get("Location")
-            resp.drain_conn()
-            resp.release_conn()
+            _discard(resp)
             if hops >= self.policy.max_redirects:
                 raise UploadFailure(
                     "http_error",
@@ -408,7 +407,7 @@ class HttpSource:
         resp = http.get(uri, timeout)
         status = resp.status
         if status >= 300:
-            resp.release_conn()
+            _discard(resp)
             if status in (404, 410):
                 raise UploadFailure("source_not_found", f"GET {self.uri}: HTTP {status}")
             if status >= 500 or status in (408, 429):
@@ -419,6 +418,7 @@ class HttpSource:
         encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
         self.size: int | None = int(length) if length and length.isdigit() and not encoded else None
         self._read = 0
+        self._ended = False
 
     def readinto(self, buf: memoryview) -> int:
         done = 0
@@ -426,6 +426,7 @@ class HttpSource:
             while done < len(buf):
                 n = self._resp.readinto(buf[done:])
                 if not n:
+                    self._ended = True
                     break
                 done += n
         except (IncompleteRead, ProtocolError) as e:
@@ -452,7 +453,17 @@ class HttpSource:
         return done
 
     def close(self) -> None:
-        self._resp.release_conn()
+        if self._ended:
+            self._resp.release_conn()  # read to its end: the connection can be reused
+        else:
+            _discard(self._resp)
+
+
+def _discard(resp: urllib3.BaseHTTPResponse) -> None:
+    """Give a response's connection up without reading the rest of its body (a
+    redirect's or an error's body may be endless): closed, not reused."""
+    resp.close()
+    resp.release_conn()
 
 
 def local_path(uri: str) -> str | None:

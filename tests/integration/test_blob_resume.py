@@ -17,6 +17,12 @@ from .support import Proc, wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+def _private_data_dir(settings, data_dir):
+    """The worker's own data dir (its on-disk hash cache, the spool the client fills for
+    it), with the stack's keys still used for signing and verifying."""
+    return settings.with_(data_dir=data_dir, keys_dir=str(settings.keys_path))
+
+
 def _parts_done(settings) -> int:
     s3 = make_s3_client(settings)
     uploads = open_multipart_uploads(settings)
@@ -46,7 +52,9 @@ def _assigned(log_path) -> bool:
 
 def test_worker_killed_mid_upload_resumes_on_redelivery(settings, projector, tmp_path):
     # small parts and few in flight: the upload takes long enough to be caught mid-way
-    s = settings.with_(min_part_size=5 * MiB, max_in_flight_parts=2, data_dir=tmp_path / "w")
+    s = _private_data_dir(
+        settings.with_(min_part_size=5 * MiB, max_in_flight_parts=2), tmp_path / "w"
+    )
     path = tmp_path / "big.bin"
     sha = make_file(path, 300 * MiB)
     first = Proc(s, ["worker"], str(tmp_path / "worker1.log"))
@@ -89,11 +97,11 @@ def test_killed_worker_and_a_permanent_failure_leave_no_open_upload_after_the_re
     from blobledger.infra import bootstrap
 
     deadline_s = 10
-    s = settings.with_(
-        min_part_size=5 * MiB,
-        max_in_flight_parts=2,
-        data_dir=tmp_path / "w",
-        upload_deadline_seconds=deadline_s,
+    s = _private_data_dir(
+        settings.with_(
+            min_part_size=5 * MiB, max_in_flight_parts=2, upload_deadline_seconds=deadline_s
+        ),
+        tmp_path / "w",
     )
     path = tmp_path / "big.bin"
     make_file(path, 200 * MiB)

@@ -263,6 +263,8 @@ def test_a_known_hash_is_not_a_capability(
             stored = wait_terminal(alice, _attach(alice, "alice/private", str(secret)))
             assert stored.state == "stored" and stored.sha256 == sha
         # mallory knows the hash only: `blobledger put m/steal /nonexistent --sha256 <hash>`
+        with connect(guarded, actor="mallory") as mallory:
+            mallory.create("m/steal")
         code = blob_cli.put_main(
             ["m/steal", "/nonexistent", "--sha256", sha, "--actor", "mallory", "--json"],
             settings=guarded,

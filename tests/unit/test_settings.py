@@ -17,7 +17,9 @@ def test_defaults_point_at_the_embedded_stack() -> None:
     assert s == Settings()
     assert s.uses_embedded_stack and s.embedded_kafka and s.embedded_postgres and s.embedded_s3
     assert s.bootstrap_servers == f"127.0.0.1:{s.kafka_port}"
-    assert s.dsn == f"postgresql://postgres@127.0.0.1:{s.pg_port}/blobledger"
+    # a data dir without the password file `stack up` writes (./.blobledger may have one)
+    nowhere = s.with_(data_dir=Path("/nonexistent"))
+    assert nowhere.dsn == f"postgresql://postgres@127.0.0.1:{s.pg_port}/blobledger"
     assert s.s3_url == f"http://127.0.0.1:{s.s3_port}"
     assert s.broker_storage == "s3"  # durable by default
     assert s.data_dir == Path(".blobledger")
