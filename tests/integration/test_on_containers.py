@@ -15,6 +15,7 @@ from tests.integration import test_blob_path as _blob_path
 from tests.integration import test_metadata_path as _metadata_path
 from tests.integration.test_blob_path import (  # noqa: F401 - fixtures the imported test uses
     origin,
+    web,
     worker,
 )
 
