@@ -10,14 +10,15 @@ from typing import Any
 
 import pytest
 
-from blobledger.blob_worker import s3calls
 from blobledger.blob_worker import transfer as tr
 from blobledger.blob_worker.failures import UploadFailure
 from blobledger.blob_worker.transfer import Transfer, TransferOptions, UploadSpec, content_key
 from blobledger.infra.retry import CircuitBreaker
 from tests.unit.fake_s3 import FakeS3
 
-MiB = 1024 * 1024
+from tests.unit.transfer_support import MiB, fast_retries  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("fast_retries")
 
 
 class Stream:
@@ -35,16 +36,6 @@ class Stream:
 
     def close(self) -> None:
         pass
-
-
-@pytest.fixture(autouse=True)
-def _fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = s3calls.retrying
-    monkeypatch.setattr(
-        s3calls,
-        "retrying",
-        lambda attempts, **kw: real(attempts, initial=0.001, max_wait=0.01, **kw),
-    )
 
 
 def _run(monkeypatch: pytest.MonkeyPatch, s3: FakeS3, src: Stream, **spec: Any) -> Any:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import tempfile
 import threading
 import zlib
 from collections.abc import Iterator
@@ -17,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from blobledger.blob_worker import s3calls
 from blobledger.blob_worker.cleanups import FailureCleanups
 from blobledger.blob_worker.failures import UploadFailure
 from blobledger.blob_worker.hashcache import HashCache
@@ -27,7 +25,6 @@ from blobledger.blob_worker.planning import PartPlan, plan_parts
 from blobledger.blob_worker.progress import Meter
 from blobledger.blob_worker.promotion import ServerSideCopy
 from blobledger.blob_worker.s3calls import S3Calls
-from blobledger.blob_worker.sourcepolicy import SourcePolicy
 from blobledger.blob_worker.sources import LocalFileSource, Source
 from blobledger.blob_worker.strategies import (
     BufferedStream,
@@ -37,7 +34,6 @@ from blobledger.blob_worker.strategies import (
 )
 from blobledger.blob_worker.transfer import Transfer, TransferCancelled
 from blobledger.blob_worker.transfer_types import (
-    TransferOptions,
     UploadSpec,
     check_declared_size,
     content_key,
@@ -48,25 +44,9 @@ from blobledger.infra.retry import CircuitBreaker
 from blobledger.schemas.errors import BlobledgerError, PermanentError
 from tests.unit.fake_s3 import FakeS3, client_error
 
-MiB = 1024 * 1024
-OPTS = TransferOptions(
-    "bucket",
-    min_part_size=5 * MiB,
-    max_blob_size=64 * MiB,
-    max_in_flight=3,
-    retry_attempts=3,
-    sources=SourcePolicy(roots=(tempfile.gettempdir(),)),  # where tmp_path lives
-)
+from tests.unit.transfer_support import MiB, OPTS, fast_retries  # noqa: F401 (fixture)
 
-
-@pytest.fixture(autouse=True)
-def _fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = s3calls.retrying
-    monkeypatch.setattr(
-        s3calls,
-        "retrying",
-        lambda attempts, **kw: real(attempts, initial=0.001, max_wait=0.01, **kw),
-    )
+pytestmark = pytest.mark.usefixtures("fast_retries")
 
 
 @pytest.fixture

@@ -6,41 +6,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from blobledger.blob_worker import s3calls, strategies
+from blobledger.blob_worker import strategies
 from blobledger.blob_worker import transfer as tr
 from blobledger.blob_worker.failures import UploadFailure
 from blobledger.blob_worker.hashcache import HashCache
-from blobledger.blob_worker.sourcepolicy import SourcePolicy
-from blobledger.blob_worker.transfer import Transfer, TransferOptions, UploadSpec, content_key
+from blobledger.blob_worker.transfer import Transfer, UploadSpec, content_key
 from blobledger.infra.retry import CircuitBreaker
 from blobledger.schemas.errors import PermanentError, TransientError
 from tests.unit.fake_s3 import FakeS3, client_error
 
-MiB = 1024 * 1024
-OPTS = TransferOptions(
-    "bucket",
-    min_part_size=5 * MiB,
-    max_blob_size=64 * MiB,
-    max_in_flight=3,
-    retry_attempts=3,
-    sources=SourcePolicy(roots=(tempfile.gettempdir(),)),  # where tmp_path lives
-)
+from tests.unit.transfer_support import MiB, OPTS, fast_retries  # noqa: F401 (fixture)
 
-
-@pytest.fixture(autouse=True)
-def _fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = s3calls.retrying
-    monkeypatch.setattr(
-        s3calls,
-        "retrying",
-        lambda attempts, **kw: real(attempts, initial=0.001, max_wait=0.01, **kw),
-    )
+pytestmark = pytest.mark.usefixtures("fast_retries")
 
 
 def _file(
