@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from types import TracebackType
 from typing import Any
 
@@ -20,7 +20,7 @@ class PartPump:
     As a context manager it lets every started part finish when the block fails, so no
     thread still writes to a multipart upload that is about to be aborted."""
 
-    def __init__(self, pool: ThreadPoolExecutor, slots: int, cancel: threading.Event) -> None:
+    def __init__(self, pool: Executor, slots: int, cancel: threading.Event) -> None:
         self._pool, self._cancel = pool, cancel
         self._sem = threading.Semaphore(slots)
         self._futures: list[Future[Any]] = []

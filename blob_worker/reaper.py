@@ -196,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     blog.configure()
     from blobledger.infra import bootstrap
 
-    reaper = bootstrap.reaper(Settings.from_env())
+    # a single pass fails at once without the broker; a service waits for it
+    reaper = bootstrap.reaper(Settings.from_env(), wait=not args.once)
     try:
         while True:
             try:

@@ -1,5 +1,5 @@
-"""What a blob worker may read on a client's behalf (pure, but for ``from_settings``
-resolving the roots to real paths).
+"""What a blob worker may read on a client's behalf, and how slow a source may be (pure,
+but for ``from_settings`` resolving the roots to real paths).
 
 A command is untrusted input: whoever can publish one names the source, and the worker
 reads it with its own rights. So the worker reads local files only under the configured
@@ -69,6 +69,9 @@ class SourcePolicy:
     #: (host or host:port, header name, value), sent to that host only
     headers: tuple[tuple[str, str, str], ...] = ()
     max_redirects: int = MAX_REDIRECTS
+    #: bytes/s an http(s) source must average over each read-timeout window it is waited
+    #: on (a slow drip holds no transfer); 0: no floor (:mod:`.pace`)
+    min_rate: int = 0
 
     @classmethod
     def from_settings(cls, s: Settings) -> SourcePolicy:
@@ -86,6 +89,7 @@ class SourcePolicy:
             spool=os.path.realpath(spool) if spool is not None else None,
             allow_networks=allow,
             headers=headers,
+            min_rate=max(0, s.http_min_bytes_per_second),
         )
 
     def roots_for(self, upload_id: str) -> tuple[str, ...]:

@@ -3,19 +3,29 @@
 A command names its source, and whoever can publish a command is not trusted with the
 worker's rights, so opening a source is where the boundary holds (:mod:`.sourcepolicy`):
 
-* a file is read only under the upload's source roots. It is opened with
-  ``O_NOFOLLOW | O_NONBLOCK`` (a symlink as the last component is refused, a FIFO cannot
-  block the worker in ``open``), ``fstat`` refuses anything but a regular file before a
-  byte is read, and the real path of the *opened descriptor* must lie under a root, so
-  neither a symlinked directory nor a path swapped after the first check gets through;
+* a file is read only under the upload's source roots, and only a regular file: what
+  the path names is checked (``lstat``) before it is opened, so a FIFO, a device, a
+  socket or a directory is refused unopened (opening some devices acts, and opening a
+  FIFO waits for a writer). The open itself is ``O_NOFOLLOW | O_NONBLOCK`` (no symlink as
+  the last component; a FIFO swapped in after the check cannot block the worker in
+  ``open``), ``fstat`` checks the type again before a byte is read, and the real path of
+  the *opened descriptor* must lie under a root, so neither a symlinked directory nor a
+  path swapped after the first check gets through;
 * an http(s) URL is fetched only from vetted addresses (:mod:`.netguard`), by connecting
   to the address vetted (the name is resolved once) with the name kept for Host and SNI,
   following redirects hop by hop, each hop vetted again; a credential comes from the
   worker's settings and goes to its own host only, never from the URL.
 
+An http(s) source cannot hold a transfer either: each read waits at most the timeout
+(``http_timeout_seconds``: silent that long is ``source_timeout``), and a body that
+trickles in slower than the policy's ``min_rate`` over each such window fails the same
+way (:mod:`.pace`), as a drip of a byte every few seconds never trips a read timeout.
+Reads take what one ``recv`` brings, so that rule is checked as the bytes arrive, and a
+cancel (:mod:`.cancel`) shuts the socket down to wake a blocked read at once.
+
 Source errors become project errors here, so the transfer only sees two kinds:
 :class:`UploadFailure` (a compensation reason: missing, forbidden, not a regular file,
-HTTP 404, truncated, silent for too long...) and :class:`TransientError` (5xx, resets,
+HTTP 404, truncated, silent or too slow...) and :class:`TransientError` (5xx, resets,
 unreachable: worth retrying). Messages carry :func:`redact_url` forms only.
 
 HTTP uses urllib3 (already a botocore dependency) with ``Accept-Encoding: identity`` so
@@ -24,11 +34,13 @@ the bytes hashed and stored are the resource's bytes, not a transfer encoding of
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
 import stat
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,7 +61,9 @@ from urllib3.exceptions import (
 
 from blobledger.blob_worker import netguard
 from blobledger.blob_worker.failures import UploadFailure
+from blobledger.blob_worker.pace import RateFloor
 from blobledger.blob_worker.sourcepolicy import SourcePolicy, under_any
+from blobledger.blob_worker.transfer_types import TransferCancelled
 from blobledger.schemas.errors import TransientError
 
 
@@ -128,12 +142,30 @@ def _forbidden(path: str) -> UploadFailure:
     )
 
 
+def _refuse_unless_regular(path: str) -> None:
+    """What ``path`` names, before it is opened: a regular file, or an UploadFailure."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError as e:
+        raise UploadFailure("source_not_found", f"no such file: {path}") from e
+    except OSError as e:
+        raise UploadFailure("unreadable_source", f"cannot stat {path}: {e.strerror}") from e
+    if stat.S_ISLNK(st.st_mode):
+        raise UploadFailure("source_forbidden", f"{path} is a symbolic link")
+    if not stat.S_ISREG(st.st_mode):
+        raise UploadFailure(
+            "source_not_regular", f"{path} is {_kind(st.st_mode)}, not a regular file"
+        )
+
+
 def open_under_roots(path: str, roots: Sequence[str]) -> tuple[int, os.stat_result, str]:
     """Open ``path`` for reading if it is a regular file under one of ``roots``: the
     descriptor, its stat and its real path. The checks, in order: where the path leads
-    before anything is opened (a device or FIFO elsewhere is never even opened); an open
-    that follows no final symlink and cannot block; the descriptor's type; the real path of
-    the descriptor (the authority: it covers symlinked directories and swapped paths)."""
+    before anything is opened (a device or FIFO elsewhere is never even opened); what the
+    path names (anything but a regular file is refused unopened); an open that follows no
+    final symlink and cannot block; the descriptor's type (the path may have been swapped
+    since); the real path of the descriptor (the authority: it covers symlinked
+    directories and swapped paths)."""
     if not os.path.isabs(path):
         raise UploadFailure("invalid_command", f"file source {path!r} is not an absolute path")
     real_roots = [os.path.realpath(r) for r in roots]
@@ -144,6 +176,7 @@ def open_under_roots(path: str, roots: Sequence[str]) -> tuple[int, os.stat_resu
         )
     if not under_any(os.path.realpath(path), real_roots):
         raise _forbidden(path)
+    _refuse_unless_regular(path)
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError as e:
@@ -397,13 +430,16 @@ class GuardedHttp:
 
 class HttpSource:
     """One GET, streamed. Content-Length (when sent) is the size; a body that ends early
-    is ``truncated_source``; a server silent for ``timeout`` seconds is ``source_timeout``."""
+    is ``truncated_source``; a server silent for ``timeout`` seconds, or slower than the
+    policy's ``min_rate`` bytes/s over such a window, is ``source_timeout``."""
 
     seekable = False
 
     def __init__(self, uri: str, http: GuardedHttp, timeout: float) -> None:
         self.uri = netguard.redact_url(uri)  # the form messages (and so events) carry
         self._timeout = timeout
+        self._floor = RateFloor(http.policy.min_rate, timeout)
+        self._interrupted = False
         resp = http.get(uri, timeout)
         status = resp.status
         if status >= 300:
@@ -421,28 +457,37 @@ class HttpSource:
         self._ended = False
 
     def readinto(self, buf: memoryview) -> int:
+        """Fill ``buf`` as far as the stream allows (short only at its end), taking what
+        each ``recv`` brings so the rate floor sees every arrival."""
         done = 0
         try:
             while done < len(buf):
-                n = self._resp.readinto(buf[done:])
-                if not n:
+                started = time.monotonic()
+                chunk = self._resp.read1(len(buf) - done)
+                slow = self._floor.observe(len(chunk), time.monotonic() - started)
+                self._check_interrupted()
+                if slow is not None:
+                    raise UploadFailure("source_timeout", f"GET {self.uri}: too slow: {slow}")
+                if not chunk:
                     self._ended = True
                     break
-                done += n
+                buf[done : done + len(chunk)] = chunk
+                done += len(chunk)
         except (IncompleteRead, ProtocolError) as e:
+            self._check_interrupted(e)
             raise UploadFailure(
                 "truncated_source",
                 f"GET {self.uri}: body ended before its announced {self.size} bytes: {e}",
             ) from e
         except (ReadTimeoutError, TimeoutError) as e:
+            self._check_interrupted(e)
             raise UploadFailure(
                 "source_timeout",
                 f"GET {self.uri}: nothing received for {self._timeout:g}s "
                 f"after {self._read + done} bytes",
             ) from e
-        except ConnectionError as e:
-            raise TransientError(f"GET {self.uri}: {e}") from e
-        except HTTPError as e:
+        except (ConnectionError, HTTPError) as e:
+            self._check_interrupted(e)
             raise TransientError(f"GET {self.uri}: {e}") from e
         self._read += done
         if done < len(buf) and self.size is not None and self._read < self.size:
@@ -452,8 +497,20 @@ class HttpSource:
             )
         return done
 
+    def interrupt(self) -> None:
+        """Wake a read blocked on the socket, from another thread (a cancel): the socket
+        is shut down for reading, so the read ends at once, as :class:`TransferCancelled`
+        rather than as a broken source."""
+        self._interrupted = True
+        with contextlib.suppress(ValueError, RuntimeError, OSError):  # released or closed
+            self._resp.shutdown()
+
+    def _check_interrupted(self, cause: BaseException | None = None) -> None:
+        if self._interrupted:
+            raise TransferCancelled() from cause
+
     def close(self) -> None:
-        if self._ended:
+        if self._ended and not self._interrupted:
             self._resp.release_conn()  # read to its end: the connection can be reused
         else:
             _discard(self._resp)

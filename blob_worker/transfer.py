@@ -31,16 +31,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from blobledger.blob_worker.cancel import on_cancel
+from blobledger.blob_worker.daemonpool import DaemonPool
 from blobledger.blob_worker.failures import UploadFailure
 from blobledger.blob_worker.hashcache import HashCache
 from blobledger.blob_worker.planning import plan_parts
 from blobledger.blob_worker.progress import Meter
 from blobledger.blob_worker.promotion import ServerSideCopy
 from blobledger.blob_worker.s3calls import S3Calls
-from blobledger.blob_worker.sources import GuardedHttp, open_source
+from blobledger.blob_worker.sources import GuardedHttp, HttpSource, open_source
 from blobledger.blob_worker.strategies import choose_strategy
 from blobledger.blob_worker.transfer_types import (
     SHA256_HEX,
@@ -102,10 +103,12 @@ class Transfer:
         self.promoter: Promoter = promoter or ServerSideCopy(
             self.calls, max_blob_size=options.max_blob_size
         )
-        self._pool = ThreadPoolExecutor(options.max_in_flight, thread_name_prefix="s3-part")
+        self._pool = DaemonPool(options.max_in_flight, thread_name_prefix="s3-part")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        """Release the part threads and connections. A part still stuck in an S3 call is
+        left behind (a daemon thread): its multipart upload stays open for a resume."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self.http.close()
 
     # --- S3 calls: translated, retried (transient only), through the breaker -------------
@@ -139,7 +142,9 @@ class Transfer:
 
         Raises UploadFailure (compensate; nothing is left open), TransferCancelled (the
         multipart upload stays open for a resume), or TransientError (retry later; the
-        multipart upload stays open for the retry to resume, unless ``final_attempt``)."""
+        multipart upload stays open for the retry to resume, unless ``final_attempt``).
+        Whatever fails once ``cancel`` is set is TransferCancelled: a source cut off by the
+        cancel (:mod:`.cancel`) is not a broken source, and nothing is cleaned up."""
         job = UploadJob(
             spec,
             self.opts,
@@ -152,20 +157,19 @@ class Transfer:
         )
         try:
             result = self._upload(job)
-        except TransferCancelled as e:
-            left = job.open_multipart_upload
-            raise TransferCancelled(
-                left.key if left else None, left.upload_id if left else None
-            ) from e
-        except PermanentError as e:
-            job.fail()
-            if isinstance(e, S3ChecksumMismatch):
-                raise UploadFailure(
-                    "checksum_mismatch", f"{e}; did the source change while uploading?"
+        except BaseException as e:
+            if isinstance(e, TransferCancelled) or job.cancel.is_set():
+                left = job.open_multipart_upload
+                raise TransferCancelled(
+                    left.key if left else None, left.upload_id if left else None
                 ) from e
-            raise
-        except BaseException:
-            if final_attempt:
+            if isinstance(e, PermanentError):
+                job.fail()
+                if isinstance(e, S3ChecksumMismatch):
+                    raise UploadFailure(
+                        "checksum_mismatch", f"{e}; did the source change while uploading?"
+                    ) from e
+            elif final_attempt:
                 job.fail()
             raise
         job.meter.final("stored", done=result.size)
@@ -182,6 +186,8 @@ class Transfer:
             http=self.http,
             timeout=opts.http_timeout,
         )
+        # a cancel wakes a read blocked on the source's socket (a local file read returns)
+        unhook = on_cancel(job.cancel, src.interrupt) if isinstance(src, HttpSource) else None
         try:
             if src.size is not None:
                 check_declared_size(spec.declared_size, src.size, what=src.uri)
@@ -193,4 +199,6 @@ class Transfer:
             )
             return choose_strategy(job, src, plan).run()
         finally:
+            if unhook is not None:
+                unhook()
             src.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import Any, NamedTuple
 
 import structlog
@@ -51,7 +51,7 @@ class UploadJob:
         opts: TransferOptions,
         *,
         calls: S3Calls,
-        pool: ThreadPoolExecutor,
+        pool: Executor,
         cancel: threading.Event,
         meter: Meter,
         promoter: Promoter,

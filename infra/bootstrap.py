@@ -10,6 +10,7 @@ import contracts, ``.importlinter``).
 from __future__ import annotations
 
 import functools
+import threading
 from typing import TYPE_CHECKING, Any
 
 from blobledger.infra.settings import Settings
@@ -63,13 +64,21 @@ def projector_connection(settings: Settings) -> psycopg.Connection:
 
 
 def projector(
-    settings: Settings, *, schema: str | None = None, group_id: str | None = None
+    settings: Settings,
+    *,
+    schema: str | None = None,
+    group_id: str | None = None,
+    stop: threading.Event | None = None,
 ) -> Projector:
     """A :class:`~blobledger.projectors.runner.Projector` on the configured broker and read
-    model, with the read model's migrations applied first."""
+    model, with the read model's migrations applied first and the topics made (it waits,
+    saying so, until the broker answers: see :func:`~blobledger.infra.topics.await_topics`;
+    ``stop`` ends the wait)."""
     from blobledger.infra import keys
-    from blobledger.infra.dlq import DeadLetters
-    from blobledger.infra.kafka import make_consumer, make_producer
+    from blobledger.infra.dlq import open_dead_letters
+    from blobledger.infra.kafka import fetch_sizes, make_consumer
+    from blobledger.infra.limits import discover
+    from blobledger.infra.topics import await_topics
     from blobledger.projectors.migrate import migrate
     from blobledger.projectors.readmodel import ReadModel
     from blobledger.projectors.runner import Projector
@@ -77,20 +86,23 @@ def projector(
     schema = schema or settings.read_model_schema
     with projector_connection(settings) as conn:
         migrate(conn, schema)
+    await_topics(settings, stop=stop)
 
     def open_model() -> ReadModel:
         return ReadModel(projector_connection(settings), schema, memo=True)
 
+    limits = discover(settings)  # every record the broker took must come through whole
     return Projector(
         settings,
         consumer=make_consumer(
             settings,
             group_id or settings.projector_group,
+            **fetch_sizes(limits.fetch(settings.events_topic)),
             # eager rebalancing: on_assign gets the whole assignment, which we re-seek
             **{"partition.assignment.strategy": "roundrobin"},
         ),
         open_model=open_model,
-        dead_letters=DeadLetters(make_producer(settings), settings.dlq_topic),
+        dead_letters=open_dead_letters(settings, limits),
         keyring=keys.keyring(settings),
     )
 
@@ -100,21 +112,26 @@ def worker(
     *,
     hash_cache: HashCache | None = None,
     local_files: str = "hash_first",
+    stop: threading.Event | None = None,
     **kwargs: Any,
 ) -> Worker:
     """A blob :class:`~blobledger.blob_worker.runner.Worker` on the configured broker and S3.
     ``local_files``: see ``TransferOptions.local_files`` (hash_first keeps "a stored hash
-    costs 0 bytes" for every path; stream is one pass, P3)."""
+    costs 0 bytes" for every path; stream is one pass, P3). Like :func:`projector`, it
+    first waits for the broker and the topics (``stop`` ends the wait)."""
     from blobledger.blob_worker.hashcache import HashCache
     from blobledger.blob_worker.promotion import promoter_for
     from blobledger.blob_worker.runner import Worker
     from blobledger.blob_worker.transfer import Transfer, TransferOptions
-    from blobledger.infra.kafka import make_consumer, make_producer
+    from blobledger.infra.kafka import fetch_sizes, make_consumer, make_producer
     from blobledger.infra import keys
+    from blobledger.infra.limits import discover
     from blobledger.infra.publisher import Publisher
     from blobledger.infra.retry import CircuitBreaker
     from blobledger.infra.s3 import make_s3_client
+    from blobledger.infra.topics import await_topics
 
+    await_topics(settings, stop=stop)
     s3 = make_s3_client(settings)
     transfer = Transfer(
         s3,
@@ -125,9 +142,11 @@ def worker(
         else HashCache(settings.data_dir / "worker-hash-cache.sqlite"),
     )
     transfer.promoter = promoter_for(settings, transfer)
+    limits = discover(settings)  # every command the broker took must come through whole
     consumer = make_consumer(
         settings,
         settings.worker_group,
+        **fetch_sizes(limits.fetch(settings.commands_topic)),
         # we poll while a transfer runs, but a slow broker ack must not evict us
         **{"max.poll.interval.ms": 600000},
     )
@@ -136,7 +155,13 @@ def worker(
         consumer=consumer,
         publisher=Publisher(
             settings,
-            producer=make_producer(settings),
+            # it dead-letters bad commands too (infra/dlq.py: too large ones as references)
+            producer=make_producer(
+                settings,
+                max_record_bytes=max(
+                    limits.of(t).max_bytes for t in (settings.events_topic, settings.dlq_topic)
+                ),
+            ),
             signer=keys.signing_key(settings, "blob-worker"),
         ),
         transfer=transfer,
@@ -145,15 +170,21 @@ def worker(
     )
 
 
-def reaper(settings: Settings) -> Reaper:
+def reaper(settings: Settings, *, wait: bool = True, stop: threading.Event | None = None) -> Reaper:
     """A :class:`~blobledger.blob_worker.reaper.Reaper` on the configured read model (an
-    autocommit connection per pass), S3 and broker."""
+    autocommit connection per pass), S3 and broker, once the topics exist: ``wait`` for the
+    broker like :func:`projector`, or (a single pass) fail at once when it does not answer."""
     from blobledger.blob_worker.reaper import Reaper
     from blobledger.infra import keys
     from blobledger.infra.postgres import connect
     from blobledger.infra.publisher import Publisher
     from blobledger.infra.s3 import make_s3_client
+    from blobledger.infra.topics import await_topics, ensure_topics
 
+    if wait:
+        await_topics(settings, stop=stop)
+    else:
+        ensure_topics(settings)
     return Reaper(
         settings,
         connect=functools.partial(connect, settings, autocommit=True),

@@ -8,15 +8,19 @@ is merged last so an operator can override anything.
 from __future__ import annotations
 
 import time
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from blobledger.infra.kafka_logs import librdkafka_logger
 from blobledger.infra.settings import Settings
 from blobledger.schemas.auth import AUTH_HEADER, Key, authenticator
 from blobledger.schemas.errors import PermanentError, StackError, TimeoutExpired, TransientError
 from blobledger.schemas.events import Event
+
+if TYPE_CHECKING:
+    from blobledger.infra.limits import FetchLimit
 
 
 def _base(settings: Settings) -> dict[str, Any]:
@@ -24,12 +28,20 @@ def _base(settings: Settings) -> dict[str, Any]:
         "bootstrap.servers": settings.bootstrap_servers,
         # Tansu answers fine on IPv4 loopback; avoid a v6 attempt on "localhost"
         "broker.address.family": "v4",
+        # librdkafka's own lines go through structlog, each at most once per 10 s,
+        # instead of straight to stderr (hundreds while a broker is down)
+        "logger": librdkafka_logger(),
     }
 
 
 def make_producer(
-    settings: Settings, *, transactional_id: str | None = None, **overrides: Any
+    settings: Settings,
+    *,
+    transactional_id: str | None = None,
+    max_record_bytes: int | None = None,
+    **overrides: Any,
 ) -> Producer:
+    """``max_record_bytes``: the destination topic's limit (infra/limits.py)."""
     config: dict[str, Any] = {
         **_base(settings),
         # no duplicates or reordering on retry: the log is our source of truth
@@ -40,15 +52,23 @@ def make_producer(
         "compression.type": "lz4",
         # fail a send instead of buffering forever when the broker is gone
         "message.timeout.ms": 60000,
+        # a topic gets the configured partitions (infra/topics.py), never the broker's default
+        "allow.auto.create.topics": False,
     }
     if transactional_id:
         config["transactional.id"] = transactional_id
+    if max_record_bytes is not None:
+        # as large as the topic takes: produce() refuses a bigger record at once with
+        # MSG_SIZE_TOO_LARGE, as the broker would after a round trip
+        config["message.max.bytes"] = min(max(max_record_bytes, 1000), MESSAGE_MAX_BYTES)
     config.update(settings.kafka_config)
     config.update(overrides)
     return Producer(config)
 
 
 def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
+    """Callers that know what the topics hold pass ``**fetch_sizes(...)`` (infra/limits.py),
+    so every record comes through whole."""
     config: dict[str, Any] = {
         **_base(settings),
         "group.id": group_id,
@@ -67,13 +87,43 @@ def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consum
         # keeps produce-to-fold latency near the broker's own (~20 ms instead of ~250 ms)
         "fetch.wait.max.ms": 20,
         # bigger fetches amortise per-request cost during replays
-        "fetch.max.bytes": 52428800,
-        "max.partition.fetch.bytes": 10485760,
+        "fetch.max.bytes": FETCH_MAX_BYTES,
+        "max.partition.fetch.bytes": PARTITION_FETCH_BYTES,
         "partition.assignment.strategy": "cooperative-sticky",
     }
     config.update(settings.kafka_config)
     config.update(overrides)
     return Consumer(config)
+
+
+#: make_consumer's fetch sizes (bigger fetches amortise per-request cost during replays)
+FETCH_MAX_BYTES = 52428800
+PARTITION_FETCH_BYTES = 10485760
+#: librdkafka's upper bounds of message.max.bytes, max.partition.fetch.bytes and
+#: receive.message.max.bytes (which must exceed fetch.max.bytes by 512)
+MESSAGE_MAX_BYTES = 1_000_000_000
+RECEIVE_MAX_BYTES = 2_147_483_647
+#: librdkafka's default receive.message.max.bytes, never lowered
+RECEIVE_DEFAULT_BYTES = 100_000_000
+
+
+def fetch_sizes(fetch: FetchLimit) -> dict[str, Any]:
+    """make_consumer overrides that let a record of ``fetch.record_bytes`` through whole.
+
+    The per-fetch sizes are soft (a fetch returns its first record batch whole even when
+    it is bigger), so they grow only to hold one record; ``receive.message.max.bytes`` is
+    hard (a bigger response is dropped and fetched again, forever). When some limit was
+    assumed, the broker may hold records of any size (Tansu 0.6 does), so that cap goes to
+    its maximum: it bounds what a response may claim, not what is allocated up front."""
+    record = fetch.record_bytes
+    fetch_max = min(max(FETCH_MAX_BYTES, record + 1024), RECEIVE_MAX_BYTES - 512)
+    return {
+        "max.partition.fetch.bytes": min(max(PARTITION_FETCH_BYTES, record), MESSAGE_MAX_BYTES),
+        "fetch.max.bytes": fetch_max,
+        "receive.message.max.bytes": (
+            max(RECEIVE_DEFAULT_BYTES, fetch_max + 512) if fetch.bounded else RECEIVE_MAX_BYTES
+        ),
+    }
 
 
 def make_admin(settings: Settings, **overrides: Any) -> AdminClient:

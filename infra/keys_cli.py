@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +30,16 @@ def _describe(key: Key) -> dict[str, object]:
     }
 
 
+def _file_name(text: str) -> str:
+    """A key file's name: a plain name in the keys dir, never a path out of it."""
+    if not text or text.startswith(".") or any(sep in text for sep in ("/", "\\", os.sep)):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a plain file name (no '/', no leading '.'); the file is written "
+            "to the keys dir"
+        )
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="blobledger key", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="verb", required=True)
@@ -43,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--acts-for", default="", help="service keys: comma-separated users, or *")
     c.add_argument(
         "--name",
+        type=_file_name,
         default=None,
         help="key file name in the keys dir (default: the principal, with ':' replaced)",
     )

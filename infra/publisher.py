@@ -2,6 +2,10 @@
 
 A background thread serves librdkafka's delivery callbacks, so many publishes can be in
 flight at once (``publish_async``) and a synchronous ``publish`` costs one broker ack.
+The first publish to a topic in a process asks the broker for metadata first
+(:mod:`infra.topics`): a broker that does not answer fails it within
+``connect_timeout_seconds``, and a missing topic is created with the configured
+partitions (the producer never lets the broker auto-create one with its defaults).
 """
 
 from __future__ import annotations
@@ -13,12 +17,17 @@ from confluent_kafka import KafkaError, Message
 
 from blobledger.infra.kafka import headers_for, make_producer, position_of, translate
 from blobledger.infra.settings import Settings
+from blobledger.infra.topics import MetadataSource, cluster_metadata, ensure_topics, topic_names
 from blobledger.schemas.auth import Key
 from blobledger.schemas.codec import Codec, default_codec
 from blobledger.schemas.errors import PermanentError, TimeoutExpired, TransientError
 from blobledger.schemas.events import Event
 from blobledger.schemas.ports import LogProducer
 from blobledger.schemas.receipts import Receipt
+
+#: (bootstrap servers, topic) pairs this process has seen in a broker's metadata
+_known_topics: set[tuple[str, str]] = set()
+_known_lock = threading.Lock()
 
 
 class Publisher:
@@ -35,18 +44,59 @@ class Publisher:
         self.settings = settings
         self.codec = codec or default_codec()
         self.signer = signer
-        self.producer = producer or make_producer(settings)
+        self._producer = producer
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._poller = threading.Thread(target=self._poll, name="publisher-poll", daemon=True)
-        self._poller.start()
+        self._poller: threading.Thread | None = None
 
-    def _poll(self) -> None:
+    @property
+    def producer(self) -> LogProducer:
+        """The producer (made on first use, with the thread that polls it): a client that
+        never publishes never connects, nor logs librdkafka's complaints while the broker
+        is down."""
+        producer, poller = self._producer, self._poller
+        if producer is not None and poller is not None:
+            return producer
+        with self._lock:
+            if self._producer is None:
+                self._producer = make_producer(self.settings)
+            if self._poller is None:
+                self._poller = threading.Thread(
+                    target=self._poll, args=(self._producer,), name="publisher-poll", daemon=True
+                )
+                self._poller.start()
+            return self._producer
+
+    def _poll(self, producer: LogProducer) -> None:
         while not self._stop.is_set():
-            self.producer.poll(0.05)
+            producer.poll(0.05)
+
+    def ensure_topic(self, topic: str) -> None:
+        """Once per process and topic: one metadata request, bounded by
+        ``connect_timeout_seconds``; missing project topics (and ``topic``) are created with
+        the configured partitions. The request goes through the producer when it is made
+        already, else through a one-off quiet client, so a broker that is down costs one
+        clear error and no librdkafka lines. An in-memory twin has no metadata to ask."""
+        servers = self.settings.bootstrap_servers
+        if (servers, topic) in _known_topics:
+            return
+        producer = self._producer
+        if producer is not None and not isinstance(producer, MetadataSource):
+            return
+        with _known_lock:
+            if (servers, topic) in _known_topics:
+                return
+            names = topic_names(self.settings)
+            extra = [] if topic in names else [topic]
+            listed = cluster_metadata(self.settings, producer).topics
+            if any(n not in listed for n in [*names, *extra]):
+                ensure_topics(self.settings, extra)
+            _known_topics.update((servers, n) for n in [*names, *extra])
 
     def publish_async(
         self, topic: str, event: Event, *, traceparent: str | None = None
     ) -> Future[Receipt]:
+        self.ensure_topic(topic)
         future: Future[Receipt] = Future()
         value = self.codec.encode(event)
 
@@ -88,6 +138,10 @@ class Publisher:
             ) from e
 
     def close(self) -> None:
-        self.producer.flush(self.settings.wait_timeout_seconds)
+        with self._lock:
+            producer, poller = self._producer, self._poller
+        if producer is None or poller is None:  # never used: nothing to flush
+            return
+        producer.flush(self.settings.wait_timeout_seconds)
         self._stop.set()
-        self._poller.join(timeout=2)
+        poller.join(timeout=2)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
+from blobledger.schemas import contract
 from blobledger.schemas.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -42,6 +43,13 @@ class Settings:
     kafka_bootstrap: str | None = None
     #: extra librdkafka config merged into every client (security.protocol, sasl.* ...)
     kafka_config: Mapping[str, str] = field(default_factory=dict)
+    #: record size limit (bytes) assumed for a topic whose limit the broker does not report
+    #: (infra/limits.py; Tansu 0.6 reports none): Kafka's own default
+    kafka_max_message_bytes: int = 1048588
+    #: how long a command waits for the broker's first answer before it fails in one line
+    #: (librdkafka alone retries until the 60 s produce timeout); long-running processes
+    #: keep waiting and say so (infra/topics.py)
+    connect_timeout_seconds: float = 5.0
     postgres_dsn: str | None = None
     s3_endpoint: str | None = None
     s3_access_key: str = "blobledger"
@@ -75,9 +83,11 @@ class Settings:
     log_weed_filer_port: int = 18889
 
     # --- write-side limits ---------------------------------------------------------------
-    max_metadata_bytes: int = 64 * 1024
-    max_metadata_depth: int = 8
-    max_key_length: int = 1024
+    #: the write contract's caps (schemas/contract.py), which the fold enforces: a setting
+    #: may lower one (the client refuses earlier), a client refuses one set above it
+    max_metadata_bytes: int = contract.MAX_METADATA_BYTES
+    max_metadata_depth: int = contract.MAX_METADATA_DEPTH
+    max_key_length: int = contract.MAX_KEY_BYTES
     wait_timeout_seconds: float = 30.0
 
     # --- blob path -------------------------------------------------------------------------
@@ -95,6 +105,13 @@ class Settings:
     #: also the read timeout of an http(s) source: one that sends nothing for this long
     #: fails with ``source_timeout``
     http_timeout_seconds: float = 30.0
+    #: an http(s) source must also average this many bytes/s over every
+    #: ``http_timeout_seconds`` the worker waits on it: a slow drip (a byte every few
+    #: seconds never trips the read timeout) fails with ``source_timeout`` too; 0: no floor
+    http_min_bytes_per_second: int = 1024
+    #: transfers one blob worker runs at once (one per object): a slow source holds one
+    #: slot, never the worker
+    worker_concurrency: int = 4
 
     # --- what a blob worker reads on a client's behalf (a command is untrusted input) -----
     #: directories (``os.pathsep``-separated, like PATH) the worker reads file sources
@@ -132,6 +149,23 @@ class Settings:
     projector_group: str = "blobledger-projector"
     worker_group: str = "blobledger-blob-worker"
     consumer_session_timeout_ms: int = 6000
+
+    # --- observability (infra/metrics.py, infra/tracing.py) --------------------------------
+    #: Prometheus endpoint port of a long-running process (0 = none, for library use);
+    #: under ``blobledger up`` the one aggregated endpoint of all its processes
+    metrics_port: int = 0
+    #: the address it binds; 0.0.0.0 lets a Prometheus in a container reach it (it exposes
+    #: the metrics to the network)
+    metrics_host: str = "127.0.0.1"
+    #: OTLP/HTTP collector base URL (``/v1/traces`` is appended), e.g. http://localhost:4318;
+    #: None: OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, and when neither is set no tracing
+    otlp_endpoint: str | None = None
+
+    # --- `blobledger up`: the processes its supervisor keeps running (infra/supervisor.py) ---
+    #: projector and blob worker processes; more than one of each shares its group's
+    #: partitions (a core each), so at most ``partitions`` of either do work
+    projectors: int = 1
+    workers: int = 1
 
     # ------------------------------------------------------------------------------------
     @property

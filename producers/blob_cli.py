@@ -12,16 +12,18 @@ import argparse
 import contextlib
 import json
 import os
+import stat
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
 
 from blobledger.infra.kafka import make_consumer
+from blobledger.infra.liveness import WORKER, Liveness
 from blobledger.infra.s3 import make_s3_client
 from blobledger.infra.settings import Settings
 from blobledger.producers.reader import (
@@ -30,7 +32,12 @@ from blobledger.producers.reader import (
     open_object_blob,
     presign_object_blob,
 )
-from blobledger.schemas.errors import NotFoundError, TimeoutExpired
+from blobledger.schemas.errors import (
+    NotFoundError,
+    PermanentError,
+    TimeoutExpired,
+    ValidationError,
+)
 from blobledger.schemas.ports import BlobStore
 from blobledger.schemas.views import UploadView
 
@@ -113,8 +120,10 @@ def follow_upload(
     *,
     timeout: float,
     out: TextIO | None,
+    watch: Callable[[], None] | None = None,
 ) -> UploadView:
-    """Show progress until the read model says the upload is terminal; its UploadView."""
+    """Show progress until the read model says the upload is terminal; its UploadView.
+    ``watch`` raises when nothing will ever finish it (no blob worker runs)."""
     deadline = time.monotonic() + timeout
     last_check = 0.0
     while time.monotonic() < deadline:
@@ -135,6 +144,8 @@ def follow_upload(
                 if out is not None:
                     out.write("\n")
                 return view
+            if watch is not None:
+                watch()
     raise TimeoutExpired(
         f"upload {upload_id} not finished after {timeout:.0f}s; "
         f"`blobledger object get` shows its state later"
@@ -171,6 +182,8 @@ def put_main(argv: Sequence[str] | None = None, settings: Settings | None = None
     )
     _common(p)
     args = p.parse_args(argv)
+    if "://" not in args.source:
+        check_source_file(args.source)
     settings = settings or Settings.from_env()
     with _client(settings, args) as client:
         follower = ProgressFollower(settings) if args.follow and not args.json else None
@@ -197,6 +210,9 @@ def put_main(argv: Sequence[str] | None = None, settings: Settings | None = None
                 upload_id,
                 timeout=args.timeout or settings.upload_deadline_seconds + 60,
                 out=None if args.json else sys.stderr,
+                watch=Liveness(settings).watch(
+                    WORKER, f"upload {upload_id} stays pending until one does"
+                ),
             )
         finally:
             if follower is not None:
@@ -237,6 +253,8 @@ def get_main(argv: Sequence[str] | None = None, settings: Settings | None = None
     args = p.parse_args(argv)
     if args.expires is not None and not args.url:
         p.error("--expires is the lifetime of a --url; without --url nothing expires")
+    if args.output is not None:
+        check_output_path(args.output, os.path.basename(args.object))  # before any fetch
     settings = settings or Settings.from_env()
     s3 = make_s3_client(settings)
     if args.url:
@@ -299,32 +317,105 @@ def _get_url(args: argparse.Namespace, settings: Settings, s3: BlobStore) -> int
     return 0
 
 
+def check_source_file(source: str) -> None:
+    """A local ``put`` source is the caller's own file: refuse what no worker could read
+    before anything is published (the worker would only report ``source_not_found``
+    later). ``file://`` URIs name files on the worker's host and are its to check."""
+    try:
+        st = os.stat(source)
+    except FileNotFoundError:
+        raise ValidationError(
+            f"{source!r} does not exist; check the path (a file on the worker's host is "
+            "named file:///absolute/path)"
+        ) from None
+    except OSError as e:
+        raise ValidationError(f"cannot read {source!r}: {e.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValidationError(
+            f"{source!r} is a directory; put attaches one file (archive the directory first)"
+        )
+    if not stat.S_ISREG(st.st_mode):
+        raise ValidationError(f"{source!r} is not a regular file")
+    if not os.access(source, os.R_OK):
+        raise ValidationError(f"cannot read {source!r}: permission denied")
+
+
+def check_output_path(output: str, suggested_name: str = "") -> None:
+    """Refuse an ``-o`` the blob could never be written to, before it is fetched."""
+    if os.path.isdir(output):
+        raise ValidationError(
+            f"-o {output!r} is a directory; name a file in it, e.g. "
+            f"{os.path.join(output, suggested_name or 'blob.bin')}"
+        )
+    directory = os.path.dirname(os.path.abspath(output))
+    shown = os.path.dirname(output) or "."
+    if not os.path.exists(directory):
+        raise ValidationError(
+            f"cannot write {output!r}: directory {shown!r} does not exist; create it first "
+            f"(mkdir -p {shown})"
+        )
+    if not os.path.isdir(directory):
+        raise ValidationError(f"cannot write {output!r}: {shown!r} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ValidationError(
+            f"cannot write {output!r}: no permission to create files in directory {shown!r}"
+        )
+
+
 def _copy(reader: Any, output: str | None) -> int:
     """Stream to ``output`` via a temp file renamed at the end, so a failed verification
-    never leaves a plausible-looking file behind."""
-    written = 0
-    buf = bytearray(1024 * 1024)
-    view = memoryview(buf)
+    never leaves a plausible-looking file behind. Stdout, and an ``output`` that exists but
+    is no regular file (``/dev/null``, a FIFO), are written directly: renaming over a
+    device node would replace it."""
     if output is None:
-        sink = sys.stdout.buffer
-        with reader:
-            while n := reader.readinto(view):
-                sink.write(view[:n])
-                written += n
-        sink.flush()
-        return written
+        return _stream(reader, sys.stdout.buffer, None)
+    if os.path.exists(output) and not os.path.isfile(output):
+        with _writing(output), open(output, "wb") as sink:
+            return _stream(reader, sink, output)
     directory = os.path.dirname(os.path.abspath(output))
-    fd, tmp = tempfile.mkstemp(prefix=".blobledger-get-", dir=directory)
+    with _writing(output):
+        fd, tmp = tempfile.mkstemp(prefix=".blobledger-get-", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as f, reader:
-            while n := reader.readinto(view):
-                f.write(view[:n])
-                written += n
-        os.replace(tmp, output)
+        with os.fdopen(fd, "wb") as f:
+            written = _stream(reader, f, output)
+        with _writing(output):
+            os.replace(tmp, output)
     except BaseException:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
     return written
+
+
+def _stream(reader: Any, sink: BinaryIO, output: str | None) -> int:
+    """Copy ``reader`` to ``sink``, a MiB at a time; the bytes written. Write errors on a
+    named ``output`` say so; stdout's (a closed pipe) reach the dispatcher as they are."""
+    view = memoryview(bytearray(1024 * 1024))
+    written = 0
+    with reader:
+        while n := reader.readinto(view):
+            with _writing(output):
+                sink.write(view[:n])
+            written += n
+    with _writing(output):
+        sink.flush()
+    return written
+
+
+@contextlib.contextmanager
+def _writing(output: str | None) -> Iterator[None]:
+    """A local write failure (disk full, permission, a directory in the way) as one line
+    that names ``output``; only the file operations run inside, so a failed read is
+    reported as itself. The temp file is removed; ``output`` is left as it was. Stdout's
+    errors (``output`` None: a closed pipe) go to the dispatcher as they are."""
+    try:
+        yield
+    except OSError as e:
+        if output is None:
+            raise
+        raise PermanentError(
+            f"cannot write {output!r}: {e.strerror or e}; {output!r} is unchanged"
+        ) from e
 
 
 def _print(

@@ -21,8 +21,9 @@ from blobledger.schemas.errors import ValidationError
 def _json_arg(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError as e:
-        raise ValidationError(f"not valid JSON: {text!r} ({e})") from e
+    except (ValueError, RecursionError) as e:  # RecursionError: deeper than the parser goes
+        shown = text if len(text) <= 80 else text[:80] + "..."
+        raise ValidationError(f"not valid JSON: {shown!r} ({e})") from e
 
 
 def _document(args: argparse.Namespace) -> dict[str, Any]:
@@ -43,8 +44,8 @@ def _pairs(pairs: list[str]) -> dict[str, Any]:
         k, raw = p.split("=", 1)
         try:
             out[k] = json.loads(raw)
-        except ValueError:
-            out[k] = raw
+        except (ValueError, RecursionError):
+            out[k] = raw  # the client refuses it if it is no storable text either
     return out
 
 
@@ -116,10 +117,8 @@ def _report(result: Result, args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(out))
     elif result.outcome:
-        print(
-            f"{args.verb}: {out['status']} — object {result.object_id} "
-            f"now at version {result.version}"
-        )
+        name = args.key if args.verb == "create" else args.object  # as the user typed it
+        print(f"{args.verb}: {out['status']} — object {name!r} now at version {result.version}")
     else:
         print(
             f"{args.verb}: published event {result.event_id} at partition {out['partition']} "

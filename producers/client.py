@@ -8,15 +8,17 @@ gives callers read-your-writes.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import stat
 import time
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from blobledger.infra import logging as blog
@@ -25,8 +27,11 @@ from blobledger.producers import validation as v
 from blobledger.schemas.auth import Key
 from blobledger.schemas.errors import (
     AuthorizationError,
+    BlobledgerError,
     ConflictError,
+    DomainError,
     NotFoundError,
+    ObjectDeletedError,
     RejectedError,
     TimeoutExpired,
     TransientError,
@@ -43,7 +48,6 @@ from blobledger.schemas.events import (
     TagsChanged,
     UploadRequested,
     new_id,
-    now_us,
     object_id_for,
 )
 from blobledger.schemas.permissions import may
@@ -103,9 +107,34 @@ def _raise_for(outcome: EventOutcome) -> None:
         )
     if reason == "forbidden":
         raise AuthorizationError(f"not permitted on object {outcome.object_id}")
-    if reason in ("not_found", "deleted"):
-        raise NotFoundError(f"object {outcome.object_id} {reason.replace('_', ' ')}")
+    if reason == "not_found":
+        raise NotFoundError(
+            f"object {outcome.object_id} not found; create it first (`blobledger object create`)"
+        )
+    if reason == "deleted":
+        raise ObjectDeletedError(f"object {outcome.object_id} was deleted")
     raise RejectedError(f"rejected: {reason}", reason=reason)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _names_ref(
+    method: Callable[Concatenate[Client, str, _P], _R],
+) -> Callable[Concatenate[Client, str, _P], _R]:
+    """Errors about the object name it as the caller did: ``'docs/a.txt'``, not only the id
+    derived from it, which means nothing to whoever typed the key."""
+
+    @functools.wraps(method)
+    def named(self: Client, ref: str, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, ref, *args, **kwargs)
+        except DomainError as e:
+            self._say_ref(e, ref)
+            raise
+
+    return named
 
 
 class Client:
@@ -129,6 +158,7 @@ class Client:
         queries: ObjectQueries,
         blob_store: BlobStoreFactory,
     ) -> None:
+        v.check_limits(settings)
         self.settings = settings
         self.actor = v.validate_actor(actor)
         if not key.may_act_as(self.actor):
@@ -139,7 +169,7 @@ class Client:
             )
         #: the key ``publisher`` signs with: what the projector checks ``actor`` against
         self.key = key
-        self.tenant = tenant or settings.tenant
+        self.tenant = v.validate_tenant(tenant or settings.tenant)
         self.publisher = publisher
         self.outcomes = outcomes
         self.queries = queries
@@ -161,8 +191,6 @@ class Client:
     def object_id(self, ref: str) -> str:
         """Accept an object id or a key (ids are derived from tenant + key)."""
         try:
-            import uuid
-
             return str(uuid.UUID(ref))
         except ValueError:
             return object_id_for(
@@ -194,7 +222,7 @@ class Client:
             return  # not projected yet: let the fold decide
         acl, _version, deleted = found
         if deleted:
-            raise NotFoundError(f"object {object_id} is deleted")
+            raise self._deletion(object_id)
         if not may(acl, self.actor, permission):
             raise AuthorizationError(
                 f"{self.actor} lacks {permission!r} on object {object_id}; ask an admin of the "
@@ -202,6 +230,7 @@ class Client:
             )
 
     def _send(self, event: Event, wait: bool) -> Result:
+        v.check_event(event)  # the whole contract, as the fold will apply it
         receipt = self.publisher.publish(self.settings.events_topic, event)
         if not wait:
             return Result(receipt)
@@ -212,8 +241,35 @@ class Client:
         """Block until the projection has folded ``receipt`` and return its outcome,
         raising the matching error when it was rejected."""
         outcome = self.outcomes.wait(receipt, timeout)
+        if outcome.reason == "deleted":
+            raise self._deletion(outcome.object_id)
         _raise_for(outcome)
         return outcome
+
+    def _deletion(self, object_id: str) -> ObjectDeletedError:
+        """The refusal of a deleted object as the read model tells it: the deleting
+        version, actor and time when this actor may read the object."""
+        try:
+            self.queries.get(object_id, actor=self.actor)
+        except ObjectDeletedError as e:
+            return e
+        except BlobledgerError:
+            pass  # the read model is behind or unreachable: say what the fold said
+        return ObjectDeletedError(f"object {object_id} was deleted")
+
+    def _say_ref(self, error: DomainError, ref: str) -> None:
+        """Put the key the caller gave in place of its derived id in ``error``'s message."""
+        try:
+            uuid.UUID(ref)
+            return  # the caller gave the id itself
+        except ValueError:
+            pass
+        try:
+            object_id = self.object_id(ref)
+        except BlobledgerError:
+            return  # not a valid key: the error is about that
+        if error.args and isinstance(error.args[0], str) and object_id in error.args[0]:
+            error.args = (error.args[0].replace(object_id, repr(ref)), *error.args[1:])
 
     # --- writes ---------------------------------------------------------------------------------
     def create(
@@ -234,10 +290,11 @@ class Client:
                 metadata, max_bytes=s.max_metadata_bytes, max_depth=s.max_metadata_depth
             ),
             tags=v.validate_tags(tags),
-            content_type=content_type,
+            content_type=v.validate_content_type(content_type),
         )
         return self._send(event, wait)
 
+    @_names_ref
     def update(
         self,
         ref: str,
@@ -257,6 +314,7 @@ class Client:
             MetadataUpdated(self._envelope(oid, expected_version), patch_json=text), wait
         )
 
+    @_names_ref
     def tag(
         self,
         ref: str,
@@ -275,6 +333,7 @@ class Client:
             TagsChanged(self._envelope(oid, expected_version), added=added, removed=removed), wait
         )
 
+    @_names_ref
     def set_acl(
         self,
         ref: str,
@@ -294,6 +353,7 @@ class Client:
         self._authorize(oid, "admin")
         return self._send(event, wait)
 
+    @_names_ref
     def delete(
         self,
         ref: str,
@@ -303,9 +363,11 @@ class Client:
         wait: bool = True,
     ) -> Result:
         oid = self.object_id(ref)
+        reason = v.validate_note(reason, "delete reason")
         self._authorize(oid, "write")
         return self._send(ObjectDeleted(self._envelope(oid, expected_version), reason=reason), wait)
 
+    @_names_ref
     def attach_blob(
         self,
         ref: str,
@@ -328,10 +390,12 @@ class Client:
         local = _normalize_source(source, s)
         declared_sha256 = v.validate_sha256(declared_sha256)
         declared_size = v.validate_size(declared_size, max_size=s.max_blob_size)
+        content_type = v.validate_content_type(content_type)
         self._authorize(oid, "write")
         env = self._envelope(oid, expected_version)
         upload_id = new_id()
-        deadline = now_us() + s.upload_deadline_seconds * 1_000_000
+        # from the event's own time: the fold measures the deadline from it
+        deadline = env.occurred_at + s.upload_deadline_seconds * 1_000_000
         spooled: Path | None = None
         if isinstance(local, Path):
             source, spooled = _place_for_worker(local, s, upload_id)
@@ -347,6 +411,7 @@ class Client:
                 content_type=content_type,
                 deadline=deadline,
             )
+            v.check_event(attached)  # the command carries the same fields
             receipt = self.publisher.publish(s.events_topic, attached)
             command = UploadRequested(
                 env.caused(actor=self.actor),
@@ -366,6 +431,7 @@ class Client:
         return AttachResult(receipt, outcome, upload_id=upload_id)
 
     # --- reads ------------------------------------------------------------------------------------
+    @_names_ref
     def get(self, ref: str) -> ObjectView:
         return self.queries.get(self.object_id(ref), actor=self.actor)
 
@@ -381,9 +447,11 @@ class Client:
             actor=self.actor, prefix=prefix, tag=tag, cursor=cursor, limit=limit
         )
 
+    @_names_ref
     def history(self, ref: str) -> list[HistoryEntry]:
         return self.queries.history(self.object_id(ref), actor=self.actor)
 
+    @_names_ref
     def as_of(
         self, ref: str, *, version: int | None = None, at: datetime | None = None
     ) -> HistoryEntry:
@@ -432,6 +500,7 @@ class Client:
             self._s3 = self._blob_store()
         return self._s3
 
+    @_names_ref
     def open_blob(
         self, ref: str, version: int | None = None, byte_range: ByteRange | None = None
     ) -> ObjectBlob:
@@ -442,6 +511,7 @@ class Client:
 
         return open_object_blob(self, ref, s3=self.s3, version=version, byte_range=byte_range)
 
+    @_names_ref
     def presigned_url(
         self,
         ref: str,

@@ -5,20 +5,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from datetime import datetime
+from datetime import UTC, datetime
 
-from blobledger.infra.settings import Settings
 from blobledger.infra import bootstrap
-from blobledger.schemas.errors import ValidationError
+from blobledger.infra.settings import Settings
 
 
 def _when(text: str) -> datetime:
+    """An ISO-8601 time; one without an offset is UTC (the read model's clock)."""
     try:
-        return datetime.fromisoformat(text)
-    except ValueError as e:
-        raise ValidationError(
-            f"--at takes an ISO-8601 time, e.g. 2026-11-26T10:00:00+00:00, not {text!r}"
-        ) from e
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"takes an ISO-8601 time, e.g. 2026-11-26T10:00:00+00:00, not {text!r}"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"takes a whole number of at least 1, not {text!r}")
+    return n
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="objects by key prefix and/or tag, a page at a time")
     ls.add_argument("--prefix", default="")
     ls.add_argument("--tag", default=None)
-    ls.add_argument("--limit", type=int, default=100)
+    ls.add_argument("--limit", type=_count, default=100, help="at most 1000")
     ls.add_argument("--cursor", default=None, help="next_cursor from the previous page")
     h = sub.add_parser("history", help="every accepted version of an object")
     h.add_argument("object")
@@ -42,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
     )
     a.add_argument("who", nargs="?", default=None, help="actor to audit (default: yourself)")
     a.add_argument("--since", type=_when, default=None)
-    a.add_argument("--limit", type=int, default=1000)
+    a.add_argument("--limit", type=_count, default=1000)
     for p in (g, ls, h, a):
         p.add_argument(
             "--actor", default=os.environ.get("BLOBLEDGER_ACTOR", os.environ.get("USER", "cli"))

@@ -268,7 +268,7 @@ def _committed(
     if blob is None:
         why = f"; upload {pending} is still pending" if pending else ""
         raise NotFoundError(
-            f"object {view.key} (version {view.version}) has no committed blob{why}"
+            f"object {view.key!r} (version {view.version}) has no committed blob{why}"
         )
     notice = None
     if pending:

@@ -1,152 +1,157 @@
-"""Input validation for the write side (pure).
+"""Input validation for the write side (pure): the write contract, as ``ValidationError``s.
 
-Refuses bad input before anything is published, with a :class:`ValidationError` that says
-what is wrong and what is allowed. The fold re-checks what it must (JSON shape), so a
-producer that skips this cannot corrupt the read model either.
+The rules are :mod:`blobledger.schemas.contract`'s, the same ones the fold applies to the
+log; here they refuse bad input before anything is published, with a message that says
+what is wrong with what the caller gave and what is allowed. Settings may lower the
+contract's limits, never raise them (:func:`check_limits`), so whatever passes here the
+fold accepts too (tests/unit/test_properties_validation.py holds the two to that).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from blobledger.schemas.errors import ValidationError
-from blobledger.schemas.permissions import PERMISSIONS
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/=-]{0,127}$")
-_PRINCIPAL = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9._@:+-]{0,255})$")
+from blobledger.schemas import contract
+from blobledger.schemas.contract import Violation
+from blobledger.schemas.errors import ConfigurationError, ValidationError
+from blobledger.schemas.events import Event, SchemaViolation
+from blobledger.schemas.events import check_event as check_record
 
 
-def validate_key(key: str, *, max_length: int) -> str:
+def _ok(violation: Violation | None) -> None:
+    if violation is not None:
+        raise ValidationError(violation.message)
+
+
+class Limits(Protocol):
+    """The settings that bound what a client sends (``infra.settings.Settings``)."""
+
+    @property
+    def max_key_length(self) -> int: ...
+    @property
+    def max_metadata_bytes(self) -> int: ...
+    @property
+    def max_metadata_depth(self) -> int: ...
+    @property
+    def max_blob_size(self) -> int: ...
+    @property
+    def upload_deadline_seconds(self) -> int: ...
+
+
+def check_limits(limits: Limits) -> None:
+    """Refuse settings that would let through what the fold rejects: the contract's limits
+    are hard caps, a setting may only lower them."""
+    caps = {
+        "max_key_length": contract.MAX_KEY_BYTES,
+        "max_metadata_bytes": contract.MAX_METADATA_BYTES,
+        "max_metadata_depth": contract.MAX_METADATA_DEPTH,
+        "max_blob_size": contract.MAX_BLOB_SIZE,
+        "upload_deadline_seconds": contract.MAX_UPLOAD_WINDOW_US // 1_000_000,
+    }
+    for name, cap in caps.items():
+        value = getattr(limits, name)
+        if value > cap:
+            raise ConfigurationError(
+                f"BLOBLEDGER_{name.upper()}={value} is above the write contract's limit "
+                f"{cap}: the projection would reject what it lets through; a setting may "
+                "only lower it"
+            )
+
+
+def validate_key(key: str, *, max_length: int = contract.MAX_KEY_BYTES) -> str:
     """Object keys look like paths: no control characters, no empty, ``.`` or ``..``
     segments, no leading slash, bounded length (in UTF-8 bytes, as S3 counts)."""
-    if not isinstance(key, str) or not key:
-        raise ValidationError("object key must be a non-empty string")
-    if len(key.encode()) > max_length:
-        raise ValidationError(f"object key is {len(key.encode())} bytes; the limit is {max_length}")
-    if _CONTROL.search(key):
-        raise ValidationError(
-            "object key contains control characters; use printable characters only"
-        )
-    if key.startswith("/"):
-        raise ValidationError("object key must not start with '/'")
-    for segment in key.split("/"):
-        if segment in ("", ".", ".."):
-            raise ValidationError(
-                f"object key {key!r} has an empty, '.' or '..' segment; keys are normalized paths"
-            )
+    _ok(contract.key_violation(key, max_bytes=max_length))
     return key
-
-
-def _check_value(value: Any, depth: int, max_depth: int, path: str) -> None:
-    if depth > max_depth:
-        raise ValidationError(f"metadata nests deeper than {max_depth} levels at {path}")
-    if value is None or isinstance(value, (bool, str)):
-        return
-    if isinstance(value, int):
-        if abs(value) > 2**63 - 1:
-            raise ValidationError(f"metadata integer at {path} does not fit 64 bits")
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValidationError(f"metadata number at {path} is not finite (NaN/inf are not JSON)")
-        return
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise ValidationError(f"metadata key {k!r} at {path} is not a string")
-            _check_value(v, depth + 1, max_depth, f"{path}.{k}")
-        return
-    if isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_value(v, depth + 1, max_depth, f"{path}[{i}]")
-        return
-    raise ValidationError(
-        f"metadata value at {path} has type {type(value).__name__}; allowed: "
-        "str, int, float, bool, None, list, dict"
-    )
 
 
 def metadata_json(
     metadata: Mapping[str, Any] | None,
     *,
-    max_bytes: int,
-    max_depth: int,
-    allow_null_values: bool = False,
+    max_bytes: int = contract.MAX_METADATA_BYTES,
+    max_depth: int = contract.MAX_METADATA_DEPTH,
 ) -> str:
     """Validate a metadata document (or a merge patch) and return its compact JSON."""
     metadata = {} if metadata is None else metadata
-    if not isinstance(metadata, Mapping):
-        raise ValidationError("metadata must be a JSON object (a dict)")
-    _check_value(metadata, 1, max_depth, "$")
+    if isinstance(metadata, Mapping) and not isinstance(metadata, dict):
+        metadata = dict(metadata)
+    _ok(contract.metadata_violation(metadata, max_depth=max_depth))
     text = json.dumps(metadata, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-    if len(text.encode()) > max_bytes:
-        raise ValidationError(
-            f"metadata is {len(text.encode())} bytes as JSON; the limit is {max_bytes}. "
-            "Store large documents as a blob instead"
-        )
+    # the text is what the fold parses: hold it to the fold's own check (size included)
+    parsed = contract.parse_metadata(text, max_bytes=max_bytes, max_depth=max_depth)
+    if isinstance(parsed, Violation):
+        raise ValidationError(parsed.message)
     return text
 
 
 def validate_tags(tags: Iterable[str]) -> list[str]:
-    out = []
-    for t in tags:
-        if not isinstance(t, str) or not _TAG.match(t):
-            raise ValidationError(
-                f"tag {t!r} is invalid: 1-128 characters of letters, digits and ._:/=- , "
-                "starting with a letter or digit"
-            )
-        out.append(t)
+    out = list(tags)
+    _ok(contract.tags_violation(out))
     return sorted(set(out))
 
 
+def validate_tenant(tenant: str) -> str:
+    _ok(contract.tenant_violation(tenant))
+    return tenant
+
+
 def validate_principal(principal: str) -> str:
-    if not isinstance(principal, str) or not _PRINCIPAL.match(principal):
-        raise ValidationError(f"principal {principal!r} is invalid: use '*' or a user/service name")
+    _ok(contract.principal_violation(principal))
     return principal
 
 
 def validate_actor(actor: str) -> str:
+    _ok(contract.actor_violation(actor))
     if actor.startswith("system:"):
+        # the fold takes system actors from the workers' keys only (schemas/auth.py)
         raise ValidationError("actors named 'system:*' are reserved for blobledger's own workers")
-    if actor == "*":
-        raise ValidationError("'*' means everyone in an ACL; it cannot act")
-    return validate_principal(actor)
+    return actor
 
 
 def validate_permissions(perms: Iterable[str]) -> list[str]:
-    out = sorted(set(perms))
-    bad = [p for p in out if p not in PERMISSIONS]
-    if bad:
-        raise ValidationError(f"unknown permissions {bad}; allowed: {sorted(PERMISSIONS)}")
-    return out
+    out = list(perms)
+    _ok(contract.permissions_violation(out))
+    return sorted(set(out))
 
 
 def validate_expected_version(v: int | None) -> int | None:
-    if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-        raise ValidationError(f"expected_version must be a non-negative integer, not {v!r}")
+    _ok(contract.expected_version_violation(v))
     return v
 
 
 def validate_sha256(value: str | None) -> str | None:
+    """A declared SHA-256, in either case; returned in lowercase, as blobs are keyed."""
     if value is None:
         return None
-    v = value.lower()
-    if not _SHA256.match(v):
-        raise ValidationError(f"declared sha256 {value!r} is not 64 hex characters")
+    v = value.lower() if isinstance(value, str) else value
+    _ok(contract.sha256_violation(v, "declared sha256"))
     return v
 
 
-def validate_size(size: int | None, *, max_size: int) -> int | None:
+def validate_size(size: int | None, *, max_size: int = contract.MAX_BLOB_SIZE) -> int | None:
     if size is None:
         return None
-    if not isinstance(size, int) or size < 0:
-        raise ValidationError(f"declared size must be a non-negative integer, not {size!r}")
-    if size > max_size:
-        raise ValidationError(f"declared size {size} exceeds the limit of {max_size} bytes")
+    _ok(contract.size_violation(size, "declared size", max_size=max_size))
     return size
+
+
+def validate_content_type(value: str | None) -> str | None:
+    _ok(contract.content_type_violation(value))
+    return value
+
+
+def validate_note(value: str | None, what: str = "reason") -> str | None:
+    _ok(contract.note_violation(value, what))
+    return value
+
+
+def check_event(event: Event) -> None:
+    """The last guard before publishing: the whole contract, as the fold will apply it,
+    and what the decoder requires of a record (so nothing is dead-lettered either)."""
+    _ok(contract.event_violation(event))
+    try:
+        check_record(event)
+    except SchemaViolation as e:
+        raise ValidationError(str(e)) from e

@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    projector = bootstrap.projector(settings)
+    # waits (and says so) until the broker answers and the topics exist
+    projector = bootstrap.projector(settings, stop=stop)
     log.info("projector started", topic=projector.topic, schema=settings.read_model_schema)
     try:
         totals = projector.run(stop, idle_exit=args.idle_exit)

@@ -11,7 +11,12 @@ Rules (DESIGN.md, "The fold"):
 3. attaching a blob creates a pending upload; readers keep the committed blob until a
    completion finalizes it; a compensation rolls the pending reference back;
 4. a completion for an upload that is no longer pending finalizes nothing and marks the
-   stored bytes ``orphaned`` (a garbage-collection candidate).
+   stored bytes ``orphaned`` (a garbage-collection candidate);
+5. an event that breaks the write contract (schemas/contract.py: key syntax, id derived
+   from tenant and key, metadata limits, names, times) is rejected with the violation's
+   reason before anything else is looked at, so the read model holds only what a client
+   could have produced, whoever wrote the bytes. The contract's limits are the fold's,
+   whatever a client's settings say.
 
 Versions count user commands (create, update, tag, acl, delete, attach). Completion and
 compensation change which blob is committed without bumping the version, so a caller
@@ -20,11 +25,16 @@ holding the version returned by ``attach`` is not made to conflict by background
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from blobledger.schemas.contract import (
+    Violation,
+    event_violation,
+    metadata_too_large,
+    parse_metadata,
+)
 from blobledger.schemas.events import (
     AclChanged,
     BlobAttached,
@@ -37,7 +47,7 @@ from blobledger.schemas.events import (
     TagsChanged,
 )
 from blobledger.schemas.lifecycle import UploadState, on_compensation, on_completion
-from blobledger.schemas.permissions import OWNER_PERMISSIONS, PERMISSIONS, SYSTEM_PREFIX, may
+from blobledger.schemas.permissions import OWNER_PERMISSIONS, SYSTEM_PREFIX, may
 
 
 # States are immutable by convention (see schemas/events.py on why not ``frozen=True``):
@@ -134,57 +144,6 @@ def _check(state: ObjectState | None, event: Event, permission: str) -> str | No
     return None
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-#: strict JSON: NaN/Infinity are refused (jsonb cannot hold them)
-_decode_json = json.JSONDecoder(parse_constant=_no_constant).decode
-
-
-def _storable(value: Any) -> bool:
-    """False when a string (or key) in ``value`` holds U+0000 or a lone surrogate, which
-    Postgres jsonb refuses (``\\u0000`` is valid JSON, so the parser lets it through)."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            return False
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
-    if isinstance(value, dict):
-        return all(_storable(k) and _storable(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_storable(v) for v in value)
-    if isinstance(value, float):
-        return value == value and value not in (float("inf"), float("-inf"))
-    return True
-
-
-def _parse_json_object(text: str) -> dict[str, Any] | None:
-    """The JSON object in ``text``, or None when it is not one the read model can store
-    (not JSON, not an object, too deep, NUL characters, lone surrogates, NaN/Infinity)."""
-    try:
-        value = _decode_json(text)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(value, dict):
-        return None
-    # a \\u escape is the only way to smuggle NUL or a lone surrogate past the parser (raw
-    # control characters are refused by it): walk the value only when the text has one
-    if "\\u" in text and not _storable_safe(value):
-        return None
-    return value
-
-
-def _storable_safe(value: Any) -> bool:
-    try:
-        return _storable(value)
-    except RecursionError:
-        return False
-
-
 def merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
     """RFC 7396 JSON merge patch: null deletes a key, objects merge recursively."""
     out = dict(target)
@@ -236,9 +195,9 @@ def _created(state: ObjectState | None, e: ObjectCreated) -> Result:
         return _reject(state, "exists")
     if env.expected_version not in (None, 0):
         return _reject(state, "conflict")
-    metadata = _parse_json_object(e.metadata_json)
-    if metadata is None:
-        return _reject(state, "invalid_metadata")
+    metadata = parse_metadata(e.metadata_json)
+    if isinstance(metadata, Violation):
+        return _reject(state, metadata.reason)
     new = ObjectState(
         object_id=env.object_id,
         tenant=env.tenant,
@@ -258,10 +217,14 @@ def _metadata_updated(state: ObjectState | None, e: MetadataUpdated) -> Result:
     if reason := _check(state, e, "write"):
         return _reject(state, reason)
     assert state is not None
-    patch = _parse_json_object(e.patch_json)
-    if patch is None:
-        return _reject(state, "invalid_metadata")
-    return _accepted(_bump(state, e, metadata=merge_patch(state.metadata, patch)))
+    patch = parse_metadata(e.patch_json)
+    if isinstance(patch, Violation):
+        return _reject(state, patch.reason)
+    metadata = merge_patch(state.metadata, patch)
+    if metadata_too_large(metadata):
+        # each patch is within the limit, the document they add up to must be too
+        return _reject(state, "metadata_too_large")
+    return _accepted(_bump(state, e, metadata=metadata))
 
 
 def _tags_changed(state: ObjectState | None, e: TagsChanged) -> Result:
@@ -276,9 +239,7 @@ def _acl_changed(state: ObjectState | None, e: AclChanged) -> Result:
     if reason := _check(state, e, "admin"):
         return _reject(state, reason)
     assert state is not None
-    perms = frozenset(e.permissions)
-    if not perms <= PERMISSIONS or not e.principal:
-        return _reject(state, "invalid_acl")
+    perms = frozenset(e.permissions)  # the contract checked the names
     acl = dict(state.acl)
     if perms:
         acl[e.principal] = perms
@@ -396,6 +357,8 @@ def unauthenticated(state: ObjectState | None) -> Result:
 
 def apply(state: ObjectState | None, event: Event, uploads: Mapping[str, Upload]) -> Result:
     """Fold one event. ``uploads`` holds (at least) the upload the event names, if any."""
+    if (bad := event_violation(event, documents=False)) is not None:
+        return _reject(state, bad.reason)  # the handlers parse the documents themselves
     if isinstance(event, ObjectCreated):
         return _created(state, event)
     if isinstance(event, MetadataUpdated):

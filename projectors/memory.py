@@ -42,6 +42,7 @@ from blobledger.projectors.rows import (
 from blobledger.schemas.errors import (
     AuthorizationError,
     NotFoundError,
+    ObjectDeletedError,
     PermanentError,
     TimeoutExpired,
     TransientError,
@@ -308,9 +309,22 @@ class InMemoryQueries:
     def get(self, object_id: str, *, actor: str, include_deleted: bool = False) -> ObjectView:
         with self.model.lock:
             s = self._object(object_id)
-        if s is None or (s.deleted and not include_deleted):
+            deletion = self.model.versions.get((_uuid(object_id), s.version)) if s else None
+        if s is None:
             raise NotFoundError(f"object {object_id} not found (or not yet projected)")
-        if not may(s.acl, actor, "read"):
+        readable = may(s.acl, actor, "read")
+        if s.deleted and not include_deleted:
+            if not readable:
+                raise ObjectDeletedError(f"object {s.object_id} was deleted")
+            if deletion is None:
+                raise ObjectDeletedError(f"object {s.key!r} was deleted (version {s.version})")
+            raise ObjectDeletedError.of(
+                repr(s.key),
+                version=s.version,
+                actor=deletion.actor,
+                at=us_to_datetime(deletion.occurred_at),
+            )
+        if not readable:
             raise AuthorizationError(f"{actor} may not read object {object_id}")
         return _object_view(s)
 
@@ -324,7 +338,7 @@ class InMemoryQueries:
         self, object_id: str, *, actor: str, version: int | None = None, at: datetime | None = None
     ) -> HistoryEntry:
         """The object's state at a version, or the last version at or before a time."""
-        self.get(object_id, actor=actor, include_deleted=True)  # existence + permission
+        view = self.get(object_id, actor=actor, include_deleted=True)  # existence + permission
         oid = _uuid(object_id)
         with self.model.lock:
             if version is not None:
@@ -344,7 +358,9 @@ class InMemoryQueries:
                 raise ValidationError("as_of needs a version or a time")
         if row is None:
             which = version if version is not None else "at " + str(at)
-            raise NotFoundError(f"object {object_id} has no version {which}")
+            raise NotFoundError(
+                f"object {view.key!r} has no version {which} (it is at version {view.version})"
+            )
         return self._entry(row)
 
     def _entry(self, v: VersionRow) -> HistoryEntry:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from blobledger.infra import logging as blog
+from blobledger.infra.limits import RecordLimits
 from blobledger.infra.postgres import connect, translated
 from blobledger.infra.settings import Settings
 from blobledger.projectors.readmodel import ReadModel
@@ -30,6 +31,8 @@ class WorkerResult:
     slot: int
     events: int = 0
     dead_letters: int = 0
+    #: of ``dead_letters``, those this worker sent (the others were in the DLQ already)
+    dead_letters_sent: int = 0
     blob_rows: dict[str, BlobRow] = field(default_factory=dict)
     #: the exception and its traceback, as text (None: the worker succeeded)
     error: str | None = None
@@ -40,6 +43,7 @@ class FoldTotals(NamedTuple):
 
     events: int
     dead_letters: int
+    dead_letters_sent: int
 
 
 def _worker(
@@ -50,13 +54,14 @@ def _worker(
     progress: Any,
     slot: int,
     results: Any,
+    limits: RecordLimits,
 ) -> None:
     """A process of a parallel rebuild: folds its partitions up to ``targets`` into
     ``target`` (disjoint partitions hold disjoint objects), deferring blob rows, and sends
     back what the parent needs: counts and the blob rows to write once."""
     try:
         blog.configure()
-        r = Rebuilder(settings, target, partitions=partitions, defer_blobs=True)
+        r = Rebuilder(settings, target, partitions=partitions, defer_blobs=True, limits=limits)
         try:
             r.start()
 
@@ -65,7 +70,7 @@ def _worker(
 
             r.fold_until({p: targets[p] for p in partitions}, tick)
             progress[slot] = r.events
-            results.put(WorkerResult(slot, r.events, r.dead, r.model.blob_rows))
+            results.put(WorkerResult(slot, r.events, r.dead, r.dead_sent, r.model.blob_rows))
         finally:
             r.close()
     except BaseException as e:
@@ -89,9 +94,12 @@ def parallel_fold(
     targets: dict[int, int],
     workers: int,
     progress: Callable[[int], None] | None = None,
+    *,
+    limits: RecordLimits,
 ) -> FoldTotals:
     """Fold ``targets`` (partition -> end offset) into the empty schema ``target`` with up
-    to ``workers`` processes; then write the merged blob rows."""
+    to ``workers`` processes; then write the merged blob rows. ``limits``: the topics'
+    record size limits (asked once by the parent, not by every worker)."""
     busy = {p: t for p, t in targets.items() if t > 0}
     shares = deal_partitions(busy, max(1, min(workers, len(busy))))
     ctx = multiprocessing.get_context("spawn")  # no librdkafka/psycopg state crosses a fork
@@ -100,7 +108,7 @@ def parallel_fold(
     procs = [
         ctx.Process(
             target=_worker,
-            args=(settings, target, share, targets, counts, i, results),
+            args=(settings, target, share, targets, counts, i, results, limits),
             name=f"replay-worker-{i}",
             daemon=True,
         )
@@ -139,5 +147,7 @@ def parallel_fold(
     with connect(settings) as conn, translated(), conn.transaction():
         ReadModel(conn, target).write_blob_rows(merged)
     return FoldTotals(
-        sum(g.events for g in got.values()), sum(g.dead_letters for g in got.values())
+        sum(g.events for g in got.values()),
+        sum(g.dead_letters for g in got.values()),
+        sum(g.dead_letters_sent for g in got.values()),
     )

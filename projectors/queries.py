@@ -18,7 +18,12 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from blobledger.infra.postgres import translated
-from blobledger.schemas.errors import AuthorizationError, NotFoundError, ValidationError
+from blobledger.schemas.errors import (
+    AuthorizationError,
+    NotFoundError,
+    ObjectDeletedError,
+    ValidationError,
+)
 from blobledger.schemas.permissions import EVERYONE, IMPLIED, SYSTEM_PREFIX, may
 from blobledger.schemas.views import (
     AuditEntry,
@@ -119,12 +124,33 @@ class Queries:
             "SELECT * FROM {s}.objects o WHERE object_id = %s AND tenant = %s",
             (object_id, self.tenant),
         )
-        if not rows or (rows[0]["deleted"] and not include_deleted):
+        if not rows:
             raise NotFoundError(f"object {object_id} not found (or not yet projected)")
         r = rows[0]
-        if not may(r["acl"], actor, "read"):
+        readable = may(r["acl"], actor, "read")
+        if r["deleted"] and not include_deleted:
+            raise self._deleted(r, readable)
+        if not readable:
             raise AuthorizationError(f"{actor} may not read object {object_id}")
         return _view(r, r["tenant"], r["version"])
+
+    def _deleted(self, r: dict[str, Any], readable: bool) -> ObjectDeletedError:
+        """The refusal of a deleted object: its key, and the deleting version's actor and
+        time, only to those who may read it (anyone else learns what a forbidden read of
+        a live object tells: that the id exists)."""
+        if not readable:
+            return ObjectDeletedError(f"object {r['object_id']} was deleted")
+        # nothing versions a deleted object, so its current version is the deletion
+        rows = self._fetch(
+            "SELECT actor, occurred_at FROM {s}.object_versions "
+            "WHERE object_id = %s AND version = %s",
+            (r["object_id"], r["version"]),
+        )
+        if not rows:
+            return ObjectDeletedError(f"object {r['key']!r} was deleted (version {r['version']})")
+        return ObjectDeletedError.of(
+            repr(r["key"]), version=r["version"], actor=rows[0]["actor"], at=rows[0]["occurred_at"]
+        )
 
     def acl_of(self, object_id: str) -> tuple[dict[str, list[str]], int, bool] | None:
         """(acl, version, deleted) without a permission check: the client's pre-flight."""
@@ -138,7 +164,7 @@ class Queries:
         self, object_id: str, *, actor: str, version: int | None = None, at: datetime | None = None
     ) -> HistoryEntry:
         """The object's state at a version, or the last version at or before a time."""
-        self.get(object_id, actor=actor, include_deleted=True)  # existence + permission
+        view = self.get(object_id, actor=actor, include_deleted=True)  # existence + permission
         if version is not None:
             rows = self._fetch(
                 "SELECT * FROM {s}.object_versions WHERE object_id = %s AND version = %s",
@@ -154,7 +180,9 @@ class Queries:
             raise ValidationError("as_of needs a version or a time")
         if not rows:
             which = version if version is not None else f"at {at}"
-            raise NotFoundError(f"object {object_id} has no version {which}")
+            raise NotFoundError(
+                f"object {view.key!r} has no version {which} (it is at version {view.version})"
+            )
         return self._entry(rows[0])
 
     def _entry(self, r: dict[str, Any]) -> HistoryEntry:

@@ -22,6 +22,7 @@ from psycopg import sql
 
 from blobledger.infra import logging as blog
 from blobledger.infra.kafka import end_offsets
+from blobledger.infra.limits import discover
 from blobledger.infra.postgres import connect, translated
 from blobledger.infra.settings import Settings
 from blobledger.projectors.migrate import migrate
@@ -41,7 +42,11 @@ class ReplayReport:
 
     events: int = 0
     seconds: float = 0.0
+    #: records not folded because they are dead letters
     dead_letters: int = 0
+    #: of which this replay sent to the DLQ; the others were there already (a record is
+    #: dead-lettered once, however often it is replayed)
+    dead_letters_sent: int = 0
     swapped: bool = False
     verified: bool | None = None
     differences: dict[str, dict[str, list[str]]] = field(default_factory=dict)
@@ -149,18 +154,20 @@ def replay(
             migrate(admin, target)
             indexes = drop_secondary_indexes(admin, target) if drop_indexes else []
         highs = end_offsets(settings, settings.events_topic)
+        limits = discover(settings)
         bar = Progress(sum(highs.values()), enabled=progress)
         parallel_events = 0
         t_fold = time.monotonic()
         if workers > 1 and sum(1 for h in highs.values() if h) > 1:
-            parallel_events, report.dead_letters = parallel_fold(
-                settings, target, highs, workers, bar.update
+            parallel_events, report.dead_letters, report.dead_letters_sent = parallel_fold(
+                settings, target, highs, workers, bar.update, limits=limits
             )
-        rebuilder = Rebuilder(settings, target, codec=codec)
+        rebuilder = Rebuilder(settings, target, codec=codec, limits=limits)
         try:
             rebuilder.start()
             rebuilder.events = parallel_events
             rebuilder.dead = report.dead_letters
+            rebuilder.dead_sent = report.dead_letters_sent
             rebuilder.fold_until(highs, bar.update)
             bar.update(rebuilder.events, final=True)
             t_index = time.monotonic()
@@ -202,6 +209,7 @@ def replay(
                     admin.execute("SELECT pg_advisory_unlock(%s)", (lock_key(live),))
             report.events = rebuilder.events
             report.dead_letters = rebuilder.dead
+            report.dead_letters_sent = rebuilder.dead_sent
         finally:
             rebuilder.close()
         if not swap:

@@ -3,7 +3,9 @@ given end offsets: the sequential fold of a replay, each worker of a parallel on
 (projectors/parallel_fold.py) and the catch-up under the swap lock (projectors/rebuild.py).
 
 It folds with the live projector's code (projectors/applier.py), so both produce the same
-tables; undecodable records and records the read model refuses go to the DLQ again.
+tables; undecodable records and records the read model refuses are dead-lettered, once:
+those the live projector (or an earlier replay) already sent to the DLQ are not sent again
+(infra/dlq.py).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from collections.abc import Callable, Iterable
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from blobledger.infra.dlq import DeadLetters
-from blobledger.infra.kafka import end_offsets, make_consumer, make_producer, translate
+from blobledger.infra.dlq import open_dead_letters
+from blobledger.infra.kafka import end_offsets, fetch_sizes, make_consumer, translate
 from blobledger.infra.keys import keyring
+from blobledger.infra.limits import RecordLimits, discover
 from blobledger.infra.postgres import connect, translated
 from blobledger.infra.settings import Settings
 from blobledger.projectors.applier import Record, apply_isolating
@@ -37,9 +40,11 @@ class Rebuilder:
         batch_size: int = 20000,
         partitions: Iterable[int] | None = None,
         defer_blobs: bool = False,
+        limits: RecordLimits | None = None,
     ) -> None:
         """``partitions``: fold only these (a worker of a parallel rebuild); ``defer_blobs``:
-        collect blob rows instead of writing them (see :class:`ReadModel`)."""
+        collect blob rows instead of writing them (see :class:`ReadModel`); ``limits``: the
+        topics' record size limits (asked of the broker when not given)."""
         self.settings = settings
         self.only = None if partitions is None else sorted(partitions)
         self.defer_blobs = defer_blobs
@@ -49,18 +54,23 @@ class Rebuilder:
         self.batch_size = batch_size
         self.conn = connect(settings, synchronous_commit=settings.projector_synchronous_commit)
         self.model = ReadModel(self.conn, target, memo=True, defer_blobs=defer_blobs)
-        self.dlq = DeadLetters(make_producer(settings), settings.dlq_topic)
+        limits = limits or discover(settings)
+        self.dlq = open_dead_letters(settings, limits)
         # the same keys as the live projector: a replay gives the same outcomes
         self.keyring = keyring(settings)
         # a throwaway group: replay assigns partitions itself and never commits offsets
         self.consumer: Consumer = make_consumer(
             settings,
             f"{settings.projector_group}.replay.{int(time.time() * 1000)}",
+            **fetch_sizes(limits.fetch(self.topic)),
             **{"enable.partition.eof": True, "fetch.wait.max.ms": 100},
         )
         self.next: dict[int, int] = {}
         self.events = 0
+        #: records not folded because they are dead letters (sent now, or before)
         self.dead = 0
+        #: of which this rebuild sent to the DLQ (the others were there already)
+        self.dead_sent = 0
 
     def partitions(self) -> list[int]:
         md = self.consumer.list_topics(self.topic, timeout=10)
@@ -126,7 +136,7 @@ class Rebuilder:
                 try:
                     decoded = self.codec.decode(value)
                 except CodecError as e:
-                    self.dlq.send(m, e)
+                    self.dead_sent += self.dlq.send(m, e)
                     self.dead += 1
                     records.append(Record(self.topic, p, off, None))
                 else:
@@ -153,13 +163,16 @@ class Rebuilder:
         self, by_position: dict[tuple[int, int], Message], rec: Record, error: Exception
     ) -> None:
         """A record the read model refused: to the DLQ (durably) before its checkpoint moves."""
-        self.dlq.send(by_position[(rec.partition, rec.offset)], error)
+        self.dead_sent += self.dlq.send(by_position[(rec.partition, rec.offset)], error)
         self.dlq.flush()
         self.dead += 1
 
     def close(self) -> None:
-        self.consumer.close()
-        self.conn.close()
+        try:
+            self.consumer.close()
+            self.dlq.close()
+        finally:
+            self.conn.close()
 
 
 def _position(m: Message) -> tuple[int, int]:

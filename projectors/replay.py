@@ -13,6 +13,7 @@ from dataclasses import asdict
 
 from blobledger.infra import logging as blog
 from blobledger.infra.settings import Settings
+from blobledger.infra.topics import require_broker
 from blobledger.projectors.rebuild import ReplayReport, ensure_database, replay
 
 
@@ -28,8 +29,8 @@ def _print(report: ReplayReport, as_json: bool, what: str) -> None:
     )
     if report.dead_letters:
         print(
-            f"  {report.dead_letters} undecodable message(s) sent to the DLQ "
-            "(`blobledger dlq list`)"
+            f"  {report.dead_letters} message(s) could not be folded: dead letters, "
+            f"{report.dead_letters_sent} of them newly sent to the DLQ (`blobledger dlq list`)"
         )
     if report.verified is not None:
         print(
@@ -67,8 +68,10 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     blog.configure()
+    settings = settings or Settings.from_env()
+    require_broker(settings)  # a broker that does not answer: one line within seconds
     report = replay(
-        settings or Settings.from_env(),
+        settings,
         verify=args.verify,
         swap=not args.no_swap,
         progress=not args.json,
@@ -93,6 +96,7 @@ def recover_main(argv: list[str] | None = None, settings: Settings | None = None
     args = p.parse_args(argv)
     blog.configure()
     settings = settings or Settings.from_env()
+    require_broker(settings)
     created = ensure_database(settings)
     report = replay(settings, progress=not args.json, workers=args.workers)
     if not args.json and created:

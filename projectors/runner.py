@@ -141,40 +141,16 @@ class Projector:
         """Decode, dead-letter what cannot be decoded, fold the rest, commit once. A record
         whose write Postgres refuses is isolated by bisection and dead-lettered too (see
         :func:`projectors.applier.apply_isolating`): bad input never wedges the projector."""
-        records: list[Record] = []
-        by_position: dict[tuple[int, int], Message] = {}
-        dead = 0
         self.keyring.refresh()  # keys issued or retired since the last batch apply to this one
-        for m in msgs:
-            pos = position_of(m)
-            value = m.value() or b""
-            try:
-                event = self.codec.decode(value)
-            except CodecError as e:
-                log.warning(
-                    "dead-lettering undecodable message",
-                    partition=pos.partition,
-                    offset=pos.offset,
-                    error=str(e),
-                )
-                self.dlq.send(m, e)
-                dead += 1
-                # still advance the checkpoint past it: a record without an event is not folded
-                records.append(Record(pos.topic, pos.partition, pos.offset, None))
-                continue
-            why = self.keyring.verify_event(value, m.headers(), event)
-            if why is not None:
-                log.warning(
-                    "unauthenticated event: the fold rejects it",
-                    reason=why,
-                    actor=event.envelope.actor,
-                    partition=pos.partition,
-                    offset=pos.offset,
-                )
-            records.append(Record(pos.topic, pos.partition, pos.offset, event, why))
-            by_position[(pos.partition, pos.offset)] = m
-        # dead letters are acknowledged before the checkpoint moves past them
-        self.dlq.flush()
+        try:
+            records, by_position, dead = self._decode(msgs)
+            # dead letters are acknowledged before the checkpoint moves past them
+            self.dlq.flush()
+        except BaseException:
+            # nothing of the batch is folded: read it again from the checkpoints (a letter
+            # the DLQ acknowledged meanwhile is not sent twice, see infra/dlq.py)
+            self._rewind_to_positions({position_of(m).partition for m in msgs})
+            raise
 
         def dead_letter(rec: Record, error: Exception) -> None:
             log.warning(
@@ -201,6 +177,45 @@ class Projector:
             self.consumer.seek(TopicPartition(self.topic, partition, offset))
         self.totals.add(stats, dead + stats.dead_letters)
         return stats
+
+    def _decode(
+        self, msgs: list[Message]
+    ) -> tuple[list[Record], dict[tuple[int, int], Message], int]:
+        """The batch's records, its decoded messages by (partition, offset), and how many
+        were dead-lettered (sent, or already in the DLQ) because they do not decode."""
+        records: list[Record] = []
+        by_position: dict[tuple[int, int], Message] = {}
+        dead = 0
+        for m in msgs:
+            pos = position_of(m)
+            value = m.value() or b""
+            try:
+                event = self.codec.decode(value)
+            except CodecError as e:
+                log.warning(
+                    "dead-lettering undecodable message",
+                    partition=pos.partition,
+                    offset=pos.offset,
+                    size=len(value),
+                    error=str(e),
+                )
+                self.dlq.send(m, e)
+                dead += 1
+                # still advance the checkpoint past it: a record without an event is not folded
+                records.append(Record(pos.topic, pos.partition, pos.offset, None))
+                continue
+            why = self.keyring.verify_event(value, m.headers(), event)
+            if why is not None:
+                log.warning(
+                    "unauthenticated event: the fold rejects it",
+                    reason=why,
+                    actor=event.envelope.actor,
+                    partition=pos.partition,
+                    offset=pos.offset,
+                )
+            records.append(Record(pos.topic, pos.partition, pos.offset, event, why))
+            by_position[(pos.partition, pos.offset)] = m
+        return records, by_position, dead
 
     def _rewind_to_positions(self, partitions: set[int]) -> None:
         for p in partitions:
@@ -252,6 +267,7 @@ class Projector:
             self.consumer.close()
             self.dlq.flush(5)
         finally:
+            self.dlq.close()
             self.model.close()
             # drop the librdkafka handles now, not at interpreter exit (no reconnect noise)
             del self.dlq, self.consumer

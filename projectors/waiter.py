@@ -3,21 +3,29 @@
 One background thread per waiter LISTENs on the schema's checkpoint channel; every
 notification (or a periodic tick, in case one is missed) it checks which pending
 receipts the checkpoints have passed and resolves them with their outcome rows.
+
+A wait not answered within :attr:`OutcomeWaiter.ASK_AFTER` asks whether a projector is
+consuming at all (infra/liveness.py), and again every :attr:`OutcomeWaiter.ASK_EVERY`
+seconds: with none, it ends with :class:`NotRunningError` in about a second instead of
+timing out after ``wait_timeout_seconds``.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import Future
 
 import psycopg
 from psycopg import sql
 
 from blobledger.infra import logging as blog
+from blobledger.infra.liveness import PROJECTOR, Liveness
 from blobledger.infra.postgres import translate
 from blobledger.infra.settings import Settings
 from blobledger.projectors.readmodel import ReadModel, notify_channel
-from blobledger.schemas.errors import TimeoutExpired, TransientError
+from blobledger.schemas.errors import NotRunningError, TimeoutExpired, TransientError
 from blobledger.schemas.receipts import EventOutcome, Receipt
 
 log = blog.get_logger(__name__)
@@ -27,11 +35,25 @@ class OutcomeWaiter:
     #: while receipts are pending, the longest a receipt whose batch was already notified
     #: waits before the checkpoints are read again
     POLL = 0.02
+    #: a folding projector answers in milliseconds; a wait this long is worth a question
+    ASK_AFTER = 1.0
+    ASK_EVERY = 5.0
 
-    def __init__(self, settings: Settings, *, schema: str | None = None, tick: float = 0.5) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        schema: str | None = None,
+        tick: float = 0.5,
+        projector_check: Callable[[Receipt], None] | None = None,
+    ) -> None:
+        """``projector_check`` raises :class:`NotRunningError` when no projector will fold
+        the receipt (default: :class:`~blobledger.infra.liveness.Liveness`)."""
         self.settings = settings
         self.schema = schema or settings.read_model_schema
         self.tick = tick
+        self._liveness: Liveness | None = None
+        self.projector_check = projector_check or self._projector_runs
         self._pending: dict[str, tuple[Receipt, Future[EventOutcome]]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -54,17 +76,47 @@ class OutcomeWaiter:
     def wait(self, receipt: Receipt, timeout: float | None = None) -> EventOutcome:
         timeout = timeout or self.settings.wait_timeout_seconds
         future = self.expect(receipt)
+        deadline = time.monotonic() + timeout
+        ask_at = time.monotonic() + self.ASK_AFTER
         try:
-            return future.result(timeout)
+            while True:
+                now = time.monotonic()
+                try:
+                    return future.result(max(0.0, min(deadline, ask_at) - now))
+                except TimeoutError:
+                    if time.monotonic() >= deadline:
+                        raise
+                try:
+                    self.projector_check(receipt)
+                except NotRunningError:
+                    if future.done():  # folded while we asked (its last batch, say)
+                        return future.result()
+                    raise
+                ask_at = time.monotonic() + self.ASK_EVERY
+        except NotRunningError:
+            self._forget(receipt)
+            raise
         except TimeoutError as e:
-            with self._lock:
-                self._pending.pop(receipt.event_id, None)
+            self._forget(receipt)
             raise TimeoutExpired(
                 f"the projection did not reach "
                 f"{receipt.topic}[{receipt.partition}]@{receipt.offset} within {timeout:.0f}s; "
                 "the event is in the log and will be applied when a projector runs "
-                "(`blobledger projector`); check `blobledger stack status`"
+                "(`blobledger up`); check `blobledger status`"
             ) from e
+
+    def _forget(self, receipt: Receipt) -> None:
+        with self._lock:
+            self._pending.pop(receipt.event_id, None)
+
+    def _projector_runs(self, receipt: Receipt) -> None:
+        if self._liveness is None:
+            self._liveness = Liveness(self.settings)
+        self._liveness.require(
+            PROJECTOR,
+            f"{receipt.topic}[{receipt.partition}]@{receipt.offset} is in the log and will "
+            "be applied when one runs",
+        )
 
     # --- the background thread ------------------------------------------------------------
     def _run(self) -> None:

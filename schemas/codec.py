@@ -105,7 +105,7 @@ class Codec:
         buf.write(version.fingerprint)
         try:
             schemaless_writer(buf, version.parsed, record)
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as e:
             raise CodecError(f"record does not fit schema {version.name}: {e}") from e
         return buf.getvalue()
 

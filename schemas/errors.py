@@ -7,6 +7,8 @@ see a psycopg/boto/librdkafka exception, and retries (tenacity) apply to
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 
 class BlobledgerError(Exception):
     """Base of every error the project raises on purpose."""
@@ -57,6 +59,18 @@ class UnauthenticatedError(DomainError):
 
 class NotFoundError(DomainError):
     code = "not_found"
+
+
+class ObjectDeletedError(NotFoundError):
+    """The object existed and was deleted: reads and writes of it are refused, and the
+    message says so (with when and by whom, to those who may read it), not "not found"."""
+
+    code = "deleted"
+
+    @classmethod
+    def of(cls, name: str, *, version: int, actor: str, at: datetime) -> ObjectDeletedError:
+        when = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return cls(f"object {name} was deleted (version {version}, by {actor} at {when})")
 
 
 class ConflictError(DomainError):
@@ -113,6 +127,13 @@ class PermanentError(InfrastructureError):
 
 class TimeoutExpired(TransientError):
     code = "timeout"
+
+
+class NotRunningError(TimeoutExpired):
+    """A wait given up early: no projector or blob worker is consuming what it waits on,
+    so nothing would end it. A timed-out wait, only sooner: callers handle both alike."""
+
+    code = "not_running"
 
 
 class CircuitOpenError(TransientError):

@@ -25,14 +25,19 @@ errors (``KafkaException`` with the driver's error codes), so code written for
   batch consume; ``commit()`` without arguments commits stored offsets only
   (``enable.auto.offset.store`` is off by default, as in ``make_consumer``), so it fails
   with ``_NO_OFFSET`` unless something was stored; seeking a partition that is not
-  assigned fails with ``_STATE`` (``_UNKNOWN_PARTITION`` if it does not exist).
+  assigned fails with ``_STATE`` (``_UNKNOWN_PARTITION`` if it does not exist);
+* ``produce()`` raises ``MSG_SIZE_TOO_LARGE`` for a record above the producer's
+  ``message.max.bytes`` (default 1,000,000), sized as librdkafka sizes it
+  (:func:`record_size`); a topic given ``max_message_bytes`` refuses bigger records in
+  the delivery report, as a broker does with its ``max.message.bytes``.
 
 Deliberately not modelled: more than one subscribed member per group (a second member
 subscribing to a busy group is refused: partitions are not shared out), session
 timeouts (``on_lost`` fires only through :meth:`InMemoryBroker.rebalance`), transactions
 and ``read_committed``, retention and compaction, ``list_topics``/admin calls, and
-message size limits. Every object is thread-safe (the publisher polls its producer from
-a background thread while the caller produces).
+compression (the broker's size check sees the uncompressed record). Every object is
+thread-safe (the publisher polls its producer from a background thread while the caller
+produces).
 """
 
 from __future__ import annotations
@@ -68,6 +73,11 @@ HeaderList = list[tuple[str, str | bytes | None]]
 
 #: librdkafka's default ``queue.buffering.max.messages``
 MAX_QUEUED = 100_000
+#: librdkafka's default ``message.max.bytes``
+MESSAGE_MAX_BYTES = 1_000_000
+#: what librdkafka adds to key, value and headers when it checks a record against
+#: ``message.max.bytes`` (RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD; measured against the driver)
+RECORD_OVERHEAD = 36
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -93,6 +103,25 @@ def _as_bytes(value: Any, what: str) -> bytes | None:
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
     raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
+
+
+def _varint_size(n: int) -> int:
+    """Bytes of ``n`` as a zigzag varint (how record v2 encodes lengths)."""
+    zz = (n << 1) ^ (n >> 63)
+    return max(1, (zz.bit_length() + 6) // 7)
+
+
+def record_size(
+    key: bytes | None, value: bytes | None, headers: Iterable[Header] | None = None
+) -> int:
+    """A record's size as librdkafka checks it against ``message.max.bytes``: key and
+    value bytes, each header as varint-prefixed name and value, plus a fixed overhead."""
+    size = RECORD_OVERHEAD + len(key or b"") + len(value or b"")
+    for name, v in headers or ():
+        raw = name.encode()
+        size += _varint_size(len(raw)) + len(raw)
+        size += _varint_size(-1 if v is None else len(v)) + len(v or b"")
+    return size
 
 
 def _headers(headers: Any) -> tuple[Header, ...] | None:
@@ -202,6 +231,8 @@ class InMemoryBroker:
     def __init__(self, *, partitions: int = 1, auto_create_topics: bool = True) -> None:
         self.default_partitions = partitions
         self.auto_create_topics = auto_create_topics
+        #: topic -> its max.message.bytes (topics without one take any size, as Tansu does)
+        self.max_message_bytes: dict[str, int] = {}
         # one condition for all state: consumers wait on it for records and rebalances
         self._cond = threading.Condition(threading.RLock())
         self._logs: dict[str, list[list[_Record]]] = {}
@@ -219,14 +250,23 @@ class InMemoryBroker:
         return broker
 
     # --- topics ------------------------------------------------------------------------------
-    def create_topics(self, names: Iterable[str], partitions: int | None = None) -> None:
-        """Create missing topics; existing ones keep their partitions."""
+    def create_topics(
+        self,
+        names: Iterable[str],
+        partitions: int | None = None,
+        *,
+        max_message_bytes: int | None = None,
+    ) -> None:
+        """Create missing topics; existing ones keep their partitions. With
+        ``max_message_bytes`` (the topic's ``max.message.bytes``) bigger records are refused."""
         count = partitions or self.default_partitions
         if count < 1:
             raise ValueError("a topic needs at least one partition")
         with self._cond:
             for name in names:
                 self._logs.setdefault(name, [[] for _ in range(count)])
+                if max_message_bytes is not None:
+                    self.max_message_bytes[name] = max_message_bytes
             self._cond.notify_all()
 
     def topics(self) -> dict[str, int]:
@@ -286,6 +326,9 @@ class InMemoryBroker:
                 )
             elif partition >= len(parts):
                 return KafkaError(KafkaError._UNKNOWN_PARTITION)
+            limit = self.max_message_bytes.get(topic)
+            if limit is not None and record_size(record.key, record.value, record.headers) > limit:
+                return KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large")
             parts[partition].append(record)
             self._cond.notify_all()
             return partition, len(parts[partition]) - 1
@@ -295,9 +338,18 @@ class InMemoryProducer:
     """confluent's ``Producer`` on an :class:`InMemoryBroker`. A record is appended (and
     visible to consumers) when produced; its delivery report waits for ``poll``/``flush``."""
 
-    def __init__(self, broker: InMemoryBroker, *, max_queued: int = MAX_QUEUED) -> None:
+    def __init__(
+        self,
+        broker: InMemoryBroker,
+        *,
+        max_queued: int = MAX_QUEUED,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``config`` takes the driver's keys; ``message.max.bytes`` is the one that changes
+        behaviour here (others are accepted and ignored)."""
         self.broker = broker
         self.max_queued = max_queued
+        self.message_max_bytes = int((config or {}).get("message.max.bytes", MESSAGE_MAX_BYTES))
         self._cond = threading.Condition()
         # every send has a report until poll/flush serves it, with or without a callback
         self._reports: deque[tuple[Callable[..., Any] | None, KafkaError | None, InMemoryMessage]]
@@ -323,6 +375,12 @@ class InMemoryProducer:
             _headers(headers),
             timestamp or time.time_ns() // 1_000_000,
         )
+        if record_size(record.key, record.value, record.headers) > self.message_max_bytes:
+            # checked before the queue, as librdkafka does, and raised from produce()
+            raise _error(
+                KafkaError.MSG_SIZE_TOO_LARGE,
+                "Unable to produce message: Broker: Message size too large",
+            )
         with self._cond:
             if self._queued >= self.max_queued:
                 raise BufferError(KafkaError(KafkaError._QUEUE_FULL).str())
@@ -866,8 +924,10 @@ def _flag(value: Any) -> bool:
 
 __all__ = [
     "MAX_QUEUED",
+    "MESSAGE_MAX_BYTES",
     "InMemoryBroker",
     "InMemoryConsumer",
     "InMemoryMessage",
     "InMemoryProducer",
+    "record_size",
 ]

@@ -1,4 +1,9 @@
-"""``blobledger stack up|down|status [--json]``: the embedded stack from a shell."""
+"""``blobledger stack up|down|status [--json]``: the embedded stack from a shell.
+
+With the broker up, ``up`` also creates the project's topics with the configured partitions
+(before any process needs them), and both ``up`` and ``status`` list them, naming a topic
+whose partition count differs from ``BLOBLEDGER_PARTITIONS``.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,16 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from blobledger.infra.logging import configure as configure_logging
 from blobledger.infra.settings import Settings
 from blobledger.infra.stack.base import ServiceStatus
 from blobledger.infra.stack.launcher import Stack
 from blobledger.schemas.errors import BlobledgerError
+
+if TYPE_CHECKING:
+    from blobledger.infra.topics import TopicState
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,7 +39,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _print(statuses: list[ServiceStatus], settings: Settings, as_json: bool) -> None:
+def _topics(
+    settings: Settings, statuses: list[ServiceStatus], *, create: bool
+) -> list[TopicState] | None:
+    """The project's topics as the broker lists them (None while it is down); ``create``
+    makes the missing ones first."""
+    if not any(s.name == "kafka" and s.healthy for s in statuses):
+        return None
+    from blobledger.infra.topics import cluster_metadata, ensure_topics, topic_states
+
+    if create:
+        ensure_topics(settings)
+    return topic_states(settings, cluster_metadata(settings))
+
+
+def _print(
+    statuses: list[ServiceStatus],
+    settings: Settings,
+    as_json: bool,
+    topics: list[TopicState] | None = None,
+) -> None:
+    warnings = [t.warning() for t in topics or () if t.mismatched]
     if as_json:
         print(
             json.dumps(
@@ -38,6 +67,12 @@ def _print(statuses: list[ServiceStatus], settings: Settings, as_json: bool) -> 
                     "data_dir": str(settings.data_dir.absolute()),
                     "healthy": all(s.healthy for s in statuses),
                     "services": {s.name: s.as_dict() for s in statuses},
+                    "topics": None
+                    if topics is None
+                    else {
+                        t.name: {"partitions": t.partitions, "expected": t.expected} for t in topics
+                    },
+                    "warnings": warnings,
                 }
             )
         )
@@ -48,6 +83,14 @@ def _print(statuses: list[ServiceStatus], settings: Settings, as_json: bool) -> 
         health = "healthy" if s.healthy else "DOWN"
         pid = str(s.pid) if s.pid else ("extern" if not s.embedded else "-")
         print(f"{s.name:<9} {health:<8} {pid:>7}  {s.endpoint}")
+    if topics:
+        width = max(len(t.name) for t in topics)
+        print(f"\n{'topic':<{width}}  partitions (BLOBLEDGER_PARTITIONS={settings.partitions})")
+        for t in topics:
+            shown = "missing (`blobledger stack up` creates it)" if not t.exists else t.partitions
+            print(f"{t.name:<{width}}  {shown}{'  MISMATCH' if t.mismatched else ''}")
+    for w in warnings:
+        print(f"warning: {w}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,7 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             # the first `up` issues the operator's and the system processes' keys (0600)
             ensure_local_keys(settings)
-            _print(stack.up(args.services or None), settings, args.json)
+            statuses = stack.up(args.services or None)
+            # topics exist before any process needs them, with the configured partitions
+            _print(statuses, settings, args.json, _topics(settings, statuses, create=True))
             return 0
         if args.action == "down":
             stack.down(args.services or None)
@@ -69,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps({"stopped": True}))
             return 0
         statuses = stack.status()
-        _print(statuses, settings, args.json)
+        _print(statuses, settings, args.json, _topics(settings, statuses, create=False))
         return 0 if all(s.healthy for s in statuses) else 3
     except BlobledgerError as e:
         if args.json:

@@ -31,6 +31,7 @@ from blobledger.schemas.events import (
     MetadataUpdated,
     ObjectCreated,
     new_id,
+    object_id_for,
 )
 from blobledger.schemas.ports import OutcomeSource
 from blobledger.schemas.receipts import EventOutcome, Receipt
@@ -93,12 +94,16 @@ def receipt(event: Event, partition: int, offset: int) -> Receipt:
     return Receipt(event.event_id, event.object_id, TOPIC, partition, offset)
 
 
+#: the object's id follows from its key, as the fold requires of a create
+K = object_id_for("default", "k")
+
+
 def env(oid: str, actor: str = "alice", **kw: Any) -> Envelope:
     return Envelope(object_id=oid, actor=actor, **kw)
 
 
 def test_accepted_outcomes_once_folded(subject: Subject) -> None:
-    oid = new_id()
+    oid = K
     created = ObjectCreated(env(oid), key="k")
     updated = MetadataUpdated(env(oid, expected_version=1), patch_json='{"n":1}')
     r_created, r_updated = Log(subject).fold(0, [created, updated])
@@ -110,7 +115,7 @@ def test_accepted_outcomes_once_folded(subject: Subject) -> None:
 
 
 def test_rejected_outcomes_say_why(subject: Subject) -> None:
-    oid, missing = new_id(), new_id()
+    oid, missing = K, new_id()
     stale = MetadataUpdated(env(oid, expected_version=7), patch_json='{"n":1}')
     foreign = MetadataUpdated(env(oid, "mallory"), patch_json='{"n":2}')
     nowhere = MetadataUpdated(env(missing), patch_json='{"n":3}')
@@ -126,7 +131,7 @@ def test_rejected_outcomes_say_why(subject: Subject) -> None:
 
 def test_times_out_until_the_checkpoint_passes(subject: Subject) -> None:
     log = Log(subject)
-    oid = new_id()
+    oid = K
     log.fold(0, [ObjectCreated(env(oid), key="k")])
     later = MetadataUpdated(env(oid), patch_json='{"n":1}')
     ahead = receipt(later, 0, 1)  # published, not folded yet: the checkpoint is 1
@@ -141,7 +146,7 @@ def test_times_out_until_the_checkpoint_passes(subject: Subject) -> None:
 
 def test_a_waiter_wakes_when_the_fold_passes(subject: Subject) -> None:
     log = Log(subject)
-    oid = new_id()
+    oid = K
     created = ObjectCreated(env(oid), key="k")
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(subject.outcomes.wait, receipt(created, 0, 0), 20)

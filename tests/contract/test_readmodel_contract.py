@@ -36,6 +36,7 @@ from blobledger.schemas.events import (
     TagsChanged,
     new_id,
     now_us,
+    object_id_for,
 )
 from blobledger.schemas.lifecycle import UploadState
 
@@ -130,6 +131,10 @@ def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
 
 
 # --- helpers --------------------------------------------------------------------------------------
+#: the objects' ids follow from their keys, as the fold requires of a create
+A, B = object_id_for("default", "a"), object_id_for("default", "b")
+
+
 def env(oid: str, actor: str = "alice", **kw: Any) -> Envelope:
     return Envelope(object_id=oid, actor=actor, **kw)
 
@@ -188,7 +193,7 @@ def totals(*stats: BatchStats) -> tuple[int, int, int, int]:
 
 # --- the contract ---------------------------------------------------------------------------------
 def test_folds_objects_uploads_and_outcomes(subject):
-    a, b, u1, u2 = new_id(), new_id(), new_id(), new_id()
+    a, b, u1, u2 = A, B, new_id(), new_id()
     created_a = ObjectCreated(env(a), key="a", metadata_json='{"n":0}', tags=["x"])
     update = MetadataUpdated(env(a, expected_version=1), patch_json='{"n":1,"m":"t\\tab"}')
     conflict = MetadataUpdated(env(a, expected_version=1), patch_json='{"n":9}')
@@ -258,7 +263,7 @@ def test_folds_objects_uploads_and_outcomes(subject):
 
 
 def test_reapplying_is_a_noop(subject):
-    a, b = new_id(), new_id()
+    a, b = A, B
     events_a = [
         ObjectCreated(env(a), key="a"),
         MetadataUpdated(env(a, expected_version=1), patch_json='{"n":1}'),
@@ -284,7 +289,7 @@ def test_checkpoints_commit_with_their_rows(subject):
     class Boom(Exception):
         pass
 
-    a = new_id()
+    a = A
     recs = records(
         0, 0, [ObjectCreated(env(a), key="a"), TagsChanged(env(a, expected_version=1), added=["t"])]
     )
@@ -304,7 +309,7 @@ def test_checkpoints_commit_with_their_rows(subject):
 
 
 def test_checkpoint_disagreements_skip_or_rewind(subject):
-    a = new_id()
+    a = A
     updates = [
         MetadataUpdated(env(a, expected_version=v), patch_json=f'{{"n":{v}}}') for v in range(1, 6)
     ]
@@ -327,7 +332,7 @@ def test_checkpoint_disagreements_skip_or_rewind(subject):
 
 
 def test_blob_reference_counts(subject):
-    a, b = new_id(), new_id()
+    a, b = A, B
     ua1, ua2, ua3, ub = new_id(), new_id(), new_id(), new_id()
     fold(
         subject.model,

@@ -76,7 +76,7 @@ def test_object_lifecycle_from_the_shell(settings, projector):
     deleted = json.loads(cli(settings, "object", "delete", "cli/a.txt", "--json").stdout)
     assert deleted["version"] == 3
     gone = cli(settings, "object", "get", "cli/a.txt", check=False)
-    assert gone.returncode == 1 and "not found" in gone.stderr
+    assert gone.returncode == 1 and "'cli/a.txt' was deleted (version 3" in gone.stderr
 
 
 def test_bad_input_gets_a_clear_error(settings):
@@ -84,6 +84,16 @@ def test_bad_input_gets_a_clear_error(settings):
     assert bad_key.returncode == 1 and "'..'" in bad_key.stderr
     bad_meta = cli(settings, "object", "create", "ok", "--meta", "[1,2]", check=False)
     assert bad_meta.returncode == 1 and "JSON object" in bad_meta.stderr
+
+
+def test_text_the_read_model_cannot_hold_is_one_line_not_a_traceback(settings):
+    """Found by testers: a lone surrogate in --meta ended in a UnicodeEncodeError traceback;
+    a NUL reached the log. Both are refused before anything is published."""
+    for meta in ('{"a":"\\ud800"}', '{"a":"x\\u0000y"}'):
+        p = cli(settings, "object", "create", "k", "--meta", meta, check=False)
+        assert p.returncode == 1, p.stderr
+        assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
+        assert "$.a" in p.stderr and ("lone surrogate" in p.stderr or "NUL" in p.stderr)
 
 
 def test_replay_and_dlq_commands(settings, projector):

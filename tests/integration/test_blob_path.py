@@ -11,7 +11,6 @@ allowed."""
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from urllib.parse import urlsplit
 
@@ -329,8 +328,7 @@ def test_put_cli_follows_the_upload_to_completion(settings, worker, tmp_path, ca
     out, err = capsys.readouterr()
     assert code == 0 and sha in out and "stored" in out
     assert "MB/s" in err  # the progress bar, fed by the worker's progress topic
-    code = blob_cli.put_main(
-        ["cli/a", str(tmp_path / "missing"), "--actor", "alice", "--json"], settings=settings
-    )
-    body = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert code == 1 and (body["state"], body["reason"]) == ("compensated", "source_not_found")
+    with pytest.raises(ValidationError, match="does not exist"):  # refused before publishing
+        blob_cli.put_main(
+            ["cli/a", str(tmp_path / "missing"), "--actor", "alice", "--json"], settings=settings
+        )

@@ -293,9 +293,10 @@ def _broker_outage_mid_upload(
     # 8 MiB/s, ~12 s for 96 MiB: Tansu takes ~5 s to exit on SIGTERM, and the transfer must
     # still be running once it is really down
     origin = SlowOrigin(blob_mib * MiB, 8 * MiB)
-    # the consumer is paused and served from the start, so the outage hits that path
-    # (pause flags across a lost-and-reassigned cycle) rather than an unpolled consumer
-    w = ThreadedWorker(s, transfer_attempts=4, max_backoff=2.0, unpolled_seconds=0.0)
+    # one slot: what the consumer delivers while the transfer runs (the command again,
+    # once its partition is lost and reassigned) is put back and the consumer paused, so
+    # the outage hits that path (pause flags across a lost-and-reassigned cycle)
+    w = ThreadedWorker(s, transfer_attempts=4, max_backoff=2.0, concurrency=1)
     probe = ProgressProbe(w)
     try:
         with connect(s, actor="alice") as alice:

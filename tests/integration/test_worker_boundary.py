@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -249,7 +248,6 @@ def test_a_known_hash_is_not_a_capability(
     worker: ThreadedWorker,
     root: Path,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     secret = tmp_path / "alice-private.bin"
     sha = make_file(secret, 8 * MiB)
@@ -263,15 +261,18 @@ def test_a_known_hash_is_not_a_capability(
             stored = wait_terminal(alice, _attach(alice, "alice/private", str(secret)))
             assert stored.state == "stored" and stored.sha256 == sha
         # mallory knows the hash only: `blobledger put m/steal /nonexistent --sha256 <hash>`
+        # is refused up front; a client that publishes it anyway gets nothing either
+        with pytest.raises(ValidationError, match="does not exist"):
+            blob_cli.put_main(
+                ["m/steal", "/nonexistent", "--sha256", sha, "--actor", "mallory", "--json"],
+                settings=guarded,
+            )
         with connect(guarded, actor="mallory") as mallory:
-            mallory.create("m/steal")
-        code = blob_cli.put_main(
-            ["m/steal", "/nonexistent", "--sha256", sha, "--actor", "mallory", "--json"],
-            settings=guarded,
-        )
-        verdict = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert code == 1 and verdict["state"] == "compensated" and not verdict["dedup"]
-        assert verdict["reason"] == "source_not_found" and verdict["key"] is None
+            verdict = wait_terminal(
+                mallory, _attach(mallory, "m/steal", "/nonexistent", declared_sha256=sha)
+            )
+        assert verdict.state == "compensated" and not verdict.dedup
+        assert verdict.reason == "source_not_found" and verdict.key is None
         with connect(guarded, actor="mallory") as mallory:
             attempts = {
                 "uri": _attach(mallory, "m/uri", "file:///nonexistent", declared_sha256=sha),

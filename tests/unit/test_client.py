@@ -14,6 +14,7 @@ import pytest
 from blobledger.producers.client import Client
 from blobledger.schemas.errors import (
     AuthorizationError,
+    ConfigurationError,
     ConflictError,
     NotFoundError,
     RejectedError,
@@ -240,3 +241,52 @@ def test_validation_errors_publish_nothing(twins: Twins, alice: Client) -> None:
     for topic in s.topics:
         assert twins.messages(topic) == []
     assert twins.model.outcomes == {}
+
+
+def test_text_the_read_model_cannot_hold_is_a_validation_error(twins: Twins, alice: Client) -> None:
+    """Found by testers: a lone surrogate raised UnicodeEncodeError from the API, and a NUL
+    in a metadata value reached the log to be rejected only by the fold."""
+    alice.create("docs/ok")
+    for bad in ({"a": "\ud800"}, {"a": "x\x00y"}, {"nested": [{"\udcff": 1}]}):
+        with pytest.raises(ValidationError, match=r"NUL|lone surrogate"):
+            alice.create("docs/new", bad)
+        with pytest.raises(ValidationError, match=r"NUL|lone surrogate"):
+            alice.update("docs/ok", bad)
+    with pytest.raises(ValidationError, match="lone surrogate"):
+        alice.create("caf\udce9")  # a key from a non-UTF-8 terminal
+    with pytest.raises(ValidationError, match="content type"):
+        alice.create("docs/new", content_type="text/\x00")
+    with pytest.raises(ValidationError, match="delete reason"):
+        alice.delete("docs/ok", reason="\udcff")
+    with pytest.raises(ValidationError, match="deeper than"):
+        alice.update("docs/ok", {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {}}}}}}}}})
+    assert [e.event_type for e in twins.events()] == ["ObjectCreated"]  # nothing else went out
+
+
+def test_a_client_refuses_limits_above_the_contract(tmp_path: Path) -> None:
+    """The fold enforces the contract's numbers: a client allowed more would publish what
+    is then rejected, so it refuses to start instead."""
+    t = Twins(unit_settings(tmp_path, max_metadata_bytes=str(128 * 1024)))
+    try:
+        with pytest.raises(ConfigurationError, match="BLOBLEDGER_MAX_METADATA_BYTES"):
+            t.client("alice")
+    finally:
+        t.close()
+
+
+def test_a_tenant_outside_the_contract_is_refused(twins: Twins) -> None:
+    with pytest.raises(ValidationError, match="tenant"):
+        twins.client("alice", tenant="a/b")
+
+
+def test_the_attach_deadline_is_measured_from_the_event(
+    twins: Twins, alice: Client, tmp_path: Path
+) -> None:
+    alice.create("blob/d")
+    source = tmp_path / "d.bin"
+    source.write_bytes(b"x")
+    result = alice.attach_blob("blob/d", str(source))
+    attached = next(e for e in twins.events() if e.event_id == result.event_id)
+    assert isinstance(attached, BlobAttached)
+    window = attached.deadline - attached.envelope.occurred_at
+    assert window == twins.settings.upload_deadline_seconds * 1_000_000

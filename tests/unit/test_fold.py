@@ -17,11 +17,13 @@ from blobledger.schemas.events import (
     TagsChanged,
     UploadRequested,
     new_id,
+    object_id_for,
 )
 from blobledger.schemas.lifecycle import UploadState
 from blobledger.schemas.permissions import may
 
-OID = new_id()
+OID = object_id_for("default", "k")
+HOUR = 3_600_000_000
 
 
 def env(actor="alice", expected=None, **kw):
@@ -118,8 +120,9 @@ def test_invalid_metadata_in_the_log_is_rejected_not_crashed():
     assert outcomes(write)[0][2] == "invalid_metadata"
 
 
-def attach(uid, expected=None):
-    return BlobAttached(env(expected=expected), upload_id=uid, source="file:///x", deadline=10**18)
+def attach(uid, expected=None, **kw):
+    e = env(expected=expected)
+    return BlobAttached(e, upload_id=uid, source="file:///x", deadline=e.occurred_at + HOUR, **kw)
 
 
 def stored(uid, sha="aa" * 32, size=3):
@@ -177,10 +180,9 @@ def test_redelivered_completion_and_compensation_are_noops():
 
 def test_completion_with_undeclared_hash_is_not_committed():
     u = new_id()
-    att = BlobAttached(
-        env(), upload_id=u, source="file:///x", declared_sha256="cc" * 32, deadline=1
+    objs, ups, write, _ = run(
+        [created(), attach(u, declared_sha256="cc" * 32), stored(u, "dd" * 32)]
     )
-    objs, ups, write, _ = run([created(), att, stored(u, sha="dd" * 32)])
     assert objs[OID].blob is None and ups[u].state is UploadState.ORPHANED
     assert outcomes(write)[2][2] == "checksum_mismatch"
 
@@ -193,7 +195,9 @@ def test_users_cannot_forge_completion():
 
 
 def test_command_on_events_topic_is_rejected():
-    _, _, write, _ = run([created(), UploadRequested(env(), upload_id=new_id(), source="x")])
+    e = env()
+    command = UploadRequested(e, upload_id=new_id(), source="file:///x", deadline=e.occurred_at)
+    _, _, write, _ = run([created(), command])
     assert outcomes(write)[1][2] == "not_an_event"
 
 
@@ -239,3 +243,161 @@ def test_fold_is_deterministic_under_replay():
         return (w.versions, [r[1:] for r in w.outcomes], w.ref_deltas)
 
     assert strip(a[2]) == strip(b[2])
+
+
+# --- the write contract (schemas/contract.py), enforced on the log --------------------------------
+def nested(depth):
+    """A metadata document ``depth`` objects deep."""
+    return "{" + '"a":{' * (depth - 1) + "}" * depth
+
+
+def test_a_create_under_an_id_not_derived_from_its_key_is_rejected():
+    """Found by testers: a raw ObjectCreated with a random id and an existing key was
+    accepted, so two objects shared the key."""
+    stray = new_id()
+    forged = ObjectCreated(Envelope(object_id=stray, actor="mallory"), key="k")
+    objs, _, write, _ = run([created(), forged])
+    assert outcomes(write)[1] == ("ObjectCreated", "rejected", "invalid_object_id", 0)
+    assert set(objs) == {OID} and set(objs[OID].acl) == {"alice"}
+    # the id is the tenant's too: the same key in another tenant is another object
+    other = object_id_for("acme", "k")
+    objs, _, write, _ = run(
+        [ObjectCreated(Envelope(object_id=other, actor="alice", tenant="acme"), key="k")]
+    )
+    assert outcomes(write)[0][1] == "accepted" and other != OID
+
+
+def test_metadata_nested_300_deep_is_rejected():
+    """Found by testers: 300 levels were accepted while the client's limit is 8."""
+    deep = nested(300)
+    objs, _, write, _ = run([ObjectCreated(env(), key="k", metadata_json=deep)])
+    assert outcomes(write)[0][1:3] == ("rejected", "invalid_metadata") and OID not in objs
+    objs, _, write, _ = run([created(), MetadataUpdated(env(), patch_json=deep)])
+    assert outcomes(write)[1][1:3] == ("rejected", "invalid_metadata")
+    assert objs[OID].metadata == {"a": 1}
+    # the limit itself is fine, one more level is not
+    _, _, write, _ = run([ObjectCreated(env(), key="k", metadata_json=nested(8))])
+    assert outcomes(write)[0][1] == "accepted"
+    _, _, write, _ = run([ObjectCreated(env(), key="k", metadata_json=nested(9))])
+    assert outcomes(write)[0][2] == "invalid_metadata"
+
+
+def test_lone_surrogates_and_nuls_in_metadata_are_rejected():
+    for text in (
+        '{"a":"\\ud800"}',
+        '{"\\udc00":1}',
+        '{"a":["x",{"b":"\\u0000"}]}',
+        '{"a\\u0000b":1}',
+        '{"a":"\ud800"}',  # raw, not escaped: only an event built in memory can hold it
+        '{"a":1e400}',  # overflows a float: jsonb cannot hold inf
+    ):
+        objs, _, write, _ = run([ObjectCreated(env(), key="k", metadata_json=text)])
+        assert outcomes(write)[0][2] == "invalid_metadata" and not objs, text
+        objs, _, write, _ = run([created(), MetadataUpdated(env(), patch_json=text)])
+        assert outcomes(write)[1][2] == "invalid_metadata", text
+        assert objs[OID].metadata == {"a": 1}
+
+
+def test_metadata_patches_cannot_add_up_beyond_the_limit():
+    from blobledger.schemas.contract import MAX_METADATA_BYTES
+
+    half = "x" * (MAX_METADATA_BYTES // 2)
+    objs, _, write, _ = run(
+        [
+            created(),
+            MetadataUpdated(env(), patch_json=f'{{"p1":"{half}"}}'),
+            MetadataUpdated(env(), patch_json=f'{{"p2":"{half}"}}'),
+            MetadataUpdated(env(), patch_json='{"p1":null,"p3":"short"}'),
+        ]
+    )
+    assert [o[1:3] for o in outcomes(write)[1:]] == [
+        ("accepted", None),
+        ("rejected", "metadata_too_large"),
+        ("accepted", None),
+    ]
+    assert set(objs[OID].metadata) == {"a", "p3"}
+
+
+def _attach_at(deadline, **kw):
+    e = env()
+    return BlobAttached(e, upload_id=new_id(), source="file:///x", deadline=deadline(e), **kw)
+
+
+BROKEN = {
+    "key with a '..' segment": (lambda: ObjectCreated(env(), key="a/../k"), "invalid_key"),
+    "key over 1024 bytes": (
+        lambda: ObjectCreated(
+            Envelope(object_id=object_id_for("default", "é" * 513), actor="a"), key="é" * 513
+        ),
+        "invalid_key",
+    ),
+    "bad tag": (lambda: ObjectCreated(env(), key="k", tags=["has space"]), "invalid_tags"),
+    "tag with a newline": (lambda: TagsChanged(env(), added=["t\n"]), "invalid_tags"),
+    "empty tag change": (lambda: TagsChanged(env()), "invalid_tags"),
+    "actor '*'": (lambda: MetadataUpdated(env("*"), patch_json="{}"), "invalid_actor"),
+    "actor with a space": (lambda: MetadataUpdated(env("a b"), patch_json="{}"), "invalid_actor"),
+    "tenant with a slash": (
+        lambda: MetadataUpdated(env(tenant="a/b"), patch_json="{}"),
+        "invalid_tenant",
+    ),
+    "occurred_at 0": (
+        lambda: MetadataUpdated(env(occurred_at=0), patch_json="{}"),
+        "invalid_time",
+    ),
+    "occurred_at in seconds": (
+        lambda: MetadataUpdated(env(occurred_at=1_790_000_000), patch_json="{}"),
+        "invalid_time",
+    ),
+    "occurred_at in 2100": (
+        lambda: MetadataUpdated(env(occurred_at=4_102_444_800_000_000), patch_json="{}"),
+        "invalid_time",
+    ),
+    "negative expected version": (
+        lambda: MetadataUpdated(env(expected=-1), patch_json="{}"),
+        "invalid_version",
+    ),
+    "unknown permission": (
+        lambda: AclChanged(env(), principal="bob", permissions=["own"]),
+        "invalid_acl",
+    ),
+    "empty principal": (lambda: AclChanged(env(), principal="", permissions=[]), "invalid_acl"),
+    "deadline before the event": (
+        lambda: _attach_at(lambda e: e.occurred_at - 1),
+        "invalid_deadline",
+    ),
+    "deadline 31 days after": (
+        lambda: _attach_at(lambda e: e.occurred_at + 31 * 24 * HOUR),
+        "invalid_deadline",
+    ),
+    "declared sha256 in uppercase": (
+        lambda: _attach_at(lambda e: e.occurred_at + HOUR, declared_sha256="AB" * 32),
+        "invalid_sha256",
+    ),
+    "negative declared size": (
+        lambda: _attach_at(lambda e: e.occurred_at + HOUR, declared_size=-1),
+        "invalid_size",
+    ),
+    "source that is no URI": (
+        lambda: BlobAttached(env(), upload_id=new_id(), source="/etc/passwd", deadline=2 * 10**15),
+        "invalid_source",
+    ),
+    "stored hash not hex": (
+        lambda: BlobStored(env("system:blob-worker"), upload_id=new_id(), sha256="z" * 64),
+        "invalid_sha256",
+    ),
+    "content type with a newline": (
+        lambda: ObjectCreated(env(), key="k", content_type="text/plain\nX: y"),
+        "invalid_content_type",
+    ),
+    "delete reason with a lone surrogate": (
+        lambda: ObjectDeleted(env(), reason="\udcff"),
+        "invalid_note",
+    ),
+}
+
+
+def test_events_that_break_the_contract_are_rejected_with_a_reason():
+    for name, (build, reason) in BROKEN.items():
+        objs, ups, write, _ = run([created(), build()])
+        assert outcomes(write)[1][1:3] == ("rejected", reason), name
+        assert objs[OID].version == 1 and not ups, name

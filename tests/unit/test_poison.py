@@ -22,6 +22,7 @@ from blobledger.schemas.events import (
     TagsChanged,
     check_event,
     new_id,
+    object_id_for,
 )
 
 from .test_fold import outcomes, run
@@ -101,7 +102,7 @@ def test_decode_accepts_valid_events(codec):
     ],
 )
 def test_fold_refuses_unstorable_metadata(text):
-    oid = new_id()
+    oid = object_id_for("default", "k")  # the fold refuses a create under any other id
     e = lambda **kw: Envelope(object_id=oid, actor="alice", **kw)  # noqa: E731
     objs, _, write, _ = run([ObjectCreated(e(), key="k", metadata_json=text)])
     assert outcomes(write)[0][1:3] == ("rejected", "invalid_metadata") and oid not in objs
@@ -110,7 +111,7 @@ def test_fold_refuses_unstorable_metadata(text):
 
 
 def test_fold_keeps_escaped_text_that_is_storable():
-    oid = new_id()
+    oid = object_id_for("default", "k")
     objs, _, write, _ = run(
         [
             ObjectCreated(

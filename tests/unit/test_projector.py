@@ -27,6 +27,7 @@ from blobledger.schemas.events import (
     ObjectDeleted,
     TagsChanged,
     new_id,
+    object_id_for,
 )
 from blobledger.schemas.receipts import Receipt
 
@@ -75,7 +76,7 @@ def checkpoints(twins: Twins) -> dict[int, int]:
 
 
 def test_folds_a_produced_sequence(twins: Twins) -> None:
-    a, b = new_id(), new_id()
+    a, b = object_id_for("default", "a"), object_id_for("default", "b")  # ids follow keys
     events: list[Event] = [
         ObjectCreated(env(a), key="a", metadata_json='{"n":0}'),
         MetadataUpdated(env(a, expected_version=1), patch_json='{"n":1}'),
@@ -106,7 +107,7 @@ def test_folds_a_produced_sequence(twins: Twins) -> None:
 
 
 def test_undecodable_records_go_to_the_dlq_and_are_passed(twins: Twins) -> None:
-    a = new_id()
+    a = object_id_for("default", "a")
     created = ObjectCreated(env(a), key="a")
     updated = MetadataUpdated(env(a, expected_version=1), patch_json='{"n":1}')
     bad = {
@@ -139,7 +140,7 @@ def test_undecodable_records_go_to_the_dlq_and_are_passed(twins: Twins) -> None:
 
 
 def test_a_restart_resumes_from_the_stored_checkpoints(twins: Twins) -> None:
-    a, b = new_id(), new_id()
+    a, b = object_id_for("default", "a"), object_id_for("default", "b")  # ids follow keys
     first: list[Event] = [
         ObjectCreated(env(a), key="a"),
         ObjectCreated(env(b), key="b"),
@@ -175,7 +176,7 @@ def test_a_restart_resumes_from_the_stored_checkpoints(twins: Twins) -> None:
 
 
 def test_a_record_the_model_refuses_is_dead_lettered_alone(twins: Twins) -> None:
-    a, b, c = new_id(), new_id(), new_id()
+    a, b, c = (object_id_for("default", k) for k in "abc")
     produce(twins, ObjectCreated(env(a), key="a"), ObjectCreated(env(b), key="b"))
     twins.fold()
     # a version row an earlier run left behind: a's next version cannot be stored (the

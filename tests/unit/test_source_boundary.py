@@ -5,8 +5,10 @@ listen on 127.0.0.2, which the tests allow; 127.0.0.1 stays forbidden."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -22,8 +24,10 @@ import pytest
 from blobledger.blob_worker import sources
 from blobledger.blob_worker.failures import UploadFailure
 from blobledger.blob_worker.netguard import parse_networks
+from blobledger.blob_worker.pace import RateFloor
 from blobledger.blob_worker.sourcepolicy import SourcePolicy, within
 from blobledger.blob_worker.sources import GuardedHttp, HttpSource, open_source, open_under_roots
+from blobledger.blob_worker.transfer_types import TransferCancelled
 
 ALLOWED = "127.0.0.2"
 
@@ -132,6 +136,78 @@ def test_directories_and_devices_are_not_regular_files(root: Path) -> None:
     with pytest.raises(UploadFailure, match="character device") as e:
         open_under_roots("/dev/null", ["/dev"])
     assert e.value.reason == "source_not_regular"
+
+
+@pytest.mark.parametrize(
+    "kind, shown",
+    [
+        ("fifo", "a FIFO"),
+        ("socket", "a socket"),
+        ("directory", "a directory"),
+        ("device", "a character device"),
+    ],
+)
+def test_what_is_not_a_regular_file_is_refused_before_it_is_opened(
+    root: Path, monkeypatch: pytest.MonkeyPatch, kind: str, shown: str
+) -> None:
+    """Opening is already acting on some files (a FIFO waits for a writer, a tape device
+    rewinds): what the path names is checked first."""
+    roots = [str(root)]
+    path = str(root / kind)
+    with contextlib.ExitStack() as held:
+        if kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "socket":
+            sock = held.enter_context(socket.socket(socket.AF_UNIX))
+            sock.bind(path)
+        elif kind == "directory":
+            os.mkdir(path)
+        else:
+            path, roots = "/dev/zero", ["/dev"]
+        opened: list[str] = []
+        real_open = sources.os.open
+
+        def recording_open(p: str, *args: Any, **kw: Any) -> int:
+            opened.append(p)
+            return real_open(p, *args, **kw)
+
+        monkeypatch.setattr(sources.os, "open", recording_open)
+        with pytest.raises(UploadFailure) as e:
+            open_under_roots(path, roots)
+    assert e.value.reason == "source_not_regular"
+    assert f"is {shown}, not a regular file" in e.value.detail
+    assert opened == []
+
+
+def test_a_fifo_swapped_in_after_the_check_cannot_block_the_open(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path names a regular file when checked and a FIFO when opened (a race the
+    requester can run): the open must not wait for a writer (O_NONBLOCK), and the
+    descriptor's own type refuses it."""
+    (root / "regular").write_bytes(b"x")
+    fifo = root / "pipe"
+    os.mkfifo(fifo)
+    regular = os.lstat(root / "regular")
+    monkeypatch.setattr(sources.os, "lstat", lambda p: regular)
+    out: dict[str, Any] = {}
+
+    def attempt() -> None:
+        try:
+            open_under_roots(str(fifo), [str(root)])
+        except UploadFailure as e:
+            out["failure"] = e
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(5)
+    try:
+        assert not thread.is_alive(), "open() blocked on a FIFO with no writer"
+    finally:
+        # release a blocked open(), so the thread does not outlive the test
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert out["failure"].reason == "source_not_regular" and "a FIFO" in out["failure"].detail
 
 
 def test_open_source_reads_only_this_uploads_spool_entry(tmp_path: Path) -> None:
@@ -320,6 +396,81 @@ def test_a_silent_source_times_out(servers: list[Server]) -> None:
     src = HttpSource(f"http://{ALLOWED}:{srv.port}/stalls", http, 0.5)
     assert _reason(lambda: _read_all(src)) == "source_timeout"
     assert time.monotonic() - t0 < 2.5
+
+
+def _trickle(total: int, chunk: int, every: float) -> Callable[[BaseHTTPRequestHandler], None]:
+    """``total`` bytes announced, sent ``chunk`` bytes at a time, ``every`` seconds apart."""
+
+    def send(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", str(total))
+        h.end_headers()
+        for start in range(0, total, chunk):
+            h.wfile.write(b"d" * min(chunk, total - start))
+            h.wfile.flush()
+            time.sleep(every)
+
+    return send
+
+
+def test_a_slow_drip_fails_by_the_minimum_rate(servers: list[Server]) -> None:
+    """A byte every 0.1 s never lets one read wait the 0.5 s timeout, so before the rate
+    floor this would have held the transfer for the whole 1000 bytes (100 s)."""
+    srv = Server({"/drip": _trickle(1000, 1, 0.1)})
+    servers.append(srv)
+    src = HttpSource(f"http://{ALLOWED}:{srv.port}/drip", GuardedHttp(_policy(min_rate=1024)), 0.5)
+    t0 = time.monotonic()
+    with pytest.raises(UploadFailure) as e:
+        _read_all(src)
+    assert e.value.reason == "source_timeout" and "too slow" in e.value.detail
+    assert time.monotonic() - t0 < 3
+
+
+def test_the_timeouts_bound_each_read_and_the_rate_not_the_whole_body(
+    servers: list[Server],
+) -> None:
+    """2 s of steady 80 KiB/s through a 0.5 s read timeout: slow overall, fine per read
+    and above the floor, so it is read to its end."""
+    srv = Server({"/steady": _trickle(20 * 8192, 8192, 0.1)})
+    servers.append(srv)
+    src = HttpSource(
+        f"http://{ALLOWED}:{srv.port}/steady", GuardedHttp(_policy(min_rate=1024)), 0.5
+    )
+    assert _read_all(src) == b"d" * 20 * 8192
+
+
+def test_the_rate_floor_counts_only_time_spent_waiting() -> None:
+    floor = RateFloor(bytes_per_second=100, window=1.0)
+    assert floor.observe(10, 0.5) is None  # within the window: nothing to say yet
+    assert floor.observe(200, 0.6) is None  # 210 bytes in 1.1 s: fine, a new window
+    assert floor.observe(50, 0.9) is None
+    why = floor.observe(0, 0.2)  # 50 bytes in 1.1 s of waiting
+    assert why is not None and "50 bytes in 1.1s" in why
+    assert RateFloor(0, 1.0).observe(0, 100.0) is None  # no floor
+
+
+def test_a_cancel_wakes_a_read_blocked_on_the_socket(servers: list[Server]) -> None:
+    release = threading.Event()
+
+    def stalls(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", "100")
+        h.end_headers()
+        h.wfile.write(b"x" * 10)
+        h.wfile.flush()
+        release.wait(30)
+
+    srv = Server({"/stalls": stalls})
+    servers.append(srv)
+    src = HttpSource(f"http://{ALLOWED}:{srv.port}/stalls", GuardedHttp(_policy()), 30.0)
+    threading.Timer(0.3, src.interrupt).start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(TransferCancelled):
+            _read_all(src)
+    finally:
+        release.set()
+    assert time.monotonic() - t0 < 2  # not the 30 s read timeout
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")

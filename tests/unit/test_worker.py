@@ -1,164 +1,33 @@
-"""The blob Worker on the in-memory twins: built as ``bootstrap.worker`` builds it, but on
-an :class:`InMemoryBroker` and an :class:`InMemoryBlobStore` (no services, ~1 s a test).
-
-Commands are published as ``Client.attach_blob`` publishes them; outcomes are read back
-from the events topic with the codec, as the projector reads them."""
+"""The blob Worker on the in-memory twins (:mod:`.worker_support`: built as
+``bootstrap.worker`` builds it, no services, ~1 s a test): one command at a time, its
+outcome, its commit, and the sources it refuses."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from confluent_kafka import TopicPartition
 
-from blobledger.blob_worker.hashcache import HashCache
 from blobledger.blob_worker.outcomes import WORKER_ACTOR, outcome_event_id
-from blobledger.blob_worker.runner import Worker
-from blobledger.blob_worker.transfer import Transfer, TransferOptions, content_key
+from blobledger.blob_worker.transfer import content_key
 from blobledger.infra.kafka import header_value
-from blobledger.infra.memory import (
-    MemoryKeys,
-    InMemoryBlobStore,
-    InMemoryBroker,
-    InMemoryConsumer,
-    InMemoryProducer,
-)
-from blobledger.infra.publisher import Publisher
-from blobledger.infra.retry import CircuitBreaker
-from blobledger.infra.settings import Settings
-from blobledger.schemas.codec import default_codec
-from blobledger.schemas.events import (
-    BlobStored,
-    BlobUploadFailed,
-    Envelope,
-    Event,
-    UploadRequested,
-    new_id,
-    now_us,
-    object_id_for,
-)
+from blobledger.infra.memory import InMemoryConsumer, InMemoryProducer
+from blobledger.schemas.events import BlobStored, BlobUploadFailed
 
-
-class HeldProducer(InMemoryProducer):
-    """Records reach the log at once, but no delivery report is served (the broker's
-    ack is "in flight") until ``release`` is set."""
-
-    def __init__(self, broker: InMemoryBroker) -> None:
-        super().__init__(broker)
-        self.release = threading.Event()
-
-    def poll(self, timeout: float | None = -1) -> int:
-        if not self.release.is_set():
-            self.release.wait(0.05 if timeout is None or timeout < 0 else min(timeout, 0.05))
-            return 0
-        return super().poll(timeout)
-
-    def flush(self, timeout: float | None = -1) -> int:
-        self.release.wait(None if timeout is None or timeout < 0 else timeout)
-        return super().flush(timeout)
-
-
-@dataclass
-class Rig:
-    settings: Settings
-    broker: InMemoryBroker
-    store: InMemoryBlobStore
-    cache: HashCache = field(default_factory=HashCache)
-    keys: MemoryKeys = field(default_factory=MemoryKeys)
-    codec: Any = field(default_factory=default_codec)
-
-    def worker(self, producer: InMemoryProducer | None = None) -> Worker:
-        """A worker wired like ``bootstrap.worker``, on the twins."""
-        s = self.settings
-        transfer = Transfer(
-            self.store,
-            TransferOptions.from_settings(s),
-            breaker=CircuitBreaker("s3", failure_threshold=5, reset_timeout=5.0),
-            hash_cache=self.cache,
-        )
-        return Worker(
-            s,
-            consumer=InMemoryConsumer(self.broker, s.worker_group),
-            publisher=Publisher(
-                s,
-                producer=producer or InMemoryProducer(self.broker),
-                signer=self.keys.blob_worker,
-            ),
-            transfer=transfer,
-            keyring=self.keys.keyring,
-            transfer_attempts=2,
-            max_backoff=0.1,
-        )
-
-    def run(self, worker: Worker, **kw: Any) -> int:
-        try:
-            return worker.run(**{"max_commands": 1, "idle_exit": 5.0, **kw})
-        finally:
-            worker.close()
-
-    def request(self, source: str, key: str = "docs/report.pdf") -> UploadRequested:
-        """Publish an upload command the way ``Client.attach_blob`` does."""
-        s = self.settings
-        env = Envelope(object_id=object_id_for(s.tenant, key), actor="alice", tenant=s.tenant)
-        command = UploadRequested(
-            env.caused(actor="alice"),
-            upload_id=new_id(),
-            source=source,
-            deadline=now_us() + s.upload_deadline_seconds * 1_000_000,
-        )
-        publisher = Publisher(s, producer=InMemoryProducer(self.broker), signer=self.keys.operator)
-        try:
-            publisher.publish(s.commands_topic, command)
-        finally:
-            publisher.close()
-        return command
-
-    def outcomes(self) -> list[Event]:
-        return [
-            self.codec.decode(m.value()) for m in self.broker.messages(self.settings.events_topic)
-        ]
-
-    def partition_of(self, command: UploadRequested) -> int:
-        (m,) = [
-            m
-            for m in self.broker.messages(self.settings.commands_topic)
-            if self.codec.decode(m.value()).event_id == command.event_id
-        ]
-        partition = m.partition()
-        assert partition is not None
-        return partition
-
-    def committed(self, command: UploadRequested) -> int | None:
-        """The worker group's committed offset on the command's partition."""
-        return self.broker.committed(
-            self.settings.worker_group, self.settings.commands_topic, self.partition_of(command)
-        )
+from .worker_support import HeldProducer, Rig, make_rig
 
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    settings = Settings.from_env(
-        {
-            "BLOBLEDGER_DATA_DIR": str(tmp_path / "data"),
-            "BLOBLEDGER_SOURCE_ROOTS": str(tmp_path),
-            "BLOBLEDGER_TOPIC_PREFIX": "unit",
-            "BLOBLEDGER_PARTITIONS": "3",
-            "BLOBLEDGER_WAIT_TIMEOUT_SECONDS": "10",
-        }
-    )
-    r = Rig(
-        settings,
-        InMemoryBroker.for_settings(settings),
-        InMemoryBlobStore(bucket=settings.s3_bucket),
-    )
-    yield r
-    r.cache.close()
+    yield from make_rig(tmp_path)
 
 
 def _file(tmp_path: Path, data: bytes, name: str = "report.pdf") -> str:
@@ -270,3 +139,54 @@ def test_an_undecodable_command_goes_to_the_dlq_and_is_committed(rig: Rig) -> No
     assert topic is not None and partition is not None
     assert rig.broker.committed(rig.settings.worker_group, topic, partition) == 1
     assert rig.outcomes() == []
+
+
+@contextlib.contextmanager
+def _socket_file(path: Path) -> Iterator[None]:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    try:
+        yield
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    "kind, shown",
+    [("fifo", "a FIFO"), ("socket", "a socket"), ("directory", "a directory")],
+)
+def test_a_non_regular_file_is_compensated_at_once_and_the_next_command_runs(
+    rig: Rig, tmp_path: Path, kind: str, shown: str
+) -> None:
+    """A FIFO with no writer used to block the worker in open() for good (and every
+    command behind it); now it, a socket and a directory are refused before open."""
+    path = tmp_path / kind
+    holder = contextlib.ExitStack()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        holder.enter_context(_socket_file(path))
+    else:
+        path.mkdir()
+    with holder:
+        odd = rig.request(path.as_uri(), key="odd/file")
+        fine = rig.request(_file(tmp_path, b"regular bytes" * 50), key="fine/file")
+        t0 = time.monotonic()
+        assert rig.run(rig.worker(), max_commands=2) == 2
+        assert time.monotonic() - t0 < 5
+    failed, stored = rig.outcome_of(odd), rig.outcome_of(fine)
+    assert isinstance(failed, BlobUploadFailed) and isinstance(stored, BlobStored)
+    assert failed.reason == "source_not_regular"
+    assert f"is {shown}, not a regular file" in failed.detail
+    assert rig.committed(odd) is not None and rig.committed(fine) is not None
+
+
+def test_a_device_is_compensated_unopened(tmp_path: Path) -> None:
+    """/dev/zero is endless: read, it would fill the store; it is refused before open."""
+    for rig in make_rig(tmp_path, source_roots=f"{tmp_path}{os.pathsep}/dev"):
+        command = rig.request("file:///dev/zero")
+        assert rig.run(rig.worker()) == 1
+        (event,) = rig.outcomes()
+        assert isinstance(event, BlobUploadFailed) and event.upload_id == command.upload_id
+        assert event.reason == "source_not_regular" and "a character device" in event.detail
+        assert rig.store.calls == []
