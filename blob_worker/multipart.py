@@ -17,6 +17,7 @@ import structlog
 
 from blobledger.blob_worker.cleanups import FailureCleanups
 from blobledger.blob_worker.s3calls import S3Calls
+from blobledger.infra import metrics, tracing
 from blobledger.infra.s3 import S3NotFound
 from blobledger.schemas.errors import TransientError
 
@@ -103,20 +104,27 @@ class MultipartUpload:
     ) -> PartOutcome:
         """Send part ``number`` (``body`` builds the request body per try), or keep the
         one an earlier attempt left if it holds the same bytes: ``md5`` is computed only
-        for a listed part of the same length. Called from the part pool."""
-        listed = self._listed.get(number)
-        if listed is not None and listed.size == length and md5() == listed.etag:
-            return PartOutcome(number, crc, f'"{listed.etag}"', 0, True)
-        r = self._calls.call(
-            "upload_part",
-            cancel=self._cancel,
-            Bucket=self._calls.bucket,
-            Key=self.key,
-            UploadId=self.upload_id,
-            PartNumber=number,
-            ChecksumCRC32=crc,
-            body=body,
-        )
+        for a listed part of the same length. Called from the part pool (in the transfer's
+        context: its span is the part's parent, see :class:`.pump.PartPump`)."""
+        with tracing.event_span(
+            "blobledger.upload_part",
+            attributes={"blobledger.part_number": number, "blobledger.part_bytes": length},
+        ) as span:
+            listed = self._listed.get(number)
+            if listed is not None and listed.size == length and md5() == listed.etag:
+                span.set_attribute("blobledger.part_resumed", True)
+                return PartOutcome(number, crc, f'"{listed.etag}"', 0, True)
+            r = self._calls.call(
+                "upload_part",
+                cancel=self._cancel,
+                Bucket=self._calls.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                ChecksumCRC32=crc,
+                body=body,
+            )
+        metrics.record_part_uploaded(length)
         return PartOutcome(number, crc, r["ETag"], length, False)
 
     def complete(self, parts: list[PartOutcome], size: int) -> None:

@@ -11,6 +11,9 @@ crashed uploads left in S3.
 * Spool entries (files clients linked or copied for the worker) of the uploads it
   compensates are removed, and so is any entry older than the deadline plus the grace
   period: whatever uploaded or failed it is over.
+
+Each pass is one trace (its compensations' folds join it) and reports what it did and
+how many uploads are pending, and for how long, to the metrics (infra/metrics.py).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -29,6 +32,7 @@ from blobledger.blob_worker import spool
 from blobledger.blob_worker.outcomes import REAPER_ACTOR, failed_event
 from blobledger.blob_worker.transfer import STAGING_PREFIX
 from blobledger.infra import logging as blog
+from blobledger.infra import metrics, tracing
 from blobledger.infra.postgres import translated
 from blobledger.infra.s3 import translate
 from blobledger.infra.settings import Settings
@@ -72,6 +76,18 @@ def expired_uploads(
     return [ExpiredUpload(str(r[0]), str(r[1]), r[2], r[3]) for r in rows]
 
 
+def pending_uploads(conn: psycopg.Connection, schema: str) -> tuple[int, float]:
+    """How many uploads are pending and the age in seconds of the oldest (0 when none),
+    by the database's clock."""
+    query = sql.SQL(
+        "SELECT count(*), coalesce(extract(epoch FROM now() - min(requested_at)), 0) "
+        "FROM {s}.uploads WHERE state = 'pending'"
+    ).format(s=sql.Identifier(schema))
+    with translated():
+        row = conn.execute(query).fetchone()
+    return (0, 0.0) if row is None else (int(row[0]), float(row[1]))
+
+
 def compensation_for(upload: ExpiredUpload):  # type: ignore[no-untyped-def]
     """The timeout compensation for an expired upload (id shared with the worker's)."""
     env = Envelope(
@@ -107,8 +123,11 @@ class Reaper:
         self.publisher.close()
 
     def compensate_expired(self) -> int:
+        schema = self.settings.read_model_schema
         with self._connect() as conn:
-            expired = expired_uploads(conn, self.settings.read_model_schema)
+            count, oldest = pending_uploads(conn, schema)
+            expired = expired_uploads(conn, schema)
+        metrics.record_pending_uploads(count, oldest, self.settings.upload_deadline_seconds)
         futures = [
             self.publisher.publish_async(self.settings.events_topic, compensation_for(u))
             for u in expired
@@ -176,9 +195,12 @@ class Reaper:
         return spool.sweep(spool_dir, older_than=age)
 
     def run_once(self, *, multipart_older_than: float | None = None) -> ReapReport:
-        compensated = self.compensate_expired()
-        aborted, deleted = self.clean_s3(older_than=multipart_older_than)
-        return ReapReport(compensated, aborted, deleted, self.clean_spool())
+        with tracing.event_span("blobledger.reap"):
+            compensated = self.compensate_expired()
+            aborted, deleted = self.clean_s3(older_than=multipart_older_than)
+            report = ReapReport(compensated, aborted, deleted, self.clean_spool())
+        metrics.record_reaper_actions(**asdict(report))
+        return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,11 +215,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(default: upload deadline + 5 min)",
     )
     args = parser.parse_args(argv)
-    blog.configure()
+    blog.configure(service="reaper")
     from blobledger.infra import bootstrap
 
+    settings = Settings.from_env()
+    if not args.once:  # a single pass is over before anyone could scrape it
+        bootstrap.observe(settings, "reaper")
     # a single pass fails at once without the broker; a service waits for it
-    reaper = bootstrap.reaper(Settings.from_env(), wait=not args.once)
+    reaper = bootstrap.reaper(settings, wait=not args.once)
     try:
         while True:
             try:
@@ -210,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     deleted_spool=report.deleted_spool,
                 )
             except BlobledgerError as e:
+                metrics.record_reaper_actions(pass_failed=1)
                 if args.once:
                     raise
                 log.warning("reaper.pass_failed", error=str(e))  # S3 or Postgres away: next pass

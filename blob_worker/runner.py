@@ -40,6 +40,8 @@ from typing import Any
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
 
 from blobledger.blob_worker import spool
 from blobledger.blob_worker.cancel import Cancel
@@ -57,6 +59,7 @@ from blobledger.blob_worker.transfer import (
     staging_key,
 )
 from blobledger.infra import logging as blog
+from blobledger.infra import metrics, tracing
 from blobledger.infra.dlq import DeadLetters
 from blobledger.infra.kafka import LogPosition, position_of
 from blobledger.infra.publisher import Publisher
@@ -69,7 +72,13 @@ from blobledger.schemas.errors import (
     TransientError,
     UnauthenticatedError,
 )
-from blobledger.schemas.events import Event, UploadRequested, now_us
+from blobledger.schemas.events import (
+    BlobStored,
+    BlobUploadFailed,
+    Event,
+    UploadRequested,
+    now_us,
+)
 from blobledger.schemas.ports import LogConsumer
 
 log = structlog.get_logger(__name__)
@@ -95,6 +104,8 @@ class _Slot:
 
     position: LogPosition
     command: UploadRequested
+    #: the trace the command carries (its record's headers): the transfer continues it
+    trace: Context | None = None
     cancel: Cancel = field(default_factory=Cancel)
     #: the deadline passed (set before ``cancel``): the cancel becomes a compensation
     deadline_hit: bool = False
@@ -124,7 +135,11 @@ class Worker:
         max_backoff: float = MAX_BACKOFF_SECONDS,
         concurrency: int | None = None,
         stop_grace: float = STOP_GRACE_SECONDS,
+        dead_letters: DeadLetters | None = None,
     ) -> None:
+        """``dead_letters``: with an index of what the DLQ holds (``bootstrap.worker``), so a
+        restarted worker does not dead-letter a command twice; default: over the
+        publisher's producer, remembering only its own letters."""
         self.settings = settings
         self.transfer_attempts = transfer_attempts
         self.max_backoff = max_backoff
@@ -138,7 +153,7 @@ class Worker:
         self.keyring = keyring
         self.codec = codec or default_codec()
         self.clock_us = clock_us
-        self.dead_letters = DeadLetters(publisher.producer, settings.dlq_topic)
+        self.dead_letters = dead_letters or DeadLetters(publisher.producer, settings.dlq_topic)
         self._stop = threading.Event()
         self._running: set[_Slot] = set()
         self._lanes: Lanes[str, _Slot] = Lanes()
@@ -168,7 +183,10 @@ class Worker:
             try:
                 self.publisher.close()
             finally:
-                self.transfer.close()
+                try:
+                    self.dead_letters.close()
+                finally:
+                    self.transfer.close()
 
     def run(self, *, max_commands: int | None = None, idle_exit: float | None = None) -> int:
         """Process commands until stopped (or ``max_commands`` handled, or ``idle_exit``
@@ -328,7 +346,7 @@ class Worker:
             self._marks.finish(key, pos.offset)
             self._commit(key)
             return
-        slot = _Slot(pos, cmd)
+        slot = _Slot(pos, cmd, trace=tracing.context_from_headers(msg.headers()))
         self._marks.take(key, pos.offset, cmd.upload_id)
         if self._lanes.admit(cmd.object_id, slot):
             self._start(slot)
@@ -379,10 +397,25 @@ class Worker:
         """The command's thread: transfer, then publish the outcome and wait for its ack."""
         cmd = slot.command
         try:
-            with blog.bound_to(cmd, upload_id=cmd.upload_id):
+            with (
+                blog.bound_to(cmd, upload_id=cmd.upload_id),
+                # the outcome is published inside it: its fold joins the command's trace
+                tracing.event_span(
+                    "blobledger.transfer",
+                    cmd,
+                    context=slot.trace,
+                    kind=SpanKind.CONSUMER,
+                    attributes=tracing.message_attributes(slot.position),
+                ),
+                metrics.transfer_in_flight(),
+            ):
                 event = self._execute(slot)
-                if event is not None:
+                if event is None:
+                    metrics.record_upload("cancelled")
+                else:
                     slot.acked = self._emit(event)
+                    if slot.acked:
+                        _record_outcome(event)
         except BaseException as e:
             slot.error = e
         finally:
@@ -586,13 +619,16 @@ class Worker:
         )
 
     def _progress_state(self, event: Event) -> None:
+        """The outcome, once published, as the last report: the bar shows it at once
+        (what ``put`` answers still comes from the read model)."""
         upload_id = getattr(event, "upload_id", "")
         state = "stored" if event.event_type == "BlobStored" else "compensated"
         body: dict[str, Any] = {"upload_id": upload_id, "state": state}
         if state == "compensated":
             body["reason"] = getattr(event, "reason", "")
         else:
-            body.update(bytes_done=getattr(event, "size", 0), total=getattr(event, "size", 0))
+            size = getattr(event, "size", 0)
+            body.update(bytes_done=size, total=size, dedup=bool(getattr(event, "dedup", False)))
         self._send_progress(upload_id, body)
 
     def _send_progress(self, upload_id: str, body: dict[str, Any]) -> None:
@@ -604,6 +640,14 @@ class Worker:
             )
         except (BufferError, KafkaException) as e:
             log.debug("progress.dropped", error=str(e))  # progress is best effort
+
+
+def _record_outcome(event: Event) -> None:
+    """The upload's outcome, once its event is acknowledged."""
+    if isinstance(event, BlobStored):
+        metrics.record_upload("deduplicated" if event.dedup else "stored", size=event.size)
+    elif isinstance(event, BlobUploadFailed):
+        metrics.record_upload("failed", reason=event.reason)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -624,13 +668,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "costs 0 bytes); stream: hash while uploading to staging, then promote",
     )
     args = parser.parse_args(argv)
-    blog.configure()
+    blog.configure(service="worker")
     settings = Settings.from_env()
     if settings.blob_niceness:
         # bulk transfer yields the CPU to latency-sensitive metadata work on the same host
         os.nice(settings.blob_niceness)
     from blobledger.infra import bootstrap
 
+    bootstrap.observe(settings, "worker")
     worker = bootstrap.worker(settings, local_files=args.local_files)
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -12,11 +12,15 @@ from typing import Any
 import structlog
 
 from blobledger.blob_worker.transfer_types import TransferCancelled
+from blobledger.infra import metrics
 from blobledger.infra.retry import CircuitBreaker, retrying
 from blobledger.infra.s3 import S3NotFound, head, translate
 from blobledger.schemas.ports import BlobStore
 
 log = structlog.get_logger(__name__)
+
+#: the calls that send a blob's bytes (their retries are what the part-retry metric counts)
+PART_WRITES = frozenset({"upload_part", "put_object"})
 
 
 class S3Calls:
@@ -45,6 +49,8 @@ class S3Calls:
 
         def on_retry(e: BaseException, attempt: int) -> None:
             log.warning("s3.retry", op=op, attempt=attempt, error=str(e))
+            if op in PART_WRITES:
+                metrics.record_part_retry()
 
         for attempt in retrying(self.attempts, on_retry=on_retry):
             with attempt:

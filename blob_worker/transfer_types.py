@@ -85,7 +85,7 @@ class Progress:
     bytes_done: int
     total: int | None
     mbps: float
-    state: str  # hashing | uploading | completing | stored | failed
+    state: str  # hashing | dedup | uploading | completing | promoting | stored | failed
 
 
 @dataclass(frozen=True, slots=True)

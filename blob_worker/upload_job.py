@@ -28,6 +28,7 @@ from blobledger.blob_worker.transfer_types import (
     check_declared_size,
     content_key,
 )
+from blobledger.infra import metrics, tracing
 from blobledger.schemas.errors import TransientError
 
 log = structlog.get_logger(__name__)
@@ -93,6 +94,7 @@ class UploadJob:
         """The stored blob for ``sha`` if there is one of ``size`` bytes (any, if None).
         Only for a hash the requester's own source was shown to have (read and hashed, or
         the stat cache for that very file): a hash alone proves nothing."""
+        self.meter.phase("dedup")
         key = content_key(sha)
         hit = self.calls.head(key)
         if hit is None:
@@ -111,7 +113,10 @@ class UploadJob:
 
     def put(self, key: str, sha: str, size: int, crc: str, body: Callable[[], Any]) -> Stored:
         """A blob that fits one part: a plain PUT, no multipart round trips."""
-        self.call("put_object", Bucket=self.bucket, Key=key, ChecksumCRC32=crc, body=body)
+        part = {"blobledger.part_bytes": size}
+        with tracing.event_span("blobledger.put_object", attributes=part):
+            self.call("put_object", Bucket=self.bucket, Key=key, ChecksumCRC32=crc, body=body)
+        metrics.record_part_uploaded(size)
         self._created(key)
         self.meter.add(size)
         return Stored(key, sha, size, 1, size, 0)
@@ -125,7 +130,7 @@ class UploadJob:
     def complete(
         self, upload: MultipartUpload, parts: list[PartOutcome], sha: str, size: int
     ) -> Stored:
-        self.meter.emit("completing", force=True)
+        self.meter.phase("completing")
         upload.complete(parts, size)
         self._created(upload.key)
         return Stored(
@@ -181,6 +186,7 @@ class UploadJob:
         hit = self.calls.head(final)
         dedup = hit is not None and int(hit["ContentLength"]) == stored.size
         if not dedup:
+            self.meter.phase("promoting")  # a server-side copy can take as long as the upload
             self.promoter.promote(self.bucket, stored.key, final, stored.size)
         self.call("delete_object", Bucket=self.bucket, Key=stored.key)
         if self._drop_staged is not None:

@@ -18,6 +18,8 @@ from blobledger.infra.settings import Settings
 if TYPE_CHECKING:
     import psycopg
 
+    from blobledger.infra.metrics import MetricsServer
+
     from blobledger.blob_worker.hashcache import HashCache
     from blobledger.blob_worker.reaper import Reaper
     from blobledger.blob_worker.runner import Worker
@@ -92,11 +94,12 @@ def projector(
         return ReadModel(projector_connection(settings), schema, memo=True)
 
     limits = discover(settings)  # every record the broker took must come through whole
+    group = group_id or settings.projector_group
     return Projector(
         settings,
         consumer=make_consumer(
             settings,
-            group_id or settings.projector_group,
+            group,
             **fetch_sizes(limits.fetch(settings.events_topic)),
             # eager rebalancing: on_assign gets the whole assignment, which we re-seek
             **{"partition.assignment.strategy": "roundrobin"},
@@ -104,6 +107,7 @@ def projector(
         open_model=open_model,
         dead_letters=open_dead_letters(settings, limits),
         keyring=keys.keyring(settings),
+        group=group,
     )
 
 
@@ -125,6 +129,7 @@ def worker(
     from blobledger.blob_worker.transfer import Transfer, TransferOptions
     from blobledger.infra.kafka import fetch_sizes, make_consumer, make_producer
     from blobledger.infra import keys
+    from blobledger.infra.dlq import open_dead_letters
     from blobledger.infra.limits import discover
     from blobledger.infra.publisher import Publisher
     from blobledger.infra.retry import CircuitBreaker
@@ -150,22 +155,24 @@ def worker(
         # we poll while a transfer runs, but a slow broker ack must not evict us
         **{"max.poll.interval.ms": 600000},
     )
+    # it dead-letters bad commands too (infra/dlq.py: too large ones as references)
+    producer = make_producer(
+        settings,
+        max_record_bytes=max(
+            limits.of(t).max_bytes for t in (settings.events_topic, settings.dlq_topic)
+        ),
+    )
     return Worker(
         settings,
         consumer=consumer,
         publisher=Publisher(
-            settings,
-            # it dead-letters bad commands too (infra/dlq.py: too large ones as references)
-            producer=make_producer(
-                settings,
-                max_record_bytes=max(
-                    limits.of(t).max_bytes for t in (settings.events_topic, settings.dlq_topic)
-                ),
-            ),
-            signer=keys.signing_key(settings, "blob-worker"),
+            settings, producer=producer, signer=keys.signing_key(settings, "blob-worker")
         ),
         transfer=transfer,
         keyring=keys.keyring(settings),
+        # with the DLQ's index, like the projector's: a worker restarted after a letter was
+        # acknowledged but before the command's offset was committed does not send it again
+        dead_letters=open_dead_letters(settings, limits, producer=producer),
         **kwargs,
     )
 
@@ -193,4 +200,24 @@ def reaper(settings: Settings, *, wait: bool = True, stop: threading.Event | Non
     )
 
 
-__all__ = ["client", "projector", "projector_connection", "reaper", "worker"]
+#: each long-running service's metrics port is ``metrics_port`` + this, so a projector, a
+#: worker and a reaper started by hand on one host do not take the same port
+METRICS_PORT_OFFSETS = {"projector": 0, "worker": 1, "reaper": 2}
+
+
+def observe(settings: Settings, service: str) -> MetricsServer | None:
+    """What a long-running process (``service``: a key of :data:`METRICS_PORT_OFFSETS`)
+    sets up first: its name on every log line, traces exported when an OTLP endpoint is
+    configured, and its metrics endpoint when ``metrics_port`` is set (None otherwise, and
+    under ``blobledger up``, whose supervisor serves every process's metrics)."""
+    from blobledger.infra import logging as blog
+    from blobledger.infra import metrics, tracing
+
+    blog.set_service(service)
+    tracing.setup_tracing(settings, f"blobledger-{service}")
+    return metrics.serve_metrics(
+        settings, service=service, offset=METRICS_PORT_OFFSETS.get(service, 0)
+    )
+
+
+__all__ = ["client", "observe", "projector", "projector_connection", "reaper", "worker"]

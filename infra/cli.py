@@ -78,17 +78,20 @@ OBJECT_USAGE = "usage: blobledger object {create|update|tag|acl|delete|get|list|
 BRIEF = {"object", "put", "get", "dlq", "key", "bench"}
 
 VERBOSE = ("-v", "--verbose")
+#: log lines as JSON objects even on a terminal (off a terminal they are JSON anyway)
+LOG_JSON = "--log-json"
 _TRUE = {"1", "true", "yes", "on"}
 
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: blobledger [-v] <command> [options]", "", "commands:"]
+    lines = ["usage: blobledger [-v] [--log-json] <command> [options]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += [
         "",
         "Run `blobledger <command> --help` for a command's options.",
         "-v (or BLOBLEDGER_DEBUG=1) shows the traceback of an internal error, and info logs.",
+        "--log-json writes log lines as JSON on a terminal too (BLOBLEDGER_LOG_JSON=1).",
     ]
     return "\n".join(lines)
 
@@ -100,8 +103,13 @@ def _resolve(target: str) -> Callable[[list[str]], int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    verbose = bool(args) and args[0] in VERBOSE
-    while args and args[0] in VERBOSE:
+    verbose = False
+    while args and args[0] in (*VERBOSE, LOG_JSON):
+        if args[0] == LOG_JSON:
+            # read by infra.logging.configure in whichever process logs (children too)
+            os.environ["BLOBLEDGER_LOG_JSON"] = "1"
+        else:
+            verbose = True
         args = args[1:]
     if not args or args[0] in ("-h", "--help", "help"):
         print(_usage())

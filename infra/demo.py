@@ -4,7 +4,8 @@ Brings the stack up, runs a projector and a blob worker as child processes, crea
 object, attaches a generated file (streamed to S3 in parallel parts by the worker),
 waits until the read model shows the blob committed, reads the bytes back from S3 and
 checks their SHA-256; then attaches a source that cannot be read and shows the
-compensation rolling the provisional reference back.
+compensation rolling the provisional reference back. It ends with the one step to a system
+that keeps running (``blobledger up``) and the commands to try on it.
 """
 
 from __future__ import annotations
@@ -253,8 +254,37 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
             print(f"  {k:<15} {result[k]}")
         c = result["compensated"]
         print(f"  {'compensated':<15} upload {c['upload_id']} reason={c['reason']}")
-        print(
-            "\nThe stack keeps running: try `blobledger object list --actor demo`; stop it with "
-            "`blobledger stack down`."
-        )
+        readme = Path("README.md")  # there after the README's command, run in the checkout
+        print(next_step(_command(), "./README.md" if readme.is_file() else "FILE"))
     return 0 if result["verified"] else 1
+
+
+def _command() -> str:
+    """How the user can run ``blobledger``: this venv's script, relative to the working
+    directory when it is below it (``.venv/bin/blobledger`` after the README's command)."""
+    script = Path(sys.executable).parent / "blobledger"
+    if not script.exists():
+        return "blobledger"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
+def next_step(bl: str, source: str) -> str:
+    """What to run next (``bl``: the command, ``source``: a file to put): the demo stopped
+    its own projector and worker, so the stack it leaves answers nothing until ``up``
+    starts supervised ones."""
+    return f"""
+Next step: the demo stopped its projector and blob worker (the stack still runs).
+Keep the whole system running, restarted when a process exits, with:
+
+  {bl} up
+
+then:
+
+  {bl} object create docs/first.txt
+  {bl} put docs/first.txt {source}
+  {bl} get docs/first.txt -o first-copy.md
+  {bl} status          # health, lag, uploads, dead letters; --watch to follow
+  {bl} down            # stops the processes, then the stack"""

@@ -48,6 +48,7 @@ from blobledger.infra.kafka import (
     translate,
 )
 from blobledger.infra.limits import RecordLimits, discover
+from blobledger.infra.metrics import record_dead_letter
 from blobledger.infra.settings import Settings
 from blobledger.schemas.errors import BlobledgerError, PermanentError, TransientError
 from blobledger.schemas.ports import LogConsumer, LogProducer
@@ -313,7 +314,9 @@ class DeadLetters:
             del self._queued[letter.source]
             if err is None:
                 self._acked.add(letter.source)
-                return
+        if err is None:
+            record_dead_letter(header_value(letter.headers, "dlq.error_code") or "other")
+            return
         if err.code() in _TOO_LARGE and not letter.reference:
             # the broker's limit is lower than the producer's: send the reference instead
             self._log_reference(letter, len(letter.value or b""))
@@ -406,12 +409,15 @@ class DeadLetters:
             self.index.close()
 
 
-def open_dead_letters(settings: Settings, limits: RecordLimits | None = None) -> DeadLetters:
-    """The projector's and replay's DLQ: a producer sized to the DLQ topic and an index of
-    what it holds."""
+def open_dead_letters(
+    settings: Settings, limits: RecordLimits | None = None, *, producer: LogProducer | None = None
+) -> DeadLetters:
+    """The projector's, replay's and worker's DLQ: a producer sized to the DLQ topic (or
+    ``producer``, one that is already) and an index of what it holds."""
     limits = limits or discover(settings)
     topic = settings.dlq_topic
-    producer = make_producer(settings, max_record_bytes=limits.of(topic).max_bytes)
+    if producer is None:
+        producer = make_producer(settings, max_record_bytes=limits.of(topic).max_bytes)
     consumer = make_consumer(
         settings,
         f"{settings.projector_group}.dlq-index",

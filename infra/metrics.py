@@ -23,6 +23,7 @@ calling :func:`process_exited` when a child ends so its live gauges drop out.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -267,6 +268,12 @@ def observe_visible(occurred_at_us: Sequence[int], *, now: float | None = None) 
 def set_consumer_lag(group: str, topic: str, partition: int, records: int) -> None:
     """Consumers, for each partition they own: log end minus their committed position."""
     CONSUMER_LAG.labels(group, topic, str(partition)).set(max(0, records))
+
+
+def forget_consumer_lag(group: str, topic: str, partition: int) -> None:
+    """Consumers, when a partition is taken from them: its lag is its next owner's to say."""
+    with contextlib.suppress(KeyError):  # never reported
+        CONSUMER_LAG.remove(group, topic, str(partition))
 
 
 def record_upload(outcome: str, *, reason: str | None = None, size: int = 0) -> None:

@@ -6,6 +6,8 @@ The first publish to a topic in a process asks the broker for metadata first
 (:mod:`infra.topics`): a broker that does not answer fails it within
 ``connect_timeout_seconds``, and a missing topic is created with the configured
 partitions (the producer never lets the broker auto-create one with its defaults).
+Every record carries the ``traceparent`` of the span current where it is published (a
+client's command span, a worker's transfer span): whoever consumes it continues that trace.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from confluent_kafka import KafkaError, Message
 
 from blobledger.infra.kafka import headers_for, make_producer, position_of, translate
 from blobledger.infra.settings import Settings
+from blobledger.infra.tracing import current_traceparent
 from blobledger.infra.topics import MetadataSource, cluster_metadata, ensure_topics, topic_names
 from blobledger.schemas.auth import Key
 from blobledger.schemas.codec import Codec, default_codec
@@ -96,7 +99,10 @@ class Publisher:
     def publish_async(
         self, topic: str, event: Event, *, traceparent: str | None = None
     ) -> Future[Receipt]:
+        """``traceparent``: the trace the record continues (default: the current span's)."""
         self.ensure_topic(topic)
+        if traceparent is None:
+            traceparent = current_traceparent()
         future: Future[Receipt] = Future()
         value = self.codec.encode(event)
 

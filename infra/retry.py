@@ -3,7 +3,8 @@
 Only :class:`TransientError` is retried. The breaker counts consecutive transient
 failures of one dependency; once open it refuses calls at once (``CircuitOpenError``,
 itself transient) so a dead S3 costs a fast failure instead of a timeout per part, and
-it lets one trial call through after ``reset_timeout`` (half-open).
+it lets one trial call through after ``reset_timeout`` (half-open). Every change of
+state is reported to the ``blobledger_circuit_state`` gauge (infra/metrics.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from blobledger.infra.metrics import record_circuit_state
 from blobledger.schemas.errors import CircuitOpenError, TransientError
 
 T = TypeVar("T")
@@ -84,6 +86,13 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._trial_running = False
+        record_circuit_state(name, self._state.value)
+
+    def _become(self, state: BreakerState) -> None:
+        """Change state (under the lock), reporting a change to the gauge."""
+        if state is not self._state:
+            self._state = state
+            record_circuit_state(self.name, state.value)
 
     @property
     def state(self) -> BreakerState:
@@ -95,7 +104,7 @@ class CircuitBreaker:
             self._state is BreakerState.OPEN
             and self._clock() - self._opened_at >= self.reset_timeout
         ):
-            self._state = BreakerState.HALF_OPEN
+            self._become(BreakerState.HALF_OPEN)
             self._trial_running = False
         return self._state
 
@@ -116,7 +125,7 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         with self._lock:
-            self._state = BreakerState.CLOSED
+            self._become(BreakerState.CLOSED)
             self._failures = 0
             self._trial_running = False
 
@@ -124,7 +133,7 @@ class CircuitBreaker:
         with self._lock:
             self._failures += 1
             if self._state is BreakerState.HALF_OPEN or self._failures >= self.failure_threshold:
-                self._state = BreakerState.OPEN
+                self._become(BreakerState.OPEN)
                 self._opened_at = self._clock()
                 self._trial_running = False
 

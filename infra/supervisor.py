@@ -8,6 +8,12 @@ pause; its output goes through a pipe into ``<data_dir>/logs/<name>.log``, size-
 (:mod:`.rotating_log`). The state every other command reads (``down``, ``status``, the
 liveness check of a waiting command) is rewritten every second (:mod:`.supervisor_state`).
 
+Metrics: the children run in prometheus-client's multiprocess mode (their values go to
+files under ``run/metrics/``, they serve nothing), and the supervisor serves the sum on
+``metrics_port`` (:func:`~blobledger.infra.metrics.serve_aggregate`): one scrape target
+however many processes run, and counters survive a child's restart. When a child ends,
+its live gauges (transfers in flight, processes) are dropped from the sum.
+
 One supervisor per data dir: it holds an exclusive lock on ``run/supervisor.lock`` for
 its whole life, so two racing ``up`` commands never start two sets of children. SIGTERM
 or SIGINT stops it: every child gets SIGTERM at once, and SIGKILL after
@@ -21,18 +27,20 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from blobledger.infra import logging as blog
+from blobledger.infra import metrics
 from blobledger.infra import supervisor_state as files
 from blobledger.infra.backoff import RestartBackoff
 from blobledger.infra.rotating_log import RotatingLog
@@ -46,7 +54,7 @@ from blobledger.infra.supervisor_state import (
     ProcessRef,
     SupervisorState,
 )
-from blobledger.schemas.errors import StackError
+from blobledger.schemas.errors import ConfigurationError, StackError
 
 log = blog.get_logger(__name__)
 
@@ -70,9 +78,7 @@ def plan(settings: Settings) -> list[ChildSpec]:
     blob workers and one reaper, each a ``blobledger`` subcommand."""
     cli = (sys.executable, "-m", "blobledger.infra.cli")
     counts = (("projector", settings.projectors), ("worker", settings.workers))
-    specs = [
-        ChildSpec(f"{role}-{i}", role, (*cli, role)) for role, n in counts for i in range(n)
-    ]
+    specs = [ChildSpec(f"{role}-{i}", role, (*cli, role)) for role, n in counts for i in range(n)]
     specs.append(ChildSpec("reaper", "reaper", (*cli, "reaper")))
     return specs
 
@@ -89,11 +95,24 @@ def child_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict
     return env
 
 
+def _ignore_exit(pid: int) -> None:
+    """A child's exit, where nothing is kept per process."""
+
+
 class Child:
     """One supervised process slot: its current process, restarts and log."""
 
-    def __init__(self, spec: ChildSpec, *, env: Mapping[str, str], logs: Path) -> None:
+    def __init__(
+        self,
+        spec: ChildSpec,
+        *,
+        env: Mapping[str, str],
+        logs: Path,
+        on_exit: Callable[[int], None] | None = None,
+    ) -> None:
         self.spec = spec
+        #: called with the pid of each of its processes that ended
+        self.on_exit = on_exit or _ignore_exit
         self.env = dict(env)
         self.log_path = logs / f"{spec.name}.log"
         self.log = RotatingLog(self.log_path)
@@ -127,7 +146,10 @@ class Child:
         )
         self.ref = ProcessRef.of(self.proc.pid)
         self.started, self.since, self.due, self.next_start = (
-            time.monotonic(), time.time(), None, None
+            time.monotonic(),
+            time.time(),
+            None,
+            None,
         )
         self._reader = threading.Thread(
             target=self._copy_output, args=(self.proc,), name=f"log-{self.spec.name}", daemon=True
@@ -148,6 +170,7 @@ class Child:
             code = self.proc.poll()
             if code is None:
                 return
+            self.on_exit(self.proc.pid)
             uptime = now - self.started
             pause = self.backoff.delay(uptime)
             self.last_exit, self.due, self.next_start = code, now + pause, time.time() + pause
@@ -192,7 +215,10 @@ class Child:
     def close(self) -> None:
         """After the process exited: collect the rest of its output, close the log."""
         if self.proc is not None:
-            self.last_exit = self.proc.wait()
+            code = self.proc.wait()
+            if self.due is None:  # it ended in the stop: tick has not seen the exit
+                self.last_exit = code
+                self.on_exit(self.proc.pid)
         if self._reader is not None:
             self._reader.join(5)
         self.due = None
@@ -201,12 +227,28 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, specs: Sequence[ChildSpec] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        specs: Sequence[ChildSpec] | None = None,
+        *,
+        metrics_dir: Path | None = None,
+        metrics_url: str | None = None,
+    ) -> None:
+        """``metrics_dir``: the children write their metrics there (multiprocess mode)
+        for the endpoint at ``metrics_url`` to sum; None: they keep their own settings."""
         self.settings = settings
         self.env = child_env(settings)
+        self.metrics_url = metrics_url
+        on_exit: Callable[[int], None] | None = None
+        if metrics_dir is not None:
+            self.env.update(metrics.multiprocess_env(metrics_dir))
+            on_exit = functools.partial(_process_exited, metrics_dir)
         logs = files.logs_dir(settings)
         make_private_dir(logs)
-        self.children = [Child(s, env=self.env, logs=logs) for s in specs or plan(settings)]
+        self.children = [
+            Child(s, env=self.env, logs=logs, on_exit=on_exit) for s in specs or plan(settings)
+        ]
         self.started = time.time()
         self.ref = ProcessRef.of(os.getpid())
         self.log_path = logs / "supervisor.log"
@@ -220,6 +262,7 @@ class Supervisor:
             heartbeat=time.time(),
             log=str(self.log_path),
             children=tuple(c.state() for c in self.children),
+            metrics_url=self.metrics_url,
         )
 
     def run(self, stop: threading.Event) -> None:
@@ -274,18 +317,38 @@ def exclusive(settings: Settings) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def _process_exited(directory: Path, pid: int) -> None:
+    try:
+        metrics.process_exited(pid, directory)
+    except OSError as e:  # a metric file we cannot remove must not stop the supervision
+        log.warning("metrics.cleanup_failed", pid=pid, error=str(e))
+
+
 def supervise(settings: Settings, stop: threading.Event) -> None:
     """Run a supervisor in this process until ``stop`` is set (the caller installs the
-    signal handlers that set it: only the main thread can)."""
+    signal handlers that set it: only the main thread can). Serves the children's summed
+    metrics on ``settings.metrics_port`` (none when 0); a port in use fails it with
+    :class:`ConfigurationError` before any child starts."""
     with exclusive(settings):
-        supervisor = Supervisor(settings)
+        # emptied only under the lock: another supervisor's children may be writing there
+        directory = metrics.prepare_multiprocess_dir(files.metrics_dir(settings))
+        server = metrics.serve_aggregate(settings, directory)
+        supervisor = Supervisor(
+            settings,
+            metrics_dir=directory if server is not None else None,
+            metrics_url=server.url if server is not None else None,
+        )
         assert supervisor.ref is not None
         files.write_pid(settings, supervisor.ref)
         files.write_state(settings, supervisor.state())
         try:
+            if server is not None:
+                log.info("supervisor.metrics", url=server.url)
             supervisor.run(stop)
         finally:
             files.clear(settings)
+            if server is not None:
+                server.close()
 
 
 def stop_on_signals(stop: threading.Event) -> None:
@@ -311,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop_on_signals(stop)
     try:
         supervise(settings, stop)
-    except StackError as e:
+    except (StackError, ConfigurationError) as e:
         log.error("supervisor.refused", error=str(e))
         return 1
     return 0

@@ -1,7 +1,9 @@
 """What the supervisor of ``blobledger up`` leaves in the data dir for other commands.
 
 ``run/supervisor.pid`` names the supervisor; ``run/supervisor.json`` is its state,
-rewritten every second: each child with its pid, state, restarts and log file. ``down``
+rewritten every second: each child with its pid, state, restarts and log file, and the
+URL of the metrics endpoint it serves. ``run/metrics/`` holds the children's metric
+values (prometheus-client's multiprocess files), which that endpoint sums. ``down``
 finds the processes to stop there, ``status`` shows them, and a command about to wait on
 a projector asks it first (infra/liveness.py): a fresh heartbeat with a live child is the
 surest sign that one runs. A process is named by pid *and* start time, because pids are
@@ -87,6 +89,8 @@ class SupervisorState:
     heartbeat: float
     log: str
     children: tuple[ChildState, ...] = field(default_factory=tuple)
+    #: the aggregated Prometheus endpoint of all the children (None: metrics port 0)
+    metrics_url: str | None = None
 
     def fresh(self, now: float | None = None) -> bool:
         """Written recently by a supervisor that still runs."""
@@ -128,6 +132,11 @@ def pid_path(settings: Settings) -> Path:
 
 def lock_path(settings: Settings) -> Path:
     return run_dir(settings) / "supervisor.lock"
+
+
+def metrics_dir(settings: Settings) -> Path:
+    """The children's metric files: one run's, emptied when a supervisor starts."""
+    return run_dir(settings) / "metrics"
 
 
 def logs_dir(settings: Settings) -> Path:

@@ -2,10 +2,10 @@
 
 ``up`` starts the embedded stack (what settings leave embedded; external endpoints are
 only probed), creates the topics, and starts the supervisor (infra/supervisor.py) that
-keeps the projectors, blob workers and the reaper running. It returns once every process
-runs and its consumer group has formed, and prints what it left running. Run twice, it
-starts nothing new. ``down`` stops the processes (SIGTERM, SIGKILL after a timeout), then
-the stack.
+keeps the projectors, blob workers and the reaper running and serves their metrics on one
+endpoint. It returns once every process runs and its consumer group has formed, and
+prints what it left running. Run twice, it starts nothing new. ``down`` stops the
+processes (SIGTERM, SIGKILL after a timeout), then the stack.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,9 @@ from blobledger.infra import logging as blog
 from blobledger.infra import supervisor_state as files
 from blobledger.infra.kafka import make_admin
 from blobledger.infra.liveness import CRASH_LOOP, ROLES, describe_group
+from blobledger.infra.metrics import SCRAPE_PORT
 from blobledger.infra.rotating_log import trim
-from blobledger.infra.settings import Settings
+from blobledger.infra.settings import PREFIX, Settings
 from blobledger.infra.stack._process import tail
 from blobledger.infra.stack.base import ServiceStatus
 from blobledger.infra.stack.launcher import Stack
@@ -61,6 +63,31 @@ class Readiness:
 
 
 # --- up ----------------------------------------------------------------------------------
+def up_settings(settings: Settings, env: Mapping[str, str] | None = None) -> Settings:
+    """``settings`` with ``up``'s own defaults: a data dir made absolute, and the metrics
+    endpoint on :data:`~blobledger.infra.metrics.SCRAPE_PORT` (the port the shipped
+    Prometheus config scrapes) unless ``BLOBLEDGER_METRICS_PORT`` (env or config file)
+    names one; 0 there serves none. The library's own default stays 0: a process
+    embedding blobledger opens no port it did not ask for."""
+    env = os.environ if env is None else env
+    settings = settings.with_(data_dir=Path(settings.data_dir).absolute())
+    if PREFIX + "METRICS_PORT" in env or "metrics_port" in _config_file_keys(env):
+        return settings
+    return settings.with_(metrics_port=SCRAPE_PORT)
+
+
+def _config_file_keys(env: Mapping[str, str]) -> set[str]:
+    """The keys of the ``BLOBLEDGER_CONFIG`` file (none without one; ``Settings.from_env``
+    has read it already, so a broken file has failed before this)."""
+    path = env.get(PREFIX + "CONFIG")
+    if not path:
+        return set()
+    try:
+        return set(tomllib.loads(Path(path).read_text()))
+    except (OSError, tomllib.TOMLDecodeError):
+        return set()
+
+
 def start_services(settings: Settings) -> list[ServiceStatus]:
     """The stack up (embedded services started, external ones probed), keys issued and the
     topics created."""
@@ -183,6 +210,7 @@ def _summary(
             if state
             else None
         ),
+        "metrics_url": state.metrics_url if state else None,
         "processes": [
             {
                 "name": c.name,
@@ -230,6 +258,8 @@ def print_summary(body: dict[str, Any], as_json: bool) -> None:
             pid = f"pid {p['pid']}" if p["pid"] else "-"
             restarts = f" ({p['restarts']} restarts)" if p["restarts"] else ""
             print(f"  {p['name']:<12} {p['state']:<8} {pid:<11} {p['log']}{restarts}")
+    if body["metrics_url"]:
+        print(f"\nmetrics (all processes, Prometheus format): {body['metrics_url']}")
     for problem in body["problems"]:
         print(f"\nproblem: {problem}")
     for note in body.get("notes", ()):
@@ -246,7 +276,8 @@ def up_main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="blobledger up",
         description="Start the embedded stack and supervised projectors, blob workers and "
-        "a reaper (counts: BLOBLEDGER_PROJECTORS, BLOBLEDGER_WORKERS); idempotent.",
+        "a reaper (counts: BLOBLEDGER_PROJECTORS, BLOBLEDGER_WORKERS), with their metrics "
+        f"on one endpoint (BLOBLEDGER_METRICS_PORT, default {SCRAPE_PORT}); idempotent.",
     )
     p.add_argument(
         "--foreground",
@@ -254,13 +285,10 @@ def up_main(argv: Sequence[str] | None = None) -> int:
         help="supervise from this command until Ctrl+C (stops the processes, not the stack)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument(
-        "--timeout", type=float, default=90.0, help="seconds to wait for the processes"
-    )
+    p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the processes")
     args = p.parse_args(argv)
     blog.configure()  # to stderr: stdout carries the summary
-    settings = Settings.from_env()
-    settings = settings.with_(data_dir=Path(settings.data_dir).absolute())
+    settings = up_settings(Settings.from_env())
     services = start_services(settings)
     running = files.running_supervisor(settings)
     if args.foreground:

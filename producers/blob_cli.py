@@ -24,6 +24,12 @@ from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
 
 from blobledger.infra.kafka import make_consumer
 from blobledger.infra.liveness import WORKER, Liveness
+from blobledger.infra.progress import (
+    ProgressDisplay,
+    add_progress_argument,
+    open_display,
+    progress_mode,
+)
 from blobledger.infra.s3 import make_s3_client
 from blobledger.infra.settings import Settings
 from blobledger.producers.reader import (
@@ -82,35 +88,39 @@ class ProgressFollower:
         # assign (no group join wait) at the end: only this upload's future messages matter
         self.consumer.assign([TopicPartition(self.topic, p, OFFSET_END) for p in parts])
 
-    def poll(self, upload_id: str, timeout: float) -> dict[str, Any] | None:
-        latest = None
+    def poll(self, upload_id: str, timeout: float) -> list[dict[str, Any]]:
+        """Every report about ``upload_id`` that arrives within ``timeout``, in order (a
+        display throttles itself; dropping all but the newest here hid the phases)."""
+        found: list[dict[str, Any]] = []
         end = time.monotonic() + timeout
-        while True:
-            msg = self.consumer.poll(max(0.0, end - time.monotonic()))
+        key = upload_id.encode()
+        while (left := end - time.monotonic()) > 0:
+            msg = self.consumer.poll(left)
             if msg is None:
-                return latest
+                break
             value = msg.value()
-            if not msg.error() and value is not None and msg.key() == upload_id.encode():
+            if not msg.error() and value is not None and msg.key() == key:
                 with contextlib.suppress(ValueError):  # not a progress body: skip it
-                    latest = json.loads(value)
-            if time.monotonic() >= end:
-                return latest
+                    body = json.loads(value)
+                    if isinstance(body, dict):
+                        found.append(body)
+        return found
 
     def close(self) -> None:
         self.consumer.close()
 
 
-def _bar(p: dict[str, Any], width: int = 30) -> str:
-    done, total = int(p.get("bytes_done") or 0), p.get("total")
-    mib = done / 2**20
-    if total:
-        frac = min(1.0, done / total)
-        fill = int(frac * width)
-        return (
-            f"[{'#' * fill}{'.' * (width - fill)}] {mib:8.1f}/{total / 2**20:.1f} MiB "
-            f"{float(p.get('mbps') or 0):7.1f} MB/s  {p.get('state', '')}"
-        )
-    return f"{mib:8.1f} MiB {float(p.get('mbps') or 0):7.1f} MB/s  {p.get('state', '')}"
+def show_report(display: ProgressDisplay, p: dict[str, Any]) -> None:
+    """One worker report on ``display``: bytes done in the named phase (while uploading,
+    bytes S3 has acknowledged)."""
+    if "bytes_done" not in p:
+        return
+    total = p.get("total")
+    display.update(
+        int(p.get("bytes_done") or 0),
+        int(total) if total else None,
+        phase=str(p.get("state") or "uploading"),
+    )
 
 
 def follow_upload(
@@ -119,7 +129,7 @@ def follow_upload(
     upload_id: str,
     *,
     timeout: float,
-    out: TextIO | None,
+    display: ProgressDisplay | None = None,
     watch: Callable[[], None] | None = None,
 ) -> UploadView:
     """Show progress until the read model says the upload is terminal; its UploadView.
@@ -128,12 +138,13 @@ def follow_upload(
     last_check = 0.0
     while time.monotonic() < deadline:
         if follower is not None:
-            p = follower.poll(upload_id, 0.5)
-            if p is not None and out is not None and "bytes_done" in p:
-                out.write("\r" + _bar(p))
-                out.flush()
+            for p in follower.poll(upload_id, 0.25):
+                if display is not None:
+                    show_report(display, p)
         else:
-            time.sleep(0.5)
+            time.sleep(0.25)
+        if display is not None:
+            display.tick()
         if time.monotonic() - last_check >= 0.5:
             last_check = time.monotonic()
             try:
@@ -141,8 +152,8 @@ def follow_upload(
             except NotFoundError:
                 continue
             if view.state in TERMINAL:
-                if out is not None:
-                    out.write("\n")
+                if display is not None:
+                    finish_display(display, view)
                 return view
             if watch is not None:
                 watch()
@@ -150,6 +161,16 @@ def follow_upload(
         f"upload {upload_id} not finished after {timeout:.0f}s; "
         f"`blobledger object get` shows its state later"
     )
+
+
+def finish_display(display: ProgressDisplay, view: UploadView) -> None:
+    """The final line says what the read model says."""
+    if view.state == "stored":
+        size = view.size or 0
+        note = " (dedup: no bytes sent)" if view.dedup else ""
+        display.finish(size, size, phase="stored", note=note)
+    else:
+        display.finish(phase=view.state, note=f" ({view.reason})" if view.reason else "")
 
 
 def put_main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
@@ -181,12 +202,15 @@ def put_main(argv: Sequence[str] | None = None, settings: Settings | None = None
         "--timeout", type=float, default=None, help="seconds to follow (default: upload deadline)"
     )
     _common(p)
+    add_progress_argument(p)
     args = p.parse_args(argv)
     if "://" not in args.source:
         check_source_file(args.source)
     settings = settings or Settings.from_env()
+    mode = progress_mode(args.progress, as_json=args.json)
     with _client(settings, args) as client:
-        follower = ProgressFollower(settings) if args.follow and not args.json else None
+        # subscribed before the attach: the worker may report before attach_blob returns
+        follower = ProgressFollower(settings) if args.follow and mode != "none" else None
         try:
             result = client.attach_blob(
                 args.object,
@@ -204,16 +228,17 @@ def put_main(argv: Sequence[str] | None = None, settings: Settings | None = None
                     f"upload {upload_id} pending",
                 )
                 return 0
-            view = follow_upload(
-                client,
-                follower,
-                upload_id,
-                timeout=args.timeout or settings.upload_deadline_seconds + 60,
-                out=None if args.json else sys.stderr,
-                watch=Liveness(settings).watch(
-                    WORKER, f"upload {upload_id} stays pending until one does"
-                ),
-            )
+            with open_display("put", "bytes", mode, phase="waiting") as display:
+                view = follow_upload(
+                    client,
+                    follower,
+                    upload_id,
+                    timeout=args.timeout or settings.upload_deadline_seconds + 60,
+                    display=display,
+                    watch=Liveness(settings).watch(
+                        WORKER, f"upload {upload_id} stays pending until one does"
+                    ),
+                )
         finally:
             if follower is not None:
                 follower.close()

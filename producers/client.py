@@ -21,7 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
+from opentelemetry.trace import SpanKind
+
 from blobledger.infra import logging as blog
+from blobledger.infra import tracing
 from blobledger.infra.settings import Settings
 from blobledger.producers import validation as v
 from blobledger.schemas.auth import Key
@@ -31,6 +34,7 @@ from blobledger.schemas.errors import (
     ConflictError,
     DomainError,
     NotFoundError,
+    NotRunningError,
     ObjectDeletedError,
     RejectedError,
     TimeoutExpired,
@@ -231,11 +235,13 @@ class Client:
 
     def _send(self, event: Event, wait: bool) -> Result:
         v.check_event(event)  # the whole contract, as the fold will apply it
-        receipt = self.publisher.publish(self.settings.events_topic, event)
-        if not wait:
-            return Result(receipt)
-        outcome = self.wait(receipt)
-        return Result(receipt, outcome)
+        # the command's trace: the event carries it to the fold (infra/publisher.py)
+        with tracing.event_span("blobledger.command", event, kind=SpanKind.PRODUCER):
+            receipt = self.publisher.publish(self.settings.events_topic, event)
+            if not wait:
+                return Result(receipt)
+            outcome = self.wait(receipt)
+            return Result(receipt, outcome)
 
     def wait(self, receipt: Receipt, timeout: float | None = None) -> EventOutcome:
         """Block until the projection has folded ``receipt`` and return its outcome,
@@ -401,34 +407,37 @@ class Client:
             source, spooled = _place_for_worker(local, s, upload_id)
         else:
             source = local
-        try:
-            attached = BlobAttached(
-                env,
-                upload_id=upload_id,
-                source=source,
-                declared_sha256=declared_sha256,
-                declared_size=declared_size,
-                content_type=content_type,
-                deadline=deadline,
-            )
-            v.check_event(attached)  # the command carries the same fields
-            receipt = self.publisher.publish(s.events_topic, attached)
-            command = UploadRequested(
-                env.caused(actor=self.actor),
-                upload_id=upload_id,
-                source=source,
-                declared_sha256=declared_sha256,
-                declared_size=declared_size,
-                content_type=content_type,
-                deadline=deadline,
-            )
-            self.publisher.publish(s.commands_topic, command)
-        except BaseException:
-            if spooled is not None:  # no command went out: no worker will read or remove it
-                shutil.rmtree(spooled, ignore_errors=True)
-            raise
-        outcome = self.wait(receipt) if wait else None
-        return AttachResult(receipt, outcome, upload_id=upload_id)
+        # one trace: the attach's fold, the worker's transfer, the completion's fold
+        with tracing.event_span("blobledger.command", kind=SpanKind.PRODUCER) as span:
+            try:
+                attached = BlobAttached(
+                    env,
+                    upload_id=upload_id,
+                    source=source,
+                    declared_sha256=declared_sha256,
+                    declared_size=declared_size,
+                    content_type=content_type,
+                    deadline=deadline,
+                )
+                v.check_event(attached)  # the command carries the same fields
+                span.set_attributes(tracing.event_attributes(attached))
+                receipt = self.publisher.publish(s.events_topic, attached)
+                command = UploadRequested(
+                    env.caused(actor=self.actor),
+                    upload_id=upload_id,
+                    source=source,
+                    declared_sha256=declared_sha256,
+                    declared_size=declared_size,
+                    content_type=content_type,
+                    deadline=deadline,
+                )
+                self.publisher.publish(s.commands_topic, command)
+            except BaseException:
+                if spooled is not None:  # no command went out: no worker reads or removes it
+                    shutil.rmtree(spooled, ignore_errors=True)
+                raise
+            outcome = self.wait(receipt) if wait else None
+            return AttachResult(receipt, outcome, upload_id=upload_id)
 
     # --- reads ------------------------------------------------------------------------------------
     @_names_ref
@@ -468,18 +477,43 @@ class Client:
         """An upload of an object this actor may read (NotFoundError otherwise)."""
         return self.queries.upload(upload_id, actor=self.actor)
 
+    #: an upload pending this long makes :meth:`wait_upload` ask whether a blob worker
+    #: runs at all (a running one has usually finished a small upload by then)
+    UPLOAD_ASK_AFTER = 1.0
+
     def wait_upload(self, upload_id: str, timeout: float | None = None) -> UploadView:
         """Block until an upload is terminal (stored, compensated or orphaned) in the read
         model and return it; blob transfers take as long as they take, so this is separate
-        from the metadata call that started them."""
+        from the metadata call that started them. With no blob worker running it raises
+        :class:`~blobledger.schemas.errors.NotRunningError` within seconds, as ``put``
+        does (infra/liveness.py), instead of waiting out the upload deadline."""
         deadline = time.monotonic() + (timeout or self.settings.upload_deadline_seconds)
         seen = False
+        ask_at: float | None = None
+        worker_check: Callable[[], None] | None = None
         while True:
             try:
                 view = self.queries.upload(upload_id, actor=self.actor)
                 seen = True
                 if view.state != "pending":
                     return view
+                if ask_at is None:
+                    ask_at = time.monotonic() + self.UPLOAD_ASK_AFTER
+                elif time.monotonic() >= ask_at:
+                    if worker_check is None:
+                        # here, not at the top: the Client holds no driver of its own
+                        from blobledger.infra.liveness import WORKER, Liveness
+
+                        worker_check = Liveness(self.settings).watch(
+                            WORKER, f"upload {upload_id} stays pending until one does"
+                        )
+                    try:
+                        worker_check()  # asks the broker at most every 5 s
+                    except NotRunningError:
+                        view = self.queries.upload(upload_id, actor=self.actor)
+                        if view.state != "pending":  # finished while we asked
+                            return view
+                        raise
             except NotFoundError:
                 pass  # the attach is not folded yet (or the upload is not ours to see)
             if time.monotonic() > deadline:

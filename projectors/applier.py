@@ -41,6 +41,11 @@ class BatchStats:
     duplicates: int = 0
     stale: int = 0  # below the checkpoint: folded by someone else already
     dead_letters: int = 0  # records whose write Postgres refused (isolated by bisection)
+    #: the fold's reason for each rejected event (metrics count them by code)
+    rejected_reasons: list[str | None] = field(default_factory=list)
+    #: envelope time (µs) of each event folded now, accepted or rejected (not duplicates
+    #: or stale records): the live projector's command -> visible samples
+    occurred_at: list[int] = field(default_factory=list)
     #: partitions whose checkpoint is behind what we were handed (the caller must seek)
     rewind: dict[int, int] = field(default_factory=dict)
 
@@ -121,6 +126,7 @@ def fold_records(
             stats.duplicates += 1
             continue
         seen.add(env.event_id)
+        stats.occurred_at.append(env.occurred_at)
         state = objects.get(env.object_id)
         if rec.unauthenticated is None:
             result = apply(state, event, uploads)
@@ -145,6 +151,7 @@ def fold_records(
         )
         if not out.accepted:
             stats.rejected += 1
+            stats.rejected_reasons.append(out.reason)
         else:
             stats.applied += 1
         if result.state is not None and result.state is not state:
@@ -268,6 +275,8 @@ def _apply_part(
     model.committed()
     total.applied += stats.applied
     total.rejected += stats.rejected
+    total.rejected_reasons += stats.rejected_reasons
+    total.occurred_at += stats.occurred_at
     total.duplicates += stats.duplicates
     total.stale += stats.stale
     total.rewind.update(stats.rewind)

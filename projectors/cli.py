@@ -25,11 +25,13 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
         help="exit after this many seconds without new events",
     )
     args = parser.parse_args(argv)
-    blog.configure()
+    blog.configure(service="projector")
     settings = settings or Settings.from_env()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    # metrics and traces from the start: the wait below shows as a process with no lag yet
+    bootstrap.observe(settings, "projector")
     # waits (and says so) until the broker answers and the topics exist
     projector = bootstrap.projector(settings, stop=stop)
     log.info("projector started", topic=projector.topic, schema=settings.read_model_schema)

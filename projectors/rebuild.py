@@ -12,7 +12,6 @@ The fold itself is projectors/rebuilder.py (one process) and projectors/parallel
 from __future__ import annotations
 
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from blobledger.infra import logging as blog
 from blobledger.infra.kafka import end_offsets
 from blobledger.infra.limits import discover
 from blobledger.infra.postgres import connect, translated
+from blobledger.infra.progress import ProgressDisplay, open_display
 from blobledger.infra.settings import Settings
 from blobledger.projectors.migrate import migrate
 from blobledger.projectors.parallel_fold import parallel_fold
@@ -54,30 +54,6 @@ class ReplayReport:
     @property
     def events_per_second(self) -> float:
         return self.events / self.seconds if self.seconds else 0.0
-
-
-class Progress:
-    """A one-line progress bar on stderr (events, percent, events/s); silent when asked."""
-
-    def __init__(self, total: int, *, enabled: bool = True) -> None:
-        self.total = max(total, 1)
-        self.enabled = enabled
-        self.tty = sys.stderr.isatty()
-        self.start = time.monotonic()
-        self.last = 0.0
-
-    def update(self, done: int, *, final: bool = False) -> None:
-        now = time.monotonic()
-        # redraw 5x a second on a terminal; a plain line every 5 s into logs
-        if not self.enabled or (not final and now - self.last < (0.2 if self.tty else 5.0)):
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        frac = min(done / self.total, 1.0)
-        bar = "#" * int(frac * 30)
-        line = f"replay [{bar:<30}] {done}/{self.total} events {frac:6.1%} {rate:,.0f} ev/s"
-        sys.stderr.write(f"\r{line}" + ("\n" if final else "") if self.tty else line + "\n")
-        sys.stderr.flush()
 
 
 # --- secondary indexes: dropped for the bulk fold, rebuilt before the swap ---------------------
@@ -126,7 +102,7 @@ def replay(
     *,
     verify: bool = False,
     swap: bool = True,
-    progress: bool = True,
+    progress: bool | ProgressDisplay = True,
     codec: Codec | None = None,
     workers: int | None = None,
     drop_indexes: bool = True,
@@ -139,7 +115,25 @@ def replay(
     merged and written once at the end). Secondary indexes are dropped for the bulk fold
     and rebuilt before the catch-up and swap (``drop_indexes``: measured ~7% faster at 200k
     events). Unlogged tables made logged before the swap were measured too: the fold gained
-    what ``SET LOGGED`` (a rewrite) then cost, so the rebuild stays logged."""
+    what ``SET LOGGED`` (a rewrite) then cost, so the rebuild stays logged.
+
+    ``progress``: a display (the command's ``--progress``), or True for the default one
+    on stderr (a bar on a terminal, plain lines otherwise), False for none."""
+    if not isinstance(progress, ProgressDisplay):
+        progress = open_display("replay", "events", "auto" if progress else "none")
+    with progress:
+        return _replay(settings, verify, swap, progress, codec, workers, drop_indexes)
+
+
+def _replay(
+    settings: Settings,
+    verify: bool,
+    swap: bool,
+    bar: ProgressDisplay,
+    codec: Codec | None,
+    workers: int | None,
+    drop_indexes: bool,
+) -> ReplayReport:
     workers = default_workers() if workers is None else workers
     live = settings.read_model_schema
     target = f"{live}_rebuild"
@@ -155,7 +149,7 @@ def replay(
             indexes = drop_secondary_indexes(admin, target) if drop_indexes else []
         highs = end_offsets(settings, settings.events_topic)
         limits = discover(settings)
-        bar = Progress(sum(highs.values()), enabled=progress)
+        bar.update(0, sum(highs.values()), phase="folding")
         parallel_events = 0
         t_fold = time.monotonic()
         if workers > 1 and sum(1 for h in highs.values() if h) > 1:
@@ -169,9 +163,9 @@ def replay(
             rebuilder.dead = report.dead_letters
             rebuilder.dead_sent = report.dead_letters_sent
             rebuilder.fold_until(highs, bar.update)
-            bar.update(rebuilder.events, final=True)
             t_index = time.monotonic()
             if indexes:
+                bar.update(rebuilder.events, phase="indexing")
                 create_indexes(settings, indexes, workers)
             log.info(
                 "replay phases",
@@ -182,6 +176,7 @@ def replay(
             )
             with translated():
                 # exclusive: waits for the live projectors' in-flight batches, holds new ones
+                bar.update(rebuilder.events, phase="swapping" if swap else "catching up")
                 admin.execute("SELECT pg_advisory_lock(%s)", (lock_key(live),))
                 try:
                     live_exists = _schema_exists(admin, live)
@@ -191,6 +186,7 @@ def replay(
                         targets = {p: max(o, live_cp.get(p, 0)) for p, o in rebuilder.next.items()}
                         rebuilder.fold_until(targets)
                         if verify:
+                            bar.update(rebuilder.events, phase="verifying")
                             report.differences = compare(admin, live, target)
                             report.verified = not report.differences
                     if swap:
@@ -220,6 +216,7 @@ def replay(
     finally:
         admin.close()
     report.seconds = time.monotonic() - started
+    bar.finish(report.events, report.events, phase="swapped" if report.swapped else "rebuilt")
     log.info(
         "replay finished",
         events=report.events,

@@ -12,6 +12,12 @@ import json
 from dataclasses import asdict
 
 from blobledger.infra import logging as blog
+from blobledger.infra.progress import (
+    ProgressDisplay,
+    add_progress_argument,
+    open_display,
+    progress_mode,
+)
 from blobledger.infra.settings import Settings
 from blobledger.infra.topics import require_broker
 from blobledger.projectors.rebuild import ReplayReport, ensure_database, replay
@@ -44,6 +50,11 @@ def _print(report: ReplayReport, as_json: bool, what: str) -> None:
                     print(f"    {table} {side}: {', '.join(keys)}")
 
 
+def _display(label: str, args: argparse.Namespace) -> ProgressDisplay:
+    """Events folded against the log's end offsets, on stderr (``--progress``)."""
+    return open_display(label, "events", progress_mode(args.progress, as_json=args.json))
+
+
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="blobledger replay",
@@ -66,6 +77,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
         help="processes folding partitions in parallel (default: one per core)",
     )
     p.add_argument("--json", action="store_true")
+    add_progress_argument(p)
     args = p.parse_args(argv)
     blog.configure()
     settings = settings or Settings.from_env()
@@ -74,7 +86,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
         settings,
         verify=args.verify,
         swap=not args.no_swap,
-        progress=not args.json,
+        progress=_display("replay", args),
         workers=args.workers,
     )
     _print(report, args.json, "replay")
@@ -93,12 +105,13 @@ def recover_main(argv: list[str] | None = None, settings: Settings | None = None
         help="processes folding partitions in parallel (default: one per core)",
     )
     p.add_argument("--json", action="store_true")
+    add_progress_argument(p)
     args = p.parse_args(argv)
     blog.configure()
     settings = settings or Settings.from_env()
     require_broker(settings)
     created = ensure_database(settings)
-    report = replay(settings, progress=not args.json, workers=args.workers)
+    report = replay(settings, progress=_display("recover", args), workers=args.workers)
     if not args.json and created:
         print("recreated the read-model database")
     _print(report, args.json, "recover")

@@ -4,19 +4,28 @@ Offsets live in Postgres (the checkpoints table, written in the view's transacti
 in Kafka: on assignment the consumer seeks to the stored checkpoint. Several projectors
 in one consumer group share the partitions; a rebalance in the middle of a batch is safe
 because each batch locks its checkpoint rows and skips what another projector folded.
+
+Each batch is one ``blobledger.fold`` span (a child of its records' trace when they all
+belong to one, else linked to each) and, once committed, a handful of metric updates
+(infra/metrics.py): batch size and time, outcomes by reason, a sample of command ->
+visible latencies, and each owned partition's lag from the consumer's cached watermark.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
 
 from blobledger.infra import logging as blog
+from blobledger.infra import metrics, tracing
 from blobledger.infra.dlq import DeadLetters
 from blobledger.infra.kafka import position_of, translate
 from blobledger.infra.postgres import translate as pg_translate
@@ -70,9 +79,12 @@ class Projector:
         dead_letters: DeadLetters,
         keyring: Keyring,
         codec: Codec | None = None,
+        group: str | None = None,
     ) -> None:
+        """``group``: the consumer's group id (its lag's label; default the settings')."""
         self.settings = settings
         self.topic = settings.events_topic
+        self.group = group or settings.projector_group
         self.codec = codec or default_codec()
         self.open_model = open_model
         # the model's memo keeps folded states between batches (reset on rebalance,
@@ -107,6 +119,7 @@ class Projector:
         self.model.memo_reset()
         for tp in partitions:
             self.positions.pop(tp.partition, None)
+            metrics.forget_consumer_lag(self.group, self.topic, tp.partition)
         consumer.unassign()
         log.info("partitions revoked", partitions=[tp.partition for tp in partitions])
 
@@ -141,6 +154,60 @@ class Projector:
         """Decode, dead-letter what cannot be decoded, fold the rest, commit once. A record
         whose write Postgres refuses is isolated by bisection and dead-lettered too (see
         :func:`projectors.applier.apply_isolating`): bad input never wedges the projector."""
+        started = time.perf_counter()
+        with self._fold_span(msgs) as span:
+            stats, records = self._process(msgs)
+            if span.is_recording():  # a trace's fold is found by the events it folded
+                span.set_attribute(
+                    "blobledger.event_ids",
+                    [r.event.event_id for r in records if r.event is not None][: tracing.MAX_LINKS],
+                )
+        metrics.observe_fold_batch(time.perf_counter() - started, len(msgs))
+        metrics.record_outcomes(stats.applied, stats.rejected_reasons)
+        # envelope time -> committed: what a writer waiting for its outcome sees
+        metrics.observe_visible(stats.occurred_at)
+        self._report_lag()
+        return stats
+
+    @contextmanager
+    def _fold_span(self, msgs: list[Message]) -> Iterator[Span]:
+        """The batch's span: it continues its records' trace when they carry one (all
+        the same; the parent is the newest record's span, e.g. the transfer that published
+        a completion), else it starts one linked to each (a batch serves many traces)."""
+        links = tracing.links_from(m.headers() for m in msgs)
+        traces = {link.context.trace_id for link in links}
+        parent = (
+            trace.set_span_in_context(trace.NonRecordingSpan(links[-1].context))
+            if len(traces) == 1
+            else None
+        )
+        with tracing.event_span(
+            "blobledger.fold",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            links=links if parent is None else (),
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": self.topic,
+                "messaging.batch.message_count": len(msgs),
+            },
+        ) as span:
+            yield span
+
+    def _report_lag(self) -> None:
+        """Each owned partition's lag: the log end the consumer last fetched (cached,
+        no request) minus the next offset to fold."""
+        for partition, next_offset in list(self.positions.items()):
+            try:
+                _low, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, partition), cached=True
+                )
+            except KafkaException:  # revoked meanwhile: nothing to say about it
+                continue
+            if high >= 0:  # negative: nothing fetched from it yet
+                metrics.set_consumer_lag(self.group, self.topic, partition, high - next_offset)
+
+    def _process(self, msgs: list[Message]) -> tuple[BatchStats, list[Record]]:
         self.keyring.refresh()  # keys issued or retired since the last batch apply to this one
         try:
             records, by_position, dead = self._decode(msgs)
@@ -155,6 +222,7 @@ class Projector:
         def dead_letter(rec: Record, error: Exception) -> None:
             log.warning(
                 "dead-lettering a message the read model refused",
+                event_id=rec.event.event_id if rec.event is not None else None,
                 partition=rec.partition,
                 offset=rec.offset,
                 error=str(error),
@@ -176,7 +244,7 @@ class Projector:
             log.warning("checkpoint moved back; re-reading", partition=partition, offset=offset)
             self.consumer.seek(TopicPartition(self.topic, partition, offset))
         self.totals.add(stats, dead + stats.dead_letters)
-        return stats
+        return stats, records
 
     def _decode(
         self, msgs: list[Message]
@@ -208,6 +276,8 @@ class Projector:
             if why is not None:
                 log.warning(
                     "unauthenticated event: the fold rejects it",
+                    event_id=event.event_id,
+                    correlation_id=event.envelope.correlation_id,
                     reason=why,
                     actor=event.envelope.actor,
                     partition=pos.partition,

@@ -2,8 +2,8 @@
 
 One stack of its own (temp dir, free ports: not the session's ``stack``), because ``up``
 and ``down`` start and stop whole stacks. One ``up`` serves every step, in the order a
-user meets them: a write with nothing consuming, ``up``, the CLI path, ``status``, a
-crashed projector, ``down``.
+user meets them: a write with nothing consuming, ``up``, the CLI path, its metrics,
+``status``, a crashed projector, ``down``.
 """
 
 from __future__ import annotations
@@ -14,15 +14,19 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from blobledger.infra.freeports import free_ports
 from blobledger.infra.settings import Settings
 from blobledger.infra.stack.launcher import Stack
+from blobledger.infra.stack.seaweed import stack_ports
 from blobledger.infra.supervisor_state import running_supervisor
 from blobledger.infra.testing.embedded import embedded_settings, private_dir
 from tests.integration.support import child_env
@@ -35,6 +39,8 @@ def fresh() -> Iterator[Settings]:
     """Settings for a stack nobody started yet; whatever the test left running is stopped."""
     with private_dir() as path:
         s = embedded_settings(Settings(), path / "data")
+        # `up` serves metrics on 19464 unless told: a free port, as for the services
+        s = s.with_(metrics_port=free_ports(1, avoid=stack_ports(s))[0])
         try:
             yield s
         finally:
@@ -83,6 +89,21 @@ def _pids(body: dict[str, Any]) -> dict[str, int]:
     return {p["name"]: p["pid"] for p in body["processes"]}
 
 
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The endpoint's samples: (name, sorted labels) -> value."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
+    return sum(v for (n, _labels), v in samples.items() if n == name)
+
+
 def test_up_runs_the_system_until_down(fresh: Settings) -> None:
     s = fresh
     # the stack alone, as after `blobledger demo`: a write finds no projector, and says so
@@ -107,10 +128,13 @@ def test_up_runs_the_system_until_down(fresh: Settings) -> None:
         logs / "worker-0.log",
         logs / "reaper.log",
     }
+    metrics_url = f"http://127.0.0.1:{s.metrics_port}/metrics"
+    assert up["metrics_url"] == metrics_url
     again = json.loads(cli(s, "up", "--json").stdout)
     assert again["already_running"] is True and _pids(again) == _pids(up)
     text = cli(s, "up").stdout
     assert "blobledger was already up" in text and "next: blobledger object create" in text
+    assert metrics_url in text
 
     # the CLI path works with nothing else started (the early event was folded meanwhile)
     cli(s, "object", "create", "docs/first.txt")
@@ -123,6 +147,11 @@ def test_up_runs_the_system_until_down(fresh: Settings) -> None:
     assert out.read_bytes() == source.read_bytes()
     early = json.loads(cli(s, "object", "get", "docs/early.txt", "--json").stdout)
     assert early["version"] == 1
+
+    # one endpoint sums every process's metrics: the projector's folds, command -> visible
+    samples = scrape(metrics_url)
+    assert total(samples, "blobledger_fold_batch_duration_seconds_bucket") > 0
+    assert total(samples, "blobledger_command_visible_seconds_count") > 0
 
     # status: all caught up, nothing pending, exit 0
     body = status_until(s, lambda code, b: code == 0)
@@ -147,6 +176,12 @@ def test_up_runs_the_system_until_down(fresh: Settings) -> None:
         ),
     )
     assert next(p for p in back["processes"] if p["name"] == "projector-0")["restarts"] == 1
+    # the dead projector's live gauge left the sum when it ended: one projector, not two
+    live = ("blobledger_processes", (("service", "projector"),))
+    deadline = time.monotonic() + 30
+    while scrape(metrics_url).get(live) != 1:
+        assert time.monotonic() < deadline, scrape(metrics_url).get(live)
+        time.sleep(0.5)
     assert "--- " in (logs / "projector-0.log").read_text()  # the restart is in its log
     cli(s, "object", "update", "docs/first.txt", "--set", "after=restart")
 

@@ -12,13 +12,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
+from blobledger.infra import metrics
 from blobledger.infra import supervisor_state as files
 from blobledger.infra.backoff import RestartBackoff
 from blobledger.infra.rotating_log import RotatingLog, trim
 from blobledger.infra.settings import Settings
 from blobledger.infra.supervisor import ChildSpec, Supervisor, exclusive, plan
 from blobledger.infra.supervisor_state import BACKOFF, RUNNING, ProcessRef
+from blobledger.infra.up_cli import up_settings
 from blobledger.schemas.errors import StackError
 
 
@@ -196,3 +200,56 @@ def test_a_process_is_known_by_pid_and_start_time() -> None:
     assert me is not None and me.alive()
     assert not ProcessRef(me.pid, me.create_time - 100).alive()  # a reused pid
     assert ProcessRef.of(2**22 + 12345) is None
+
+
+# --- metrics: one endpoint for every child -----------------------------------------------------
+def _summed(directory: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """What the supervisor's endpoint would serve: every child's values, summed."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in registry.collect()
+        for s in family.samples
+    }
+
+
+def test_children_metrics_are_summed_and_an_ended_childs_live_gauges_drop_out(
+    settings: Settings,
+) -> None:
+    directory = metrics.prepare_multiprocess_dir(files.metrics_dir(settings))
+    code = (
+        "from blobledger.infra import metrics; metrics.observe_fold_batch(0.01, 3); "
+        "metrics.PROCESSES.labels('projector').set(1); print('obs' + 'erved', flush=True); "
+        "import time; time.sleep(600)"
+    )
+    sup = Supervisor(settings, [ChildSpec("p", "projector", _python(code))], metrics_dir=directory)
+    child = sup.children[0]
+    log = files.logs_dir(settings) / "p.log"
+    count = ("blobledger_fold_batch_duration_seconds_count", ())
+    live = ("blobledger_processes", (("service", "projector"),))
+    try:
+        child.tick(time.monotonic())
+        _wait(lambda: log.exists() and log.read_text().count("observed") == 1)
+        assert _summed(directory)[count] == 1 and _summed(directory)[live] == 1
+        assert child.ref is not None
+        os.kill(child.ref.pid, signal.SIGKILL)
+        _wait(lambda: child.proc is not None and child.proc.poll() is not None)
+        child.tick(time.monotonic())  # notices the exit
+        assert live not in _summed(directory) and _summed(directory)[count] == 1
+        child.tick(child.due or 0.0)  # the restart: its counts add to the dead one's
+        _wait(lambda: log.read_text().count("observed") == 2)
+        assert _summed(directory)[count] == 2 and _summed(directory)[live] == 1
+    finally:
+        sup.stop_children(timeout=1.0)
+    assert live not in _summed(directory)  # a child stopped with the supervisor, too
+
+
+def test_up_serves_metrics_on_the_scrape_port_unless_a_setting_names_one(tmp_path: Path) -> None:
+    assert up_settings(Settings(), {}).metrics_port == metrics.SCRAPE_PORT == 19464
+    assert up_settings(Settings(), {"BLOBLEDGER_METRICS_PORT": "0"}).metrics_port == 0
+    config = tmp_path / "b.toml"
+    config.write_text("metrics_port = 19465\n")
+    env = {"BLOBLEDGER_CONFIG": str(config)}
+    assert up_settings(Settings.from_env(env), env).metrics_port == 19465
+    assert up_settings(Settings(), {}).data_dir.is_absolute()
