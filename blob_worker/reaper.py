@@ -19,7 +19,8 @@ how many uploads are pending, and for how long, to the metrics (infra/metrics.py
 from __future__ import annotations
 
 import argparse
-import time
+import signal
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -221,10 +222,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.from_env()
     if not args.once:  # a single pass is over before anyone could scrape it
         bootstrap.observe(settings, "reaper")
+    # SIGTERM (``blobledger down``, a supervisor) ends the wait or the sleep between passes:
+    # a pass is short and idempotent, so stopping between passes loses nothing
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("reaper.signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     # a single pass fails at once without the broker; a service waits for it
-    reaper = bootstrap.reaper(settings, wait=not args.once)
+    reaper = bootstrap.reaper(settings, wait=not args.once, stop=stop)
     try:
-        while True:
+        while not stop.is_set():
             try:
                 report = reaper.run_once(multipart_older_than=args.multipart_older_than)
                 log.info(
@@ -241,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log.warning("reaper.pass_failed", error=str(e))  # S3 or Postgres away: next pass
             if args.once:
                 return 0
-            time.sleep(args.interval)
+            stop.wait(args.interval)
+        return 0
     finally:
         reaper.close()

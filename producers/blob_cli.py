@@ -32,6 +32,7 @@ from blobledger.infra.progress import (
 )
 from blobledger.infra.s3 import make_s3_client
 from blobledger.infra.settings import Settings
+from blobledger.infra.topics import require_broker
 from blobledger.producers.reader import (
     ByteRange,
     check_expires,
@@ -81,7 +82,9 @@ class ProgressFollower:
             **{"auto.offset.reset": "latest"},
         )
         try:
-            md = self.consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+            md = self.consumer.list_topics(
+                self.topic, timeout=settings.connect_timeout_seconds
+            ).topics.get(self.topic)
             parts = sorted(md.partitions) if md is not None and md.error is None else []
         except KafkaException:
             parts = []
@@ -208,6 +211,9 @@ def put_main(argv: Sequence[str] | None = None, settings: Settings | None = None
         check_source_file(args.source)
     settings = settings or Settings.from_env()
     mode = progress_mode(args.progress, as_json=args.json)
+    # one metadata request: with the broker away, fail now in one line rather than after
+    # the progress follower's and the publisher's own waits
+    require_broker(settings)
     with _client(settings, args) as client:
         # subscribed before the attach: the worker may report before attach_blob returns
         follower = ProgressFollower(settings) if args.follow and mode != "none" else None
