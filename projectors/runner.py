@@ -142,12 +142,23 @@ class Projector:
             return []
         msgs = [first, *self.consumer.consume(self.settings.projector_batch_size - 1, 0)]
         out = []
+        failure: KafkaError | None = None
         for m in msgs:
             err = m.error()
             if err is None:
                 out.append(m)
-            elif err.code() != KafkaError._PARTITION_EOF:
-                raise translate(err)
+            elif err.code() != KafkaError._PARTITION_EOF and failure is None:
+                failure = err
+        if failure is not None:
+            # The records around an error event are already past the consumer's position:
+            # raising here would drop them and the next batch would fold over the gap. So
+            # they are folded, and the error (a broker away, say: librdkafka retries on its
+            # own) is reported; it only becomes the loop's backoff when nothing came with it.
+            if not out or failure.fatal():
+                if out:
+                    self._rewind_to_positions({position_of(m).partition for m in out})
+                raise translate(failure)
+            log.warning("consumer error beside fetched records", error=failure.str())
         return out
 
     def process(self, msgs: list[Message]) -> BatchStats:
@@ -218,6 +229,10 @@ class Projector:
             # the DLQ acknowledged meanwhile is not sent twice, see infra/dlq.py)
             self._rewind_to_positions({position_of(m).partition for m in msgs})
             raise
+        gaps = self._gaps(records)
+        if gaps:
+            records = [r for r in records if r.partition not in gaps]
+            self._rewind_to_positions(gaps)
 
         def dead_letter(rec: Record, error: Exception) -> None:
             log.warning(
@@ -286,6 +301,43 @@ class Projector:
             records.append(Record(pos.topic, pos.partition, pos.offset, event, why))
             by_position[(pos.partition, pos.offset)] = m
         return records, by_position, dead
+
+    def _gaps(self, records: list[Record]) -> set[int]:
+        """Partitions whose first record is past the next offset to fold: the consumer
+        skipped records (a seek that did not take, say), and folding on would leave them
+        out of the read model for good. Their records are dropped from the batch and read
+        again from the checkpoint. Offsets our producers write are contiguous (no
+        transactions), so the only gap to fold over is one retention left: records below
+        the log's start are gone, and the consumer restarts at the start."""
+        first: dict[int, int] = {}
+        for rec in records:
+            first.setdefault(rec.partition, rec.offset)
+        gaps = set()
+        for partition, offset in first.items():
+            expected = self.positions.get(partition)
+            if expected is None or offset <= expected:
+                continue
+            try:
+                low, _high = self.consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, partition), timeout=5.0
+                )
+            except KafkaException as e:
+                raise translate(e) from e
+            if expected < low and offset == low:
+                log.warning(
+                    "records below the log start are gone; folding on from it",
+                    partition=partition,
+                    missing=f"{expected}..{low - 1}",
+                )
+                continue
+            log.error(
+                "the consumer skipped records; re-reading from the checkpoint",
+                partition=partition,
+                expected=expected,
+                got=offset,
+            )
+            gaps.add(partition)
+        return gaps
 
     def _rewind_to_positions(self, partitions: set[int]) -> None:
         for p in partitions:
