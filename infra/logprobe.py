@@ -53,7 +53,6 @@ def probe_topic(
         f"{settings.topic_prefix}.status-probe",  # never joins: partitions are assigned
         **{
             "enable.partition.eof": True,
-            "fetch.wait.max.ms": 10,
             # a position past the end (a commit ahead of a Tansu end) reads from the end
             "auto.offset.reset": "latest",
             "log_level": 0,
