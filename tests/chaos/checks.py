@@ -110,9 +110,8 @@ def partition_state(settings: Settings) -> dict[str, Any]:
         if isinstance(out["list_offsets"], dict):
             marks = out["list_offsets"]
             out["probe"] = _probe_tail(settings, marks)
-            # end_offsets' own way, to tell which difference matters
-            out["probe_asking"] = _probe_tail(settings, marks, ask_watermarks=True)
-            out["probe_asking_wait10"] = _probe_tail(
+            # end_offsets' own way: it asks ListOffsets first and fetches with a 10 ms wait
+            out["probe_as_end_offsets"] = _probe_tail(
                 settings, marks, ask_watermarks=True, **{"fetch.wait.max.ms": 10}
             )
     return out

@@ -17,7 +17,7 @@ import pytest
 #: the short run: with stack start, drain and checks, about two minutes on 2 cores
 DEFAULT_SECONDS = 45.0
 #: beyond the load: the drain waits up to the upload deadline plus the reaper and fold
-OVERHEAD_SECONDS = 420
+OVERHEAD_SECONDS = 600
 SUMMARIES = pytest.StashKey[list[str]]()
 
 

@@ -130,7 +130,6 @@ class Actor(threading.Thread):
         client = connect(self.settings, actor=self.actor)
         self.pub = RecordingPublisher(client.publisher, self.settings.events_topic)
         client.publisher = self.pub  # type: ignore[assignment]
-        client.outcomes.projector_check = lambda receipt: None  # TEMP-HACK
         return client
 
     def run(self) -> None:

@@ -120,7 +120,9 @@ class ChaosRun:
         self._end_offsets_failed = False
 
     # --- phases ------------------------------------------------------------------------
-    def execute(self) -> Summary:
+    def execute(self, summary_file: Path) -> Summary:
+        """Run every phase; the summary is written to ``summary_file`` whatever happens
+        (a failed phase becomes a problem; a pytest timeout still leaves the file)."""
         origin = Origin(self.workdir / "blobs")
         catalog = Catalog(self.workdir / "blobs", origin.url)
         self.supervisor = Supervisor(child_env(self.settings), self.workdir / "logs")
@@ -135,10 +137,14 @@ class ChaosRun:
             self.summary.problems.append(
                 f"the run failed: {''.join(traceback.format_exception(e))[-3000:]}"
             )
+        except BaseException:
+            self.summary.problems.append("the run was interrupted (a pytest timeout?)")
+            raise
         finally:
+            self.summary.counts["wall_seconds"] = round(time.monotonic() - self.t0, 1)
+            summary_file.write_text(self.summary.as_json())
             self.supervisor.stop()
             origin.close()
-        self.summary.counts["wall_seconds"] = round(time.monotonic() - self.t0, 1)
         return self.summary
 
     def _load(self, catalog: Catalog) -> Ledger:
@@ -203,10 +209,10 @@ class ChaosRun:
     def _log_end(self) -> int:
         """How many events the log holds: ``end_offsets``, or where it fails (a finding,
         reported once), a scan of the whole log."""
-        try:
-            return sum(end_offsets(self.settings, self.settings.events_topic).values())
-        except TimeoutExpired as e:
-            if not self._end_offsets_failed:
+        if not self._end_offsets_failed:
+            try:
+                return sum(end_offsets(self.settings, self.settings.events_topic).values())
+            except TimeoutExpired as e:
                 self._end_offsets_failed = True
                 self.summary.findings.append(
                     f"end_offsets failed ({e}); the drain scans the log instead; partitions: "

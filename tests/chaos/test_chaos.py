@@ -23,15 +23,14 @@ def test_a_chaos_run_ends_verified(stack, settings, chaos, chaos_summaries, tmp_
     if settings.broker_storage == "memory":
         pytest.skip("the broker keeps its log in memory here: a restart loses it")
     print(f"\nchaos seed={chaos.seed} seconds={chaos.seconds:g} (replay: --chaos-seed)")
+    out = tmp_path / "chaos-summary.json"
+    print(f"summary: {out}")
     summary = ChaosRun(
         stack, settings, seconds=chaos.seconds, seed=chaos.seed, workdir=tmp_path
-    ).execute()
-    out = tmp_path / "chaos-summary.json"
-    out.write_text(summary.as_json())
+    ).execute(out)
     line = summary.line()
     chaos_summaries += [line, f"summary: {out}", f"process logs: {tmp_path / 'logs'}"]
     print(line)
-    print(f"summary: {out}")
     for finding in summary.findings:
         print(f"finding: {finding}")
     assert not summary.problems, "\n".join([line, *summary.problems])
