@@ -480,6 +480,8 @@ class Client:
     #: an upload pending this long makes :meth:`wait_upload` ask whether a blob worker
     #: runs at all (a running one has usually finished a small upload by then)
     UPLOAD_ASK_AFTER = 1.0
+    #: how long no worker must be seen before wait_upload gives up (a restart is not absence)
+    UPLOAD_ABSENT_GRACE = 12.0
 
     def wait_upload(self, upload_id: str, timeout: float | None = None) -> UploadView:
         """Block until an upload is terminal (stored, compensated or orphaned) in the read
@@ -491,6 +493,7 @@ class Client:
         seen = False
         ask_at: float | None = None
         worker_check: Callable[[], None] | None = None
+        absent_since: float | None = None
         while True:
             try:
                 view = self.queries.upload(upload_id, actor=self.actor)
@@ -509,11 +512,17 @@ class Client:
                         )
                     try:
                         worker_check()  # asks the broker at most every 5 s
+                        absent_since = None
                     except NotRunningError:
                         view = self.queries.upload(upload_id, actor=self.actor)
                         if view.state != "pending":  # finished while we asked
                             return view
-                        raise
+                        # a worker restarting (a rolling restart, a crash the supervisor
+                        # heals) is not "no worker": only an absence that lasts counts
+                        now = time.monotonic()
+                        absent_since = absent_since if absent_since is not None else now
+                        if now - absent_since >= self.UPLOAD_ABSENT_GRACE:
+                            raise
             except NotFoundError:
                 pass  # the attach is not folded yet (or the upload is not ours to see)
             if time.monotonic() > deadline:
